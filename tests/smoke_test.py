@@ -1,0 +1,2 @@
+import sys, tensorflow as tf
+print(sys.executable, tf.__version__)
