@@ -1,0 +1,68 @@
+"""Everything in adam_xla that names `tf.distribute`.
+
+The optimizer calls these helpers and stays the same under the default strategy,
+OneDeviceStrategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy:
+
+* state (slots, the iteration count, hyperparameter variables) is created in the variable's
+  own distribution context, so it is mirrored, placed and saved like the variable;
+* gradients are summed over replicas (the Keras convention: the loss is expected to be scaled
+  by the global batch size);
+* each variable is updated through `strategy.extended.update`, which runs the update on
+  every device that holds a copy, with that device's copy of the slots.
+"""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+
+def as_tf_variable(variable):
+  """The `tf.Variable` (possibly a distributed one) behind a Keras 3 variable."""
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _strategy_of(variable):
+  strategy = getattr(variable, "distribute_strategy", None)
+  return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
+@contextlib.contextmanager
+def creation_scope(variable=None):
+  """Creates variables eagerly, placed and replicated like `variable` (or the active strategy)."""
+  strategy = _strategy_of(variable)
+  with tf.init_scope(), strategy.scope():
+    if variable is None:
+      yield
+    else:
+      with strategy.extended.colocate_vars_with(variable):
+        yield
+
+
+def check_created_in_scope(variable):
+  """Raises if a strategy is active but `variable` was created outside its scope."""
+  strategy = tf.distribute.get_strategy()
+  if tf.distribute.has_strategy() and not strategy.extended.variable_created_in_scope(variable):
+    raise ValueError(
+        f"Adam: variable '{variable.name}' was not created under the active distribution "
+        "strategy's scope; create the model (and its variables) inside `strategy.scope()`.")
+
+
+def in_cross_replica_context(fn, *args):
+  """Calls fn(strategy, *args) in cross-replica context (via merge_call from a replica)."""
+  if tf.distribute.in_cross_replica_context():
+    return fn(tf.distribute.get_strategy(), *args)
+  return tf.distribute.get_replica_context().merge_call(fn, args=args)
+
+
+def sum_over_replicas(grads):
+  """Sums gradients over replicas when called in the replica context of a multi-replica run."""
+  replica_context = tf.distribute.get_replica_context()
+  if replica_context is None or replica_context.num_replicas_in_sync == 1:
+    return grads
+  return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+
+def update_every_copy(strategy, variable, update_fn, args):
+  """Runs update_fn(copy_of_variable, *args_for_that_copy) on each device holding `variable`."""
+  return strategy.extended.update(variable, update_fn, args=tuple(args), group=False)

@@ -1,0 +1,356 @@
+"""`adam_xla.Adam`: the Adam optimizer of the Keras documentation, built to compile with XLA.
+
+The update rule lives in `update_rule`, clipping in `clipping`, sparse-gradient handling in
+`sparse` and everything about `tf.distribute` in `distribution`; this class owns the state
+(slots, iteration count, hyperparameters) and puts those pieces together.
+"""
+
+import dataclasses
+import warnings
+
+import tensorflow as tf
+
+from adam_xla import clipping
+from adam_xla import distribution
+from adam_xla import hyperparameters
+from adam_xla import sparse
+from adam_xla import update_rule
+
+SPARSE_MODES = ("dense", "lazy")
+_CLIP_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm")
+_ARGUMENTS = ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "name",
+              "sparse_mode") + _CLIP_KWARGS
+_HYPERPARAMETERS = ("learning_rate", "beta_1", "beta_2", "epsilon")
+_SUPPORTED_DTYPES = (tf.float32, tf.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """Choices fixed at construction (they change the traced program, so they are not state)."""
+
+  amsgrad: bool
+  sparse_mode: str
+  clip: clipping.ClipConfig
+
+
+class _Untracked:
+  """A plain namespace: what it holds is not saved in checkpoints.
+
+  Hyperparameter variables are kept out of checkpoints so that a resumed run uses the
+  hyperparameters it was started with, not the saved ones.
+  """
+
+  def __init__(self, **entries):
+    self.__dict__.update(entries)
+
+
+class Adam(tf.Module):
+  """Adam, exactly as `tf.keras.optimizers.Adam` is documented, for XLA-compiled steps.
+
+  Args:
+    learning_rate: float, tensor, `keras.optimizers.schedules.LearningRateSchedule` (called
+      with the iteration count) or zero-argument callable. Default 0.001.
+    beta_1: decay of the first-moment estimate; float, tensor or zero-argument callable.
+      Default 0.9.
+    beta_2: decay of the second-moment estimate; same types. Default 0.999.
+    epsilon: "epsilon hat" of Kingma & Ba (the formula just before Section 2.1), not the
+      epsilon of Algorithm 1; default 1e-7. For Inception on ImageNet 1.0 or 0.1 work better.
+    amsgrad: use the running maximum of the second moment (Reddi et al., 2018).
+    name: the optimizer's name, used for its variables.
+    sparse_mode: how `tf.IndexedSlices` gradients update a variable. "dense" (default) is
+      exactly the dense update: every row's moments decay every step and rows absent from
+      the batch still move. "lazy" updates only the rows in the batch (LazyAdam, the TPU
+      embedding "lazy Adam"), whose cost does not grow with the table size.
+    **kwargs: `clipnorm` (clip each gradient's norm), `clipvalue` (clip each element) or
+      `global_clipnorm` (clip the norm of all gradients together); `clipnorm` and
+      `global_clipnorm` exclude each other.
+
+  Update, with t = iterations + 1:
+    lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    m = beta_1 * m + (1 - beta_1) * g;  v = beta_2 * v + (1 - beta_2) * g^2
+    var = var - lr_t * m / (sqrt(v) + epsilon)     (amsgrad: max(vhat, v) in place of v)
+
+  Usage:
+    >>> opt = adam_xla.Adam(learning_rate=0.1)
+    >>> var1 = tf.Variable(10.0)
+    >>> loss = lambda: (var1 ** 2) / 2.0  # d(loss)/d(var1) == var1
+    >>> step_count = opt.minimize(loss, [var1]).numpy()
+    >>> var1.numpy()  # the first step is -learning_rate * sign(grad)
+    9.9
+  """
+
+  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+               amsgrad=False, name="Adam", *, sparse_mode="dense", **kwargs):
+    unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
+    if unknown:
+      raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
+                      f"arguments are {', '.join(_ARGUMENTS)}.")
+    clip = clipping.ClipConfig(**{
+        key: hyperparameters.validate_positive_or_none(key, kwargs.get(key))
+        for key in _CLIP_KWARGS})
+    if clip.clipnorm is not None and clip.global_clipnorm is not None:
+      raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
+                       "`global_clipnorm` (all gradients together); both were given.")
+    if not isinstance(amsgrad, bool):
+      raise TypeError(f"Adam: `amsgrad` must be True or False; got {amsgrad!r}.")
+    if sparse_mode not in SPARSE_MODES:
+      raise ValueError(f"Adam: `sparse_mode` must be one of {SPARSE_MODES}; "
+                       f"got {sparse_mode!r}.")
+    if not isinstance(name, str) or not name:
+      raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
+    super().__init__()
+    self._optimizer_name = name
+    self._settings = _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode, clip=clip)
+    self._hyper = _Untracked(
+        learning_rate=hyperparameters.validate(
+            "learning_rate", learning_rate, low=0.0, allow_schedule=True),
+        beta_1=hyperparameters.validate("beta_1", beta_1, 0.0, 1.0, high_open=True),
+        beta_2=hyperparameters.validate("beta_2", beta_2, 0.0, 1.0, high_open=True),
+        epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0))
+    # Slot variables by variable: {var.ref(): {"m": ..., "v": ..., "vhat": ...}}.
+    self._slot_index = _Untracked(slots={}, keys=set())
+    # What checkpoints see: the iteration count and every slot under a readable key
+    # ("<variable name>/<slot name>"). Both are filled in by `build`; a checkpoint restored
+    # before that is applied as the variables are created (TF's deferred restoration).
+    self._iterations = None
+    self._slots = {}
+
+  # ---- Public state -------------------------------------------------------------------
+
+  @property
+  def name(self):
+    return self._optimizer_name
+
+  @property
+  def iterations(self):
+    """Number of steps applied so far (int64 variable, created on first use)."""
+    if self._iterations is None:
+      distribution.in_cross_replica_context(lambda _: self._create_step_state(None))
+    return self._iterations
+
+  @property
+  def amsgrad(self):
+    return self._settings.amsgrad
+
+  @property
+  def sparse_mode(self):
+    return self._settings.sparse_mode
+
+  @property
+  def learning_rate(self):
+    return self._hyper.learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, value):
+    """Assigns a new rate; numbers go into the existing variable, so nothing retraces."""
+    current = self._hyper.learning_rate
+    if isinstance(current, tf.Variable) and not callable(value):
+      hyperparameters.validate("learning_rate", value, low=0.0)
+      current.assign(tf.cast(value, current.dtype))
+    else:
+      self._hyper.learning_rate = hyperparameters.validate(
+          "learning_rate", value, low=0.0, allow_schedule=True)
+
+  @property
+  def beta_1(self):
+    return self._hyper.beta_1
+
+  @property
+  def beta_2(self):
+    return self._hyper.beta_2
+
+  @property
+  def epsilon(self):
+    return self._hyper.epsilon
+
+  # Not named get_slot/get_slot_names: TF's checkpointer treats objects with those methods as
+  # legacy optimizers with a private restore protocol. Slots are saved under readable keys.
+  @property
+  def slot_names(self):
+    return ("m", "v", "vhat") if self.amsgrad else ("m", "v")
+
+  def slot(self, var, slot_name):
+    """The slot `slot_name` ("m", "v" or, with amsgrad, "vhat") of variable `var`."""
+    slots = self._slot_index.slots.get(distribution.as_tf_variable(var).ref())
+    if slots is None:
+      raise KeyError(f"Adam: no slots for variable '{var.name}'; it has not been built "
+                     "or updated by this optimizer.")
+    if slot_name not in slots:
+      raise KeyError(f"Adam: unknown slot {slot_name!r}; this optimizer has "
+                     f"{self.slot_names}.")
+    return slots[slot_name]
+
+  # ---- State creation -----------------------------------------------------------------
+
+  def build(self, var_list):
+    """Creates the slots of `var_list` (and the step state) in each variable's context.
+
+    Called by `apply_gradients`; call it yourself to create all state up front, e.g. before
+    restoring a checkpoint or tracing a step.
+    """
+    variables = [distribution.as_tf_variable(v) for v in var_list]
+    new = [v for v in variables if v.ref() not in self._slot_index.slots]
+    new = list({v.ref(): v for v in new}.values())
+    if new or self._iterations is None:
+      distribution.in_cross_replica_context(
+          lambda _: self._create_state(new, variables[0] if variables else None))
+
+  def _create_state(self, new_variables, anchor):
+    for var in new_variables:
+      _check_dtype(var)
+      distribution.check_created_in_scope(var)
+    if self._iterations is None:
+      self._create_step_state(anchor)
+    for var in new_variables:
+      key = self._unique_key(var)
+      with distribution.creation_scope(var):
+        slots = {
+            slot_name: tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
+                                   name=f"{self.name}/{key}/{slot_name}")
+            for slot_name in self.slot_names}
+      self._slot_index.slots[var.ref()] = slots
+      for slot_name, slot in slots.items():
+        self._slots[f"{key}/{slot_name}"] = slot
+
+  def _create_step_state(self, anchor):
+    """The iteration count and one variable per numeric hyperparameter."""
+    with distribution.creation_scope(anchor):
+      for key in _HYPERPARAMETERS:
+        value = getattr(self._hyper, key)
+        if isinstance(value, (int, float)):
+          setattr(self._hyper, key, tf.Variable(float(value), dtype=tf.float32,
+                                                trainable=False, name=f"{self.name}/{key}"))
+      self._iterations = tf.Variable(
+          0, dtype=tf.int64, trainable=False, name=f"{self.name}/iterations",
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def _unique_key(self, var):
+    """A readable checkpoint key for `var`'s slots, unique within this optimizer."""
+    base = getattr(var, "path", None) or var.name.split(":")[0]
+    key, suffix = base, 1
+    while key in self._slot_index.keys:
+      key, suffix = f"{base}_{suffix}", suffix + 1
+    self._slot_index.keys.add(key)
+    return key
+
+  # ---- Updates ------------------------------------------------------------------------
+
+  def minimize(self, loss, var_list, tape=None):
+    """Computes gradients of `loss` and applies them; returns `iterations`.
+
+    `loss` is a zero-argument callable, or a tensor computed under `tape`. `var_list` is a
+    list of variables or a zero-argument callable returning one.
+    """
+    if not callable(loss) and tape is None:
+      raise ValueError("Adam.minimize: `tape` is required when `loss` is a tensor; pass "
+                       "the tf.GradientTape that computed it, or pass `loss` as a callable.")
+    tape = tape if tape is not None else tf.GradientTape()
+    if callable(loss):
+      with tape:
+        loss = loss()
+    if callable(var_list):
+      var_list = var_list()
+    grads = tape.gradient(loss, var_list)
+    return self.apply_gradients(zip(grads, var_list))
+
+  def apply_gradients(self, grads_and_vars):
+    """Applies one Adam step; returns `iterations`.
+
+    Gradients are summed over replicas when called in a replica context, then clipped, then
+    applied to every copy of each variable. Pairs whose gradient is None are skipped with a
+    warning.
+    """
+    grads, variables = _drop_missing_gradients(grads_and_vars)
+    self.build(variables)
+    grads = distribution.sum_over_replicas(grads)
+    grads = [self._canonical_gradient(g, v) for g, v in zip(grads, variables)]
+    grads = clipping.clip_gradients(grads, self._settings.clip)
+    distribution.in_cross_replica_context(self._apply_in_cross_replica, grads, variables)
+    return self.iterations
+
+  def _canonical_gradient(self, grad, var):
+    """Dense mode makes sparse gradients dense; lazy mode sums their repeated rows."""
+    if not isinstance(grad, tf.IndexedSlices):
+      return tf.convert_to_tensor(grad)
+    if self.sparse_mode == "dense":
+      return sparse.to_dense(grad, var.shape[0])
+    return sparse.sum_duplicates(grad)
+
+  def _apply_in_cross_replica(self, strategy, grads, variables):
+    coefficients = {}
+    for grad, var in zip(grads, variables):
+      dtype = var.dtype.base_dtype
+      if dtype not in coefficients:
+        coefficients[dtype] = self._step_coefficients(dtype)
+      slots = self._slot_index.slots[var.ref()]
+      distribution.update_every_copy(
+          strategy, var, self._update_variable,
+          (grad, slots["m"], slots["v"], slots.get("vhat"), coefficients[dtype]))
+    self._iterations.assign_add(1)
+
+  def _step_coefficients(self, dtype):
+    step = self._iterations
+    value = lambda key: hyperparameters.current_value(getattr(self._hyper, key), step)
+    return update_rule.step_coefficients(
+        value("learning_rate"), value("beta_1"), value("beta_2"), value("epsilon"),
+        step, dtype)
+
+  def _update_variable(self, var, grad, m, v, vhat, coefficients):
+    """One variable's update on one device; `var` and the slots are that device's copies."""
+    if isinstance(grad, tf.IndexedSlices):
+      return self._update_rows(var, grad, m, v, vhat, coefficients)
+    new_var, moments = update_rule.adam_step(
+        var, grad, update_rule.Moments(m, v, vhat), coefficients)
+    return tf.group(_assign_all((var, m, v, vhat), (new_var,) + tuple(moments)))
+
+  def _update_rows(self, var, grad, m, v, vhat, coefficients):
+    """Lazy mode: the rows in `grad` (duplicates summed) and nothing else."""
+    rows = grad.indices
+    gather = lambda t: None if t is None else tf.gather(t, rows)
+    new_rows, moments = update_rule.adam_step(
+        gather(var), sparse.first_entry_padding(grad),
+        update_rule.Moments(gather(m), gather(v), gather(vhat)), coefficients)
+    return tf.group([
+        target.scatter_update(tf.IndexedSlices(value, rows))
+        for target, value in zip((var, m, v, vhat), (new_rows,) + tuple(moments))
+        if target is not None])
+
+  # ---- Configuration --------------------------------------------------------------------
+
+  def get_config(self):
+    config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode}
+    for key in _HYPERPARAMETERS:
+      config[key] = hyperparameters.to_config(getattr(self._hyper, key))
+    config.update(dataclasses.asdict(self._settings.clip))
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    config["learning_rate"] = hyperparameters.from_config(config["learning_rate"])
+    return cls(**config)
+
+
+def _assign_all(targets, values):
+  return [t.assign(v) for t, v in zip(targets, values) if t is not None]
+
+
+def _check_dtype(var):
+  if var.dtype.base_dtype not in _SUPPORTED_DTYPES:
+    raise TypeError(
+        f"Adam: variable '{var.name}' is {var.dtype.name}; adam_xla.Adam updates float32 "
+        "and float64 variables only. For bfloat16 or float16 training keep float32 master "
+        "weights and compute in low precision, e.g. "
+        "keras.mixed_precision.set_global_policy('mixed_bfloat16').")
+
+
+def _drop_missing_gradients(grads_and_vars):
+  pairs = [(g, distribution.as_tf_variable(v)) for g, v in grads_and_vars]
+  missing = [v.name for g, v in pairs if g is None]
+  kept = [(g, v) for g, v in pairs if g is not None]
+  if not kept:
+    raise ValueError(f"Adam: no gradients provided for any variable: {missing}.")
+  if missing:
+    warnings.warn(f"Adam: gradients do not exist for variables {missing}; they are not "
+                  "updated. Check that the loss depends on them.", stacklevel=3)
+  return [g for g, _ in kept], [v for _, v in kept]

@@ -1,0 +1,59 @@
+"""The Adam update rule as pure functions of tensors.
+
+No variables, strategies or flags live here, so the same functions serve the eager path, a
+`tf.function`, an XLA-compiled step and each device's update under `tf.distribute`.
+
+With t = iterations + 1 and epsilon as "epsilon hat" (Kingma & Ba, the formula just before
+Section 2.1, the form `tf.keras.optimizers.Adam` documents):
+
+    lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+    m    = beta_1 * m + (1 - beta_1) * g
+    v    = beta_2 * v + (1 - beta_2) * g^2
+    vhat = max(vhat, v)                      (amsgrad only; replaces v below)
+    var  = var - lr_t * m / (sqrt(v) + epsilon)
+
+Because epsilon is added after the bias correction has been folded into lr_t, it is larger in
+effect than the epsilon of Algorithm 1 of the paper; that is why values such as 1.0 or 0.1 are
+useful for some models.
+"""
+
+from typing import NamedTuple, Optional
+
+import tensorflow as tf
+
+
+class StepCoefficients(NamedTuple):
+  """Per-step scalars shared by every variable of one dtype."""
+
+  lr_t: tf.Tensor
+  beta_1: tf.Tensor
+  beta_2: tf.Tensor
+  epsilon: tf.Tensor
+
+
+class Moments(NamedTuple):
+  """Adam's state for one tensor (or for some rows of it). `vhat` is None without amsgrad."""
+
+  m: tf.Tensor
+  v: tf.Tensor
+  vhat: Optional[tf.Tensor] = None
+
+
+def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype):
+  """Returns the scalars of step t = iterations + 1 in `dtype`."""
+  cast = lambda x: tf.cast(x, dtype)
+  t = cast(iterations + 1)
+  beta_1, beta_2 = cast(beta_1), cast(beta_2)
+  lr_t = cast(learning_rate) * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))
+  return StepCoefficients(lr_t, beta_1, beta_2, cast(epsilon))
+
+
+def adam_step(param, grad, moments, coefficients):
+  """Returns (new_param, new_moments) for one Adam step; works on whole tensors or rows."""
+  c = coefficients
+  m = c.beta_1 * moments.m + (1 - c.beta_1) * grad
+  v = c.beta_2 * moments.v + (1 - c.beta_2) * tf.square(grad)
+  vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)
+  second_moment = v if vhat is None else vhat
+  new_param = param - c.lr_t * m / (tf.sqrt(second_moment) + c.epsilon)
+  return new_param, Moments(m, v, vhat)
