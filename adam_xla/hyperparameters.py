@@ -1,10 +1,9 @@
 """Adam's hyperparameters: validation, and their value at a step inside the compiled program.
 
 A hyperparameter is a Python number, a tensor, a zero-argument callable, or (learning rate
-only) a Keras `LearningRateSchedule` called with the iteration count. Numbers are held in
-variables once the optimizer is built, so assigning a new value (`opt.learning_rate = 0.01`)
-is read by the next step without retracing; schedules and callables are evaluated inside the
-step, so their changing values never retrace either.
+only) a Keras `LearningRateSchedule` called with the iteration count. Schedules and callables
+are evaluated inside the step, so their changing values never retrace; a numeric learning
+rate is held in a variable (see `Adam._create_step_state`) for the same reason.
 """
 
 import math

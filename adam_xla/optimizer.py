@@ -213,13 +213,17 @@ class Adam(tf.Module):
         self._slots[f"{key}/{slot_name}"] = slot
 
   def _create_step_state(self, anchor):
-    """The iteration count and one variable per numeric hyperparameter."""
+    """The iteration count, and a variable for a numeric learning rate.
+
+    The learning rate is a (float32, as in Keras) variable so that assigning a new value
+    reaches an already compiled step. Numeric betas and epsilon stay Python floats, cast to
+    each variable's dtype exactly; pass a callable to vary them during training.
+    """
     with distribution.creation_scope(anchor):
-      for key in _HYPERPARAMETERS:
-        value = getattr(self._hyper, key)
-        if isinstance(value, (int, float)):
-          setattr(self._hyper, key, tf.Variable(float(value), dtype=tf.float32,
-                                                trainable=False, name=f"{self.name}/{key}"))
+      if isinstance(self._hyper.learning_rate, (int, float)):
+        self._hyper.learning_rate = tf.Variable(
+            float(self._hyper.learning_rate), dtype=tf.float32, trainable=False,
+            name=f"{self.name}/learning_rate")
       self._iterations = tf.Variable(
           0, dtype=tf.int64, trainable=False, name=f"{self.name}/iterations",
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

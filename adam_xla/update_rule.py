@@ -41,11 +41,18 @@ class Moments(NamedTuple):
 
 def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype):
   """Returns the scalars of step t = iterations + 1 in `dtype`."""
-  cast = lambda x: tf.cast(x, dtype)
+  cast = lambda x: _as_dtype(x, dtype)
   t = cast(iterations + 1)
   beta_1, beta_2 = cast(beta_1), cast(beta_2)
   lr_t = cast(learning_rate) * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))
   return StepCoefficients(lr_t, beta_1, beta_2, cast(epsilon))
+
+
+def _as_dtype(value, dtype):
+  # tf.cast would first make a Python float a float32 tensor, rounding 0.9 to 0.89999998.
+  if isinstance(value, (int, float)):
+    return tf.constant(value, dtype)
+  return tf.cast(value, dtype)
 
 
 def adam_step(param, grad, moments, coefficients):

@@ -1,0 +1,57 @@
+"""A float64 NumPy implementation of the documented Adam formula: the tests' reference.
+
+Written from the formula in the Keras documentation and Kingma & Ba (epsilon hat), with no
+TensorFlow, so that it can disagree with adam_xla.
+"""
+
+import numpy as np
+
+
+class NumpyAdam:
+  """Adam on NumPy arrays. `step(params, grads)` updates params (a list) in place."""
+
+  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+               amsgrad=False, clipnorm=None, clipvalue=None, global_clipnorm=None,
+               lazy=False):
+    self.learning_rate = learning_rate  # a number, or a function of the step count
+    self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+    self.amsgrad, self.lazy = amsgrad, lazy
+    self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+    self.iterations = 0
+    self.m = self.v = self.vhat = None
+
+  def _clip(self, grads):
+    if self.clipvalue is not None:
+      grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+    if self.clipnorm is not None:
+      grads = [g * self.clipnorm / max(np.sqrt(np.sum(g * g)), self.clipnorm) for g in grads]
+    if self.global_clipnorm is not None:
+      norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+      grads = [g * self.global_clipnorm / max(norm, self.global_clipnorm) for g in grads]
+    return grads
+
+  def step(self, params, grads, touched_rows=None):
+    """touched_rows[i]: rows of params[i] present in a sparse gradient (lazy mode only)."""
+    grads = self._clip([np.asarray(g, np.float64) for g in grads])
+    if self.m is None:
+      self.m = [np.zeros_like(p, np.float64) for p in params]
+      self.v = [np.zeros_like(p, np.float64) for p in params]
+      self.vhat = [np.zeros_like(p, np.float64) for p in params]
+    lr = self.learning_rate
+    lr = lr(self.iterations) if callable(lr) else lr
+    t = self.iterations + 1
+    lr_t = lr * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+    for i, g in enumerate(grads):
+      rows = Ellipsis
+      if self.lazy and touched_rows is not None and touched_rows[i] is not None:
+        rows = np.unique(touched_rows[i])
+      m, v, vhat = self.m[i], self.v[i], self.vhat[i]
+      m[rows] = self.beta_1 * m[rows] + (1 - self.beta_1) * g[rows]
+      v[rows] = self.beta_2 * v[rows] + (1 - self.beta_2) * g[rows] ** 2
+      second = v
+      if self.amsgrad:
+        vhat[rows] = np.maximum(vhat[rows], v[rows])
+        second = vhat
+      params[i][rows] = params[i][rows] - lr_t * m[rows] / (np.sqrt(second[rows]) + self.epsilon)
+    self.iterations += 1
+    return params

@@ -1,2 +1,0 @@
-import sys, tensorflow as tf
-print(sys.executable, tf.__version__)
