@@ -34,7 +34,20 @@ def clip_gradients(grads, config: ClipConfig):
     bound = config.clipvalue
     grads = [_map_values(lambda g: tf.clip_by_value(g, -bound, bound), g) for g in grads]
   if config.clipnorm is not None:
-    grads = [_map_values(lambda g: tf.clip_by_norm(g, config.clipnorm), g) for g in grads]
+    grads = [_map_values(lambda g: g * _shrink_factor(tf.norm(g), config.clipnorm, g.dtype), g)
+             for g in grads]
   if config.global_clipnorm is not None:
-    grads, _ = tf.clip_by_global_norm(grads, config.global_clipnorm)
+    factor = _shrink_factor(tf.linalg.global_norm(grads), config.global_clipnorm,
+                            grads[0].dtype)
+    grads = [_map_values(lambda g: g * tf.cast(factor, g.dtype), g) for g in grads]
   return grads
+
+
+def _shrink_factor(norm, limit, dtype):
+  """min(1, limit / norm): exactly 1 below the limit, so unclipped gradients are untouched.
+
+  (Keras computes g * limit / max(norm, limit), which can change the last bit of gradients
+  that are not clipped at all.) A non-finite norm gives a non-finite factor, as in Keras.
+  """
+  norm = tf.cast(norm, dtype)
+  return tf.minimum(tf.constant(1, dtype), tf.constant(limit, dtype) / norm)

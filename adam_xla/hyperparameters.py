@@ -25,9 +25,9 @@ def validate(name, value, low, high=math.inf, high_open=False, allow_schedule=Fa
   Numbers must lie in [low, high] (or [low, high) when `high_open`); tensors, variables and
   callables are checked for type only, since their values may change step to step.
   """
-  if allow_schedule and is_schedule(value):
+  if is_schedule(value) and allow_schedule:
     return value
-  if isinstance(value, bool) or not (
+  if is_schedule(value) or isinstance(value, bool) or not (
       isinstance(value, (numbers.Real, tf.Tensor, tf.Variable, keras.Variable)) or
       callable(value)):
     accepted = "a float, a tensor, a zero-argument callable"

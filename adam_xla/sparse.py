@@ -1,8 +1,9 @@
 """Sparse gradients (`tf.IndexedSlices`) in forms that give the same result as dense ones.
 
 An embedding lookup's gradient repeats an index once per occurrence in the batch; the dense
-gradient is their sum. Everything here keeps static shapes so that it compiles under XLA,
-where `tf.unique` (a dynamic shape) does not.
+gradient is their sum. Everything here keeps static shapes: `tf.unique` returns a length that
+depends on the data, which TPU compilation rejects and which makes XLA:CPU/GPU compile for a
+bounded dynamic shape; a sort and a segment sum of the input's length do not.
 """
 
 import tensorflow as tf
