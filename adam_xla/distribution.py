@@ -63,6 +63,46 @@ def sum_over_replicas(grads):
   return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
-def update_every_copy(strategy, variable, update_fn, args):
-  """Runs update_fn(copy_of_variable, *args_for_that_copy) on each device holding `variable`."""
-  return strategy.extended.update(variable, update_fn, args=tuple(args), group=False)
+def local_values(strategy, value):
+  """This worker's per-device components of `value` (a 1-tuple for a plain value)."""
+  return strategy.experimental_local_results(value)
+
+
+def _is_tpu(strategy):
+  return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+
+
+def update_on_each_device(strategy, update_fn, variables, per_variable, shared):
+  """Runs update_fn(variables, per_variable, shared) once per device, on its local copies.
+
+  `per_variable` is a structure of lists parallel to `variables` whose leaves may be
+  distributed values (per-replica gradients, mirrored slots): each device gets its own
+  component. `shared` (per-step scalars) is passed as it is. Under MirroredStrategy and
+  MultiWorkerMirroredStrategy this makes the update of all variables one call, and one XLA
+  program, per device. On TPU the replica function is compiled as a whole anyway, so each
+  variable goes through `strategy.extended.update`, the route TPU variables require.
+  """
+  if _is_tpu(strategy):
+    for i, variable in enumerate(variables):
+      own = tf.nest.map_structure(lambda leaves: leaves[i], per_variable,
+                                  is_leaf=lambda x: isinstance(x, list))
+      strategy.extended.update(
+          variable, lambda v, *args: update_fn([v], _listify(args), shared),
+          args=tuple(own), group=False)
+    return
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # the default (no) strategy has no device list
+    update_fn(variables, per_variable, shared)
+    return
+  components = [local_values(strategy, v) for v in variables]
+  for index, device in enumerate(devices):
+    pick = lambda x: (local_values(strategy, x)[index]
+                      if isinstance(x, tf.distribute.DistributedValues) else x)
+    with tf.device(device):
+      update_fn([c[index] for c in components], tf.nest.map_structure(pick, per_variable),
+                shared)
+
+
+def _listify(args):
+  return tuple([arg] for arg in args)

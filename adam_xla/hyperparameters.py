@@ -43,6 +43,14 @@ def validate(name, value, low, high=math.inf, high_open=False, allow_schedule=Fa
   return value
 
 
+def validate_non_negative(name, value):
+  """A plain finite number >= 0 (for settings fixed at construction, like weight decay)."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+      not math.isfinite(value) or value < 0):
+    raise ValueError(f"Adam: `{name}` must be a finite float >= 0; got {value!r}.")
+  return value
+
+
 def validate_positive_or_none(name, value):
   """For the clipping options: None (off) or a finite number > 0."""
   if value is None:

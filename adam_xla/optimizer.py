@@ -19,7 +19,7 @@ from adam_xla import update_rule
 SPARSE_MODES = ("dense", "lazy")
 _CLIP_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 _ARGUMENTS = ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "name",
-              "sparse_mode") + _CLIP_KWARGS
+              "sparse_mode", "weight_decay") + _CLIP_KWARGS
 _HYPERPARAMETERS = ("learning_rate", "beta_1", "beta_2", "epsilon")
 _SUPPORTED_DTYPES = (tf.float32, tf.float64)
 
@@ -30,6 +30,7 @@ class _Settings:
 
   amsgrad: bool
   sparse_mode: str
+  weight_decay: float
   clip: clipping.ClipConfig
 
 
@@ -61,6 +62,9 @@ class Adam(tf.Module):
       exactly the dense update: every row's moments decay every step and rows absent from
       the batch still move. "lazy" updates only the rows in the batch (LazyAdam, the TPU
       embedding "lazy Adam"), whose cost does not grow with the table size.
+    weight_decay: decoupled weight decay (AdamW); 0 (default) is plain Adam. Each step first
+      shrinks a variable by learning_rate * weight_decay * var (in lazy mode, only the rows
+      in the batch). See `exclude_from_weight_decay`.
     **kwargs: `clipnorm` (clip each gradient's norm), `clipvalue` (clip each element) or
       `global_clipnorm` (clip the norm of all gradients together); `clipnorm` and
       `global_clipnorm` exclude each other.
@@ -80,7 +84,8 @@ class Adam(tf.Module):
   """
 
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-               amsgrad=False, name="Adam", *, sparse_mode="dense", **kwargs):
+               amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
+               **kwargs):
     unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
     if unknown:
       raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
@@ -100,7 +105,14 @@ class Adam(tf.Module):
       raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
     super().__init__()
     self._optimizer_name = name
-    self._settings = _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode, clip=clip)
+    weight_decay = float(hyperparameters.validate_non_negative("weight_decay", weight_decay))
+    self._settings = _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode,
+                               weight_decay=weight_decay, clip=clip)
+    self._decay_exclusions = _Untracked(refs=set(), names=set())
+    # The update of all variables on one device, as one XLA program. Inside a step that is
+    # itself compiled it is inlined into that program.
+    self._compiled = _Untracked(
+        update_variables=tf.function(self._update_variables, jit_compile=True))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
@@ -257,19 +269,28 @@ class Adam(tf.Module):
     grads = tape.gradient(loss, var_list)
     return self.apply_gradients(zip(grads, var_list))
 
-  def apply_gradients(self, grads_and_vars):
+  def apply_gradients(self, grads_and_vars, *, apply_if=None, sum_over_replicas=True):
     """Applies one Adam step; returns `iterations`.
 
     Gradients are summed over replicas when called in a replica context, then clipped, then
     applied to every copy of each variable. Pairs whose gradient is None are skipped with a
     warning.
+
+    Args:
+      grads_and_vars: pairs of (gradient, variable).
+      apply_if: optional boolean scalar tensor; when it is False the step changes nothing
+        (variables, slots and `iterations` keep their values). Used to skip steps whose
+        gradients are not finite, without leaving the compiled program.
+      sum_over_replicas: False when the caller has already summed the gradients.
     """
     grads, variables = _drop_missing_gradients(grads_and_vars)
     self.build(variables)
-    grads = distribution.sum_over_replicas(grads)
+    if sum_over_replicas:
+      grads = distribution.sum_over_replicas(grads)
     grads = [self._canonical_gradient(g, v) for g, v in zip(grads, variables)]
     grads = clipping.clip_gradients(grads, self._settings.clip)
-    distribution.in_cross_replica_context(self._apply_in_cross_replica, grads, variables)
+    distribution.in_cross_replica_context(
+        self._apply_in_cross_replica, grads, variables, apply_if)
     return self.iterations
 
   def _canonical_gradient(self, grad, var):
@@ -280,49 +301,77 @@ class Adam(tf.Module):
       return sparse.to_dense(grad, var.shape[0])
     return sparse.sum_duplicates(grad)
 
-  def _apply_in_cross_replica(self, strategy, grads, variables):
+  def _apply_in_cross_replica(self, strategy, grads, variables, apply_if):
     coefficients = {}
-    for grad, var in zip(grads, variables):
+    for var in variables:
       dtype = var.dtype.base_dtype
-      if dtype not in coefficients:
-        coefficients[dtype] = self._step_coefficients(dtype)
-      slots = self._slot_index.slots[var.ref()]
-      distribution.update_every_copy(
-          strategy, var, self._update_variable,
-          (grad, slots["m"], slots["v"], slots.get("vhat"), coefficients[dtype]))
-    self._iterations.assign_add(1)
+      if dtype.name not in coefficients:
+        coefficients[dtype.name] = self._step_coefficients(dtype)
+    slots = [tuple(self._slot_index.slots[v.ref()].get(n) for n in ("m", "v", "vhat"))
+             for v in variables]
+    per_variable = (grads, slots, [apply_if] * len(variables),
+                    [self._decays(v) for v in variables])
+    distribution.update_on_each_device(
+        strategy, self._compiled.update_variables, variables, per_variable, coefficients)
+    if apply_if is None:
+      self._iterations.assign_add(1)
+    else:
+      applied = distribution.local_values(strategy, apply_if)[0]
+      self._iterations.assign_add(tf.cast(applied, tf.int64))
 
   def _step_coefficients(self, dtype):
     step = self._iterations
     value = lambda key: hyperparameters.current_value(getattr(self._hyper, key), step)
     return update_rule.step_coefficients(
         value("learning_rate"), value("beta_1"), value("beta_2"), value("epsilon"),
-        step, dtype)
+        step, dtype, weight_decay=self._settings.weight_decay)
 
-  def _update_variable(self, var, grad, m, v, vhat, coefficients):
-    """One variable's update on one device; `var` and the slots are that device's copies."""
+  def _update_variables(self, variables, per_variable, coefficients):
+    """The update of `variables` on one device (compiled as one XLA program per device)."""
+    for var, grad, slots, apply_if, decays in zip(variables, *per_variable):
+      c = coefficients[var.dtype.base_dtype.name]
+      self._update_variable(var, grad, slots, apply_if, c if decays else c._replace(decay=None))
+
+  def _update_variable(self, var, grad, slots, apply_if, coefficients):
+    """One variable's update; `var` and `slots` (m, v, vhat) are one device's copies."""
     if isinstance(grad, tf.IndexedSlices):
-      return self._update_rows(var, grad, m, v, vhat, coefficients)
+      self._update_rows(var, grad, slots, apply_if, coefficients)
+      return
     new_var, moments = update_rule.adam_step(
-        var, grad, update_rule.Moments(m, v, vhat), coefficients)
-    return tf.group(_assign_all((var, m, v, vhat), (new_var,) + tuple(moments)))
+        var, grad, update_rule.Moments(*slots), coefficients)
+    for target, value in zip((var,) + slots, (new_var,) + tuple(moments)):
+      if target is not None:
+        target.assign(_select(apply_if, value, target))
 
-  def _update_rows(self, var, grad, m, v, vhat, coefficients):
+  def _update_rows(self, var, grad, slots, apply_if, coefficients):
     """Lazy mode: the rows in `grad` (duplicates summed) and nothing else."""
     rows = grad.indices
     gather = lambda t: None if t is None else tf.gather(t, rows)
+    old = (gather(var),) + tuple(gather(s) for s in slots)
     new_rows, moments = update_rule.adam_step(
-        gather(var), sparse.first_entry_padding(grad),
-        update_rule.Moments(gather(m), gather(v), gather(vhat)), coefficients)
-    return tf.group([
-        target.scatter_update(tf.IndexedSlices(value, rows))
-        for target, value in zip((var, m, v, vhat), (new_rows,) + tuple(moments))
-        if target is not None])
+        old[0], sparse.first_entry_padding(grad), update_rule.Moments(*old[1:]), coefficients)
+    for target, value, before in zip((var,) + slots, (new_rows,) + tuple(moments), old):
+      if target is not None:
+        target.scatter_update(tf.IndexedSlices(_select(apply_if, value, before), rows))
+
+  def _decays(self, var):
+    """Whether decoupled weight decay applies to `var` (see `exclude_from_weight_decay`)."""
+    if not self._settings.weight_decay or var.ref() in self._decay_exclusions.refs:
+      return False
+    return not any(part in var.name for part in self._decay_exclusions.names)
+
+  def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    """Exempts variables from weight decay: those in `var_list`, and those whose name contains
+    any string of `var_names` (e.g. ["bias", "norm"]). Call before the first step."""
+    self._decay_exclusions.refs.update(
+        distribution.as_tf_variable(v).ref() for v in (var_list or []))
+    self._decay_exclusions.names.update(var_names or [])
 
   # ---- Configuration --------------------------------------------------------------------
 
   def get_config(self):
-    config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode}
+    config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode,
+              "weight_decay": self._settings.weight_decay}
     for key in _HYPERPARAMETERS:
       config[key] = hyperparameters.to_config(getattr(self._hyper, key))
     config.update(dataclasses.asdict(self._settings.clip))
@@ -335,8 +384,8 @@ class Adam(tf.Module):
     return cls(**config)
 
 
-def _assign_all(targets, values):
-  return [t.assign(v) for t, v in zip(targets, values) if t is not None]
+def _select(apply_if, new, old):
+  return new if apply_if is None else tf.where(apply_if, new, old)
 
 
 def _check_dtype(var):

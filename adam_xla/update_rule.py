@@ -12,6 +12,9 @@ Section 2.1, the form `tf.keras.optimizers.Adam` documents):
     vhat = max(vhat, v)                      (amsgrad only; replaces v below)
     var  = var - lr_t * m / (sqrt(v) + epsilon)
 
+With decoupled weight decay (AdamW, Loshchilov & Hutter; off by default) the variable first
+shrinks by lr * weight_decay * var, with the learning rate not bias-corrected, as in Keras.
+
 Because epsilon is added after the bias correction has been folded into lr_t, it is larger in
 effect than the epsilon of Algorithm 1 of the paper; that is why values such as 1.0 or 0.1 are
 useful for some models.
@@ -29,6 +32,7 @@ class StepCoefficients(NamedTuple):
   beta_1: tf.Tensor
   beta_2: tf.Tensor
   epsilon: tf.Tensor
+  decay: Optional[tf.Tensor] = None  # lr * weight_decay; None when there is no decay
 
 
 class Moments(NamedTuple):
@@ -39,13 +43,15 @@ class Moments(NamedTuple):
   vhat: Optional[tf.Tensor] = None
 
 
-def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype):
+def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype,
+                      weight_decay=0.0):
   """Returns the scalars of step t = iterations + 1 in `dtype`."""
   cast = lambda x: _as_dtype(x, dtype)
   t = cast(iterations + 1)
-  beta_1, beta_2 = cast(beta_1), cast(beta_2)
-  lr_t = cast(learning_rate) * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))
-  return StepCoefficients(lr_t, beta_1, beta_2, cast(epsilon))
+  beta_1, beta_2, learning_rate = cast(beta_1), cast(beta_2), cast(learning_rate)
+  lr_t = learning_rate * tf.sqrt(1 - tf.pow(beta_2, t)) / (1 - tf.pow(beta_1, t))
+  decay = None if not weight_decay else learning_rate * cast(weight_decay)
+  return StepCoefficients(lr_t, beta_1, beta_2, cast(epsilon), decay)
 
 
 def _as_dtype(value, dtype):
@@ -58,6 +64,8 @@ def _as_dtype(value, dtype):
 def adam_step(param, grad, moments, coefficients):
   """Returns (new_param, new_moments) for one Adam step; works on whole tensors or rows."""
   c = coefficients
+  if c.decay is not None:
+    param = param - c.decay * param
   m = c.beta_1 * moments.m + (1 - c.beta_1) * grad
   v = c.beta_2 * moments.v + (1 - c.beta_2) * tf.square(grad)
   vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)

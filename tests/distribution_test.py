@@ -361,16 +361,38 @@ def test_in_cross_replica_context_from_replica_and_cross_replica():
   assert seen[-1] is STRATEGY
 
 
-def test_update_every_copy_runs_on_each_device():
+def test_update_on_each_device_gives_each_device_its_components():
   with STRATEGY.scope():
-    var = tf.Variable([1.0, 2.0])
+    first, second = tf.Variable([1.0, 2.0]), tf.Variable(3.0)
+  deltas = STRATEGY.experimental_distribute_values_from_function(
+      lambda ctx: tf.constant(float(ctx.replica_id_in_sync_group + 1)))
+  calls = []
 
-  def update(copy, delta):
-    return copy.assign_add(delta)
+  def update(variables, per_variable, shared):
+    (scales,) = per_variable
+    calls.append(tf.DeviceSpec.from_string(variables[0].device).device_index)
+    for var, scale in zip(variables, scales):
+      var.assign_add(tf.ones_like(var) * scale * shared)
 
-  distribution.update_every_copy(STRATEGY, var, update, [tf.constant([0.5, -1.0])])
-  for component in var.values:
-    np.testing.assert_array_equal(component.numpy(), [1.5, 1.0])
+  distribution.update_on_each_device(
+      STRATEGY, update, [first, second], ([deltas, deltas],), tf.constant(10.0))
+  assert sorted(calls) == [0, 1]  # one call per device, covering all variables
+  np.testing.assert_array_equal(first.values[0].numpy(), [11.0, 12.0])
+  np.testing.assert_array_equal(first.values[1].numpy(), [21.0, 22.0])
+  np.testing.assert_array_equal(second.values[1].numpy(), 23.0)
+
+
+def test_update_on_each_device_without_strategy_calls_once():
+  var = tf.Variable(1.0)
+  calls = []
+
+  def update(variables, per_variable, shared):
+    calls.append(1)
+    variables[0].assign_add(per_variable[0][0] + shared)
+
+  distribution.update_on_each_device(
+      tf.distribute.get_strategy(), update, [var], ([tf.constant(2.0)],), tf.constant(0.5))
+  assert calls == [1] and var.numpy() == 3.5
 
 
 def test_as_tf_variable():

@@ -513,7 +513,8 @@ def test_config_round_trip_after_build_reports_current_rate():
 
 BAD_ARGUMENTS = [
     ({"foo": 1}, TypeError, r"unexpected keyword argument.*'foo'.*clipnorm"),
-    ({"weight_decay": 0.1}, TypeError, r"'weight_decay'.*accepted"),
+    ({"use_ema": True}, TypeError, r"'use_ema'.*accepted.*weight_decay"),
+    ({"weight_decay": -0.1}, ValueError, r"`weight_decay`.*>= 0"),
     ({"clipnorm": 1.0, "global_clipnorm": 1.0}, ValueError, r"clipnorm.*global_clipnorm"),
     ({"learning_rate": -0.1}, ValueError, r"`learning_rate`.*\[0.0, inf\]"),
     ({"learning_rate": float("nan")}, ValueError, r"`learning_rate`"),

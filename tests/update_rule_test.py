@@ -106,9 +106,10 @@ def test_step_coefficients_match_formula(dtype, hyper, iterations):
   lr, beta_1, beta_2, epsilon = hyper
   c = update_rule.step_coefficients(lr, beta_1, beta_2, epsilon,
                                     tf.constant(iterations, tf.int64), dtype)
-  for value in c:
+  for value in (c.lr_t, c.beta_1, c.beta_2, c.epsilon):
     assert value.dtype == dtype
     assert value.shape == ()
+  assert c.decay is None
   t = iterations + 1
   lr_r, beta_1_r, beta_2_r, _ = rounded(hyper, dtype)
   np.testing.assert_allclose(c.lr_t.numpy(), np_lr_t(lr_r, beta_1_r, beta_2_r, t),
