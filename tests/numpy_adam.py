@@ -12,10 +12,10 @@ class NumpyAdam:
 
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                amsgrad=False, clipnorm=None, clipvalue=None, global_clipnorm=None,
-               lazy=False):
+               lazy=False, weight_decay=0.0):
     self.learning_rate = learning_rate  # a number, or a function of the step count
     self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-    self.amsgrad, self.lazy = amsgrad, lazy
+    self.amsgrad, self.lazy, self.weight_decay = amsgrad, lazy, weight_decay
     self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
     self.iterations = 0
     self.m = self.v = self.vhat = None
@@ -46,6 +46,8 @@ class NumpyAdam:
       if self.lazy and touched_rows is not None and touched_rows[i] is not None:
         rows = np.unique(touched_rows[i])
       m, v, vhat = self.m[i], self.v[i], self.vhat[i]
+      # Decoupled weight decay (AdamW): the plain learning rate, before the Adam step.
+      params[i][rows] = params[i][rows] - lr * self.weight_decay * params[i][rows]
       m[rows] = self.beta_1 * m[rows] + (1 - self.beta_1) * g[rows]
       v[rows] = self.beta_2 * v[rows] + (1 - self.beta_2) * g[rows] ** 2
       second = v

@@ -94,6 +94,12 @@ OPTION_CASES = {
     "schedule": ({"learning_rate": _SCHEDULE},
                  {"learning_rate": lambda step: 0.05 * 0.5 ** (step / 5)}),
     "callable_lr": ({"learning_rate": lambda: 0.04}, {"learning_rate": 0.04}),
+    "weight_decay": ({"learning_rate": 0.02, "weight_decay": 0.1},
+                     {"learning_rate": 0.02, "weight_decay": 0.1}),
+    "weight_decay_amsgrad_schedule": (
+        {"learning_rate": _SCHEDULE, "weight_decay": 0.3, "amsgrad": True},
+        {"learning_rate": lambda step: 0.05 * 0.5 ** (step / 5), "weight_decay": 0.3,
+         "amsgrad": True}),
     "tensor_and_callable_betas": (
         {"learning_rate": 0.02, "beta_1": tf.constant(0.8), "beta_2": lambda: 0.99,
          "epsilon": lambda: 1e-3},
@@ -174,6 +180,65 @@ def test_matches_keras_adam_trajectory_float32_default_betas(case):
   ours, theirs = _keras_and_ours(KERAS_CASES[case], np.float32)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_weight_decay_matches_keras_adamw(amsgrad):
+  kwargs = dict(_EXACT_BETAS, learning_rate=0.02, weight_decay=0.0625, amsgrad=amsgrad)
+  init, target, curvature = _quadratic_problem(1, np.float64)
+  ours = [keras.Variable(x) for x in init]
+  theirs = [keras.Variable(x) for x in init]
+  pairs = ((ours, adam_xla.Adam(**kwargs)), (theirs, keras.optimizers.AdamW(**kwargs)))
+  for _ in range(STEPS):
+    for variables, opt in pairs:
+      with tf.GradientTape() as tape:
+        loss = _tf_loss([v.value for v in variables], target, curvature)
+      opt.apply_gradients(zip(tape.gradient(loss, [v.value for v in variables]), variables))
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_exclude_from_weight_decay_by_variable_and_name():
+  kernel, bias, other = (tf.Variable([1.0, -1.0], name="kernel"),
+                         tf.Variable([1.0, -1.0], name="dense_bias"),
+                         tf.Variable([1.0, -1.0], name="other"))
+  opt = adam_xla.Adam(0.1, weight_decay=0.5)
+  opt.exclude_from_weight_decay(var_list=[other], var_names=["bias"])
+  zero = tf.zeros([2])
+  opt.apply_gradients([(zero, kernel), (zero, bias), (zero, other)])
+  # A zero gradient leaves only the decay: var * (1 - lr * weight_decay).
+  np.testing.assert_allclose(kernel.numpy(), [0.95, -0.95], rtol=1e-6)
+  np.testing.assert_array_equal(bias.numpy(), [1.0, -1.0])
+  np.testing.assert_array_equal(other.numpy(), [1.0, -1.0])
+
+
+@pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
+@pytest.mark.parametrize("jit", [False, True])
+def test_apply_if_false_changes_nothing(sparse_mode, jit):
+  table = tf.Variable(np.arange(12.0).reshape(6, 2))
+  dense = tf.Variable([1.0, 2.0], dtype=tf.float64)
+  opt = adam_xla.Adam(0.1, amsgrad=True, weight_decay=0.1, sparse_mode=sparse_mode)
+
+  def step(ids, ok):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.gather(table, ids) ** 2) + tf.reduce_sum(dense ** 2)
+    grads = tape.gradient(loss, [table, dense])
+    opt.apply_gradients(zip(grads, [table, dense]), apply_if=ok)
+
+  step = tf.function(step, jit_compile=True) if jit else step
+  ids = tf.constant([1, 4, 1])
+  step(ids, tf.constant(True))
+  state = [v.numpy() for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"),
+                               opt.slot(dense, "v"))]
+  step(ids, tf.constant(False))
+  after = [v.numpy() for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"),
+                               opt.slot(dense, "v"))]
+  for a, b in zip(state, after):
+    np.testing.assert_array_equal(a, b)
+  assert int(opt.iterations.numpy()) == 1
+  step(ids, tf.constant(True))
+  assert int(opt.iterations.numpy()) == 2
+  assert np.all(table.numpy()[[1, 4]] != state[0][[1, 4]])
 
 
 def test_keras_docs_usage_example():
