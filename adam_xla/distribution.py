@@ -106,3 +106,54 @@ def update_on_each_device(strategy, update_fn, variables, per_variable, shared):
 
 def _listify(args):
   return tuple([arg] for arg in args)
+
+
+# ---- Compile plans for the train step ------------------------------------------------------
+
+SINGLE_PROGRAM = "single_program"
+REPLICA_PROGRAMS = "replica_programs"
+TPU_PROGRAM = "tpu_program"
+
+PLAN_DESCRIPTIONS = {
+    SINGLE_PROGRAM: "forward, backward and Adam update of every variable in one XLA program",
+    REPLICA_PROGRAMS: ("per replica: forward and backward as one XLA program, gradients "
+                       "all-reduced outside XLA, then the Adam update of all variables as "
+                       "one XLA program per device"),
+    TPU_PROGRAM: "the whole replica step, cross-replica sums included, compiled by TPU XLA",
+}
+
+
+def compile_plan(strategy):
+  """The largest XLA programs `strategy` allows for a train step (see PLAN_DESCRIPTIONS).
+
+  Under MirroredStrategy and MultiWorkerMirroredStrategy a compiled function that reads
+  mirrored variables and all-reduces fails ("Trying to access resource ... located in device
+  CPU:1 from device CPU:0"), so the all-reduce stays outside the compiled pieces there.
+  """
+  if _is_tpu(strategy):
+    return TPU_PROGRAM
+  if isinstance(strategy, (tf.distribute.MirroredStrategy,
+                           tf.distribute.MultiWorkerMirroredStrategy)):
+    return REPLICA_PROGRAMS
+  return SINGLE_PROGRAM
+
+
+def run_on_replicas(strategy, fn, args):
+  """strategy.run, returning per-replica results."""
+  return strategy.run(fn, args=args)
+
+
+def sum_replica_results(strategy, per_replica):
+  """Sums a structure of per-replica scalars into plain tensors."""
+  return tf.nest.map_structure(
+      lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
+      per_replica)
+
+
+def num_replicas(strategy):
+  return strategy.num_replicas_in_sync
+
+
+def distribute_dataset(strategy, dataset):
+  """Splits each global batch of `dataset` across the replicas (per host on multi-worker)."""
+  return strategy.experimental_distribute_dataset(dataset)

@@ -19,7 +19,7 @@ from adam_xla import update_rule
 SPARSE_MODES = ("dense", "lazy")
 _CLIP_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 _ARGUMENTS = ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "name",
-              "sparse_mode", "weight_decay") + _CLIP_KWARGS
+              "sparse_mode", "weight_decay", "jit_compile") + _CLIP_KWARGS
 _HYPERPARAMETERS = ("learning_rate", "beta_1", "beta_2", "epsilon")
 _SUPPORTED_DTYPES = (tf.float32, tf.float64)
 
@@ -31,6 +31,7 @@ class _Settings:
   amsgrad: bool
   sparse_mode: str
   weight_decay: float
+  jit_compile: bool
   clip: clipping.ClipConfig
 
 
@@ -65,6 +66,9 @@ class Adam(tf.Module):
     weight_decay: decoupled weight decay (AdamW); 0 (default) is plain Adam. Each step first
       shrinks a variable by learning_rate * weight_decay * var (in lazy mode, only the rows
       in the batch). See `exclude_from_weight_decay`.
+    jit_compile: compile the update of all variables on a device as one XLA program (the
+      default). Inside a compiled step it is part of that step's program either way; False
+      runs it as ordinary TensorFlow ops, e.g. for debugging with tf.print.
     **kwargs: `clipnorm` (clip each gradient's norm), `clipvalue` (clip each element) or
       `global_clipnorm` (clip the norm of all gradients together); `clipnorm` and
       `global_clipnorm` exclude each other.
@@ -85,7 +89,7 @@ class Adam(tf.Module):
 
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
-               **kwargs):
+               jit_compile=True, **kwargs):
     unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
     if unknown:
       raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
@@ -101,18 +105,22 @@ class Adam(tf.Module):
     if sparse_mode not in SPARSE_MODES:
       raise ValueError(f"Adam: `sparse_mode` must be one of {SPARSE_MODES}; "
                        f"got {sparse_mode!r}.")
+    if not isinstance(jit_compile, bool):
+      raise TypeError(f"Adam: `jit_compile` must be True or False; got {jit_compile!r}.")
     if not isinstance(name, str) or not name:
       raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
     super().__init__()
     self._optimizer_name = name
     weight_decay = float(hyperparameters.validate_non_negative("weight_decay", weight_decay))
     self._settings = _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode,
-                               weight_decay=weight_decay, clip=clip)
+                               weight_decay=weight_decay, jit_compile=jit_compile,
+                               clip=clip)
     self._decay_exclusions = _Untracked(refs=set(), names=set())
     # The update of all variables on one device, as one XLA program. Inside a step that is
     # itself compiled it is inlined into that program.
-    self._compiled = _Untracked(
-        update_variables=tf.function(self._update_variables, jit_compile=True))
+    self._compiled = _Untracked(update_variables=(
+        tf.function(self._update_variables, jit_compile=True) if jit_compile
+        else self._update_variables))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
@@ -139,6 +147,10 @@ class Adam(tf.Module):
     if self._iterations is None:
       distribution.in_cross_replica_context(lambda _: self._create_step_state(None))
     return self._iterations
+
+  @property
+  def jit_compile(self):
+    return self._settings.jit_compile
 
   @property
   def amsgrad(self):
@@ -371,7 +383,7 @@ class Adam(tf.Module):
 
   def get_config(self):
     config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode,
-              "weight_decay": self._settings.weight_decay}
+              "weight_decay": self._settings.weight_decay, "jit_compile": self.jit_compile}
     for key in _HYPERPARAMETERS:
       config[key] = hyperparameters.to_config(getattr(self._hyper, key))
     config.update(dataclasses.asdict(self._settings.clip))

@@ -241,6 +241,16 @@ def test_apply_if_false_changes_nothing(sparse_mode, jit):
   assert np.all(table.numpy()[[1, 4]] != state[0][[1, 4]])
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_jit_compile_switch_gives_the_same_result(jit_compile):
+  got, opt = _run_adam({"learning_rate": 0.02, "amsgrad": True, "jit_compile": jit_compile},
+                       "eager", np.float64)
+  want, _ = _run_reference({"learning_rate": 0.02, "amsgrad": True}, np.float64)
+  assert opt.jit_compile is jit_compile
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
 def test_keras_docs_usage_example():
   opt = adam_xla.Adam(learning_rate=0.1)
   var1 = tf.Variable(10.0)
@@ -594,6 +604,7 @@ BAD_ARGUMENTS = [
     ({"clipvalue": -1.0}, ValueError, r"`clipvalue`"),
     ({"global_clipnorm": "1"}, ValueError, r"`global_clipnorm`"),
     ({"name": ""}, TypeError, r"`name`"),
+    ({"jit_compile": 1}, TypeError, r"`jit_compile` must be True or False"),
 ]
 
 
