@@ -138,6 +138,15 @@ def compile_plan(strategy):
   return SINGLE_PROGRAM
 
 
+def program_device(strategy):
+  """Where a single-program step must run: its strategy's one device (None: the default)."""
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # the default (no) strategy
+    return None
+  return devices[0] if len(devices) == 1 else None
+
+
 def run_on_replicas(strategy, fn, args):
   """strategy.run, returning per-replica results."""
   return strategy.run(fn, args=args)

@@ -69,6 +69,7 @@ _NAMED_METRICS = {"accuracy": sparse_top1_accuracy}
 
 def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
                     steps_per_loop=1, accumulation_steps=1, loss_scaling=None,
+                    initial_loss_scale=2.0**15, loss_scale_growth_interval=2000,
                     loop_in_program=False):
   """Returns a `TrainStep` that trains `model` on batches `(features, labels)`.
 
@@ -85,6 +86,8 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
     steps_per_loop: steps per call (metrics are averaged over them).
     accumulation_steps: micro-batches per step, for global batches that do not fit.
     loss_scaling: None, or "dynamic" for float16 compute (see `StepConfig`).
+    initial_loss_scale, loss_scale_growth_interval: the dynamic loss scale's start value and
+      the number of good steps after which it doubles.
     loop_in_program: loop over `steps_per_loop` inside the XLA program (see `StepConfig`).
 
   Returns:
@@ -99,7 +102,9 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
     raise TypeError("make_train_step: `loss_fn` must be callable as loss_fn(labels, "
                     "predictions).")
   config = StepConfig(steps_per_loop=steps_per_loop, accumulation_steps=accumulation_steps,
-                      loss_scaling=loss_scaling, loop_in_program=loop_in_program)
+                      loss_scaling=loss_scaling, initial_loss_scale=initial_loss_scale,
+                      loss_scale_growth_interval=loss_scale_growth_interval,
+                      loop_in_program=loop_in_program)
   return TrainStep(model, loss_fn, optimizer, _metric_fns(metrics),
                    strategy or tf.distribute.get_strategy(), config)
 
@@ -248,6 +253,7 @@ class TrainStep(tf.Module):
 
   def _build_functions(self):
     strategy, plan, config = self._parts.strategy, self.plan, self.config
+    device = distribution.program_device(strategy)
     if plan == distribution.REPLICA_PROGRAMS:
       forward_backward = tf.function(self._forward_backward, jit_compile=True)
 
@@ -262,13 +268,20 @@ class TrainStep(tf.Module):
           strategy, distribution.run_on_replicas(strategy, replica_step, (batch,)))
 
     if plan == distribution.SINGLE_PROGRAM:
-      one_step = tf.function(one_step, jit_compile=True)
+      # The compiled program must run where the variables live (OneDeviceStrategy's device):
+      # XLA cannot read a resource on another device.
+      compiled_step = tf.function(one_step, jit_compile=True)
+
+      def one_step(batch):  # pylint: disable=function-redefined
+        with tf.device(device):
+          return compiled_step(batch)
 
     def loop(iterator):
       self.trace_count += 1
       if config.loop_in_program:
         batches = [next(iterator) for _ in range(config.steps_per_loop)]
-        return compiled_loop(tf.nest.map_structure(lambda *b: tf.stack(b), *batches))
+        with tf.device(device):
+          return compiled_loop(tf.nest.map_structure(lambda *b: tf.stack(b), *batches))
       return _average(_run_steps(lambda: one_step(next(iterator)), config.steps_per_loop),
                       config.steps_per_loop)
 
