@@ -91,7 +91,9 @@ class _Process:
           return f.read().decode("utf-8", "replace")
       except OSError as e:
         return f"<{e}>"
-    return (f"---- {self.name}: exit code {self.popen.poll()}\n"
+    code = self.popen.poll()
+    status = "still running (killed)" if code is None else f"exit code {code}"
+    return (f"---- {self.name}: {status}\n"
             f"-- stdout ({self.stdout_path}):\n{tail(self.stdout_path)}\n"
             f"-- stderr tail ({self.stderr_path}):\n{tail(self.stderr_path)}\n")
 
