@@ -166,3 +166,49 @@ def num_replicas(strategy):
 def distribute_dataset(strategy, dataset):
   """Splits each global batch of `dataset` across the replicas (per host on multi-worker)."""
   return strategy.experimental_distribute_dataset(dataset)
+
+
+# ---- Creating a strategy ---------------------------------------------------------------------
+
+STRATEGY_KINDS = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def split_cpu(num_logical_cpus):
+  """Splits the first CPU into logical devices (must run before TensorFlow starts).
+
+  Gives MirroredStrategy real replicas on a machine without accelerators.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
+
+
+def create_strategy(kind, *, tpu=None):
+  """The strategy a trainer's --strategy flag names; see STRATEGY_KINDS.
+
+  "mirrored" uses every local GPU, or every logical CPU when there are no GPUs;
+  "multi_worker" reads the cluster from the TF_CONFIG environment variable; "tpu" resolves
+  `tpu` (a Cloud TPU name, a grpc:// address, or "local" on a TPU VM) and initializes the TPU
+  system, as the TPU guide describes.
+  """
+  if kind not in STRATEGY_KINDS:
+    raise ValueError(f"unknown strategy {kind!r}; accepted: {', '.join(STRATEGY_KINDS)}.")
+  if kind == "default":
+    return tf.distribute.get_strategy()
+  if kind == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0]
+                                           .name)
+  if kind == "mirrored":
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+  if kind == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if not tpu:
+    raise ValueError("the tpu strategy needs a TPU: a Cloud TPU name, a grpc:// address, "
+                     "or 'local' on a TPU VM.")
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+  if tpu != "local":
+    tf.config.experimental_connect_to_cluster(resolver)
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
