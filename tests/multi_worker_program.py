@@ -67,7 +67,7 @@ def _weights(model):
 
 
 def train(mode):
-  """Trains STEPS steps; returns (initial weights, final weights, losses, info)."""
+  """Trains STEPS steps; returns initial and final weights, losses, info and the strategy."""
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   import keras
@@ -105,12 +105,26 @@ def train(mode):
       "variable_types": sorted({type(getattr(v, "value", v)).__name__
                                 for v in model.trainable_variables}),
   }
-  return initial, _weights(model), losses, info
+  return initial, _weights(model), losses, info, strategy
+
+
+def _barrier(strategy):
+  """Returns when every worker got here: no worker exits while another still works."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  @tf.function  # eagerly, the reduce would start a thread pool (and need /dev/shm)
+  def count_replicas():
+    return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                           strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+  total = count_replicas()
+  if int(total.numpy()) != strategy.num_replicas_in_sync:
+    raise RuntimeError(f"multi_worker_program: barrier counted {total.numpy()} replicas.")
 
 
 def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
-  initial, final, losses, info = train(args.mode)
+  initial, final, losses, info, strategy = train(args.mode)
   arrays = {f"initial_{i}": w for i, w in enumerate(initial)}
   arrays.update({f"final_{i}": w for i, w in enumerate(final)})
   arrays["losses"] = np.array(losses, np.float64)
@@ -120,6 +134,8 @@ def main(argv=None):
     np.savez(f, **arrays)
   os.replace(partial, args.output)  # the test never reads a half-written file
   print(f"multi_worker_program: wrote {args.output}: {json.dumps(info)}", flush=True)
+  if strategy is not None:
+    _barrier(strategy)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def _base_env():
   env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
   # The repo root first, then whatever this process was given (Bazel's runfiles paths).
   env["PYTHONPATH"] = os.pathsep.join(
-      [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+      [REPO_ROOT] + [os.path.abspath(p)
+                     for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
   env["CUDA_VISIBLE_DEVICES"] = ""  # one CPU device per process, nothing else
   env["PYTHONUNBUFFERED"] = "1"
   return env

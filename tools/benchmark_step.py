@@ -204,6 +204,40 @@ def make_variants(model_name, dataset):
 
 # ---- Benchmark ---------------------------------------------------------------------------
 
+class CpuMonitor:
+  """How busy the machine was with work other than this process during an interval.
+
+  Other processes (tests, builds) on a 2-core machine slow every variant they overlap with;
+  the tool reports their share so that a noisy round can be recognized.
+  """
+
+  def __init__(self):
+    self._tick = os.sysconf("SC_CLK_TCK")
+    self._cores = os.cpu_count() or 1
+
+  def _machine_busy_seconds(self):
+    try:
+      with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+      return None
+    user, nice, system, _, _, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / self._tick
+
+  def start(self):
+    times = os.times()
+    return time.perf_counter(), self._machine_busy_seconds(), times.user + times.system
+
+  def other_load(self, started):
+    """Fraction of the machine's cores busy with other work since `started` (None: unknown)."""
+    wall0, busy0, own0 = started
+    wall, busy, times = time.perf_counter() - wall0, self._machine_busy_seconds(), os.times()
+    if busy0 is None or busy is None or wall <= 0:
+      return None
+    other = (busy - busy0) - (times.user + times.system - own0)
+    return min(max(other / (wall * self._cores), 0.0), 1.0)
+
+
 def benchmark_model(model_name, rounds, steps, batch_size):
   """Builds, warms up and times every variant of one model; returns a result dict."""
   logging.info("[%s] generating data (batch %d) ...", model_name, batch_size)
@@ -230,19 +264,25 @@ def benchmark_model(model_name, rounds, steps, batch_size):
   params = variants[0].model.count_params()
 
   timings = {v.name: [] for v in variants}
+  other_loads = {v.name: [] for v in variants}
+  monitor = CpuMonitor()
   executed = {}
   for r in range(rounds):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
     for variant in order:
       calls = math.ceil(steps / variant.steps_per_call)
       executed[variant.name] = calls * variant.steps_per_call
+      started = monitor.start()
       start = time.perf_counter()
       loss = variant.run(calls)
       seconds = time.perf_counter() - start
+      other = monitor.other_load(started)
       timings[variant.name].append(seconds)
-      logging.info("[%s] round %d/%d  %-24s %3d steps in %6.2f s = %6.2f steps/s  (loss %.4f)",
-                   model_name, r + 1, rounds, variant.name, executed[variant.name], seconds,
-                   executed[variant.name] / seconds, loss)
+      other_loads[variant.name].append(other)
+      logging.info("[%s] round %d/%d  %-24s %3d steps in %6.2f s = %6.2f steps/s  (loss %.4f; "
+                   "other processes %s of the CPUs)", model_name, r + 1, rounds, variant.name,
+                   executed[variant.name], seconds, executed[variant.name] / seconds, loss,
+                   "?" if other is None else f"{other:.0%}")
 
   rows = []
   for variant in variants:
@@ -251,7 +291,9 @@ def benchmark_model(model_name, rounds, steps, batch_size):
                  "steps_per_round": executed[variant.name],
                  "median_steps_per_s": statistics.median(rates), "min_steps_per_s": min(rates),
                  "max_steps_per_s": max(rates), "seconds_per_round": timings[variant.name],
-                 "steps_per_s_per_round": rates, **setup[variant.name]})
+                 "steps_per_s_per_round": rates,
+                 "other_cpu_load_per_round": other_loads[variant.name],
+                 **setup[variant.name]})
   baseline = next(row for row in rows if row["variant"] == _BASELINE)["median_steps_per_s"]
   best_keras = max(row["median_steps_per_s"] for row in rows if row["kind"] == "keras")
   for row in rows:
@@ -289,19 +331,30 @@ def command_line():
 
 def format_table(results):
   header = ("model", "variant", "median steps/s", "min", "max", "vs keras jit",
-            "vs best keras", "warm-up s", "warm-up loss")
+            "vs best keras", "other load", "warm-up s", "warm-up loss")
   lines = []
   for result in results:
     for row in result["rows"]:
       lines.append((row["model"], row["variant"], f"{row['median_steps_per_s']:.2f}",
                     f"{row['min_steps_per_s']:.2f}", f"{row['max_steps_per_s']:.2f}",
                     f"{row['ratio_vs_keras_jit']:.2f}x", f"{row['ratio_vs_best_keras']:.2f}x",
+                    _load_summary(row["other_cpu_load_per_round"]),
                     f"{row['warmup_seconds']:.1f}", f"{row['warmup_loss']:.4f}"))
   widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
   fmt = lambda cells: "  ".join(
       str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
   rule = "-" * len(fmt(header))
   return "\n".join([fmt(header), rule] + [fmt(line) for line in lines])
+
+
+def _load_summary(loads):
+  known = [load for load in loads if load is not None]
+  return f"{max(known):.0%}" if known else "?"
+
+
+def _noisy_rows(results, limit=0.1):
+  return [f"{row['model']}/{row['variant']}" for result in results for row in result["rows"]
+          if any(load is not None and load > limit for load in row["other_cpu_load_per_round"])]
 
 
 def main(argv):
@@ -349,7 +402,14 @@ def main(argv):
   print("Ratios are of median steps/s; 'best keras' is the fastest Keras variant of that model.\n"
         "Keras times include model.fit's per-call overhead (one fit call per round). Warm-up: "
         "untimed first call(s), compilation included; warm-up loss: mean loss of its steps "
-        "(same weights and batches, so equal across variants with the same steps per call).")
+        "(same weights and batches, so equal across variants with the same steps per call).\n"
+        "other load: the largest share of the CPUs used by other processes during a timed run "
+        "of that variant (from /proc/stat).")
+  noisy = _noisy_rows(results)
+  if noisy:
+    print(f"WARNING: other processes used more than 10% of the CPUs during timed runs of "
+          f"{', '.join(noisy)}; the machine was not quiet, so the numbers are noisy. Re-run "
+          "on a quiet machine (or with more --rounds).")
   print(f"wall time: {wall:.0f} s")
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w") as f:
