@@ -90,36 +90,15 @@ class Adam(tf.Module):
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
                jit_compile=True, **kwargs):
-    unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
-    if unknown:
-      raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
-                      f"arguments are {', '.join(_ARGUMENTS)}.")
-    clip = clipping.ClipConfig(**{
-        key: hyperparameters.validate_positive_or_none(key, kwargs.get(key))
-        for key in _CLIP_KWARGS})
-    if clip.clipnorm is not None and clip.global_clipnorm is not None:
-      raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
-                       "`global_clipnorm` (all gradients together); both were given.")
-    if not isinstance(amsgrad, bool):
-      raise TypeError(f"Adam: `amsgrad` must be True or False; got {amsgrad!r}.")
-    if sparse_mode not in SPARSE_MODES:
-      raise ValueError(f"Adam: `sparse_mode` must be one of {SPARSE_MODES}; "
-                       f"got {sparse_mode!r}.")
-    if not isinstance(jit_compile, bool):
-      raise TypeError(f"Adam: `jit_compile` must be True or False; got {jit_compile!r}.")
-    if not isinstance(name, str) or not name:
-      raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
     super().__init__()
     self._optimizer_name = name
-    weight_decay = float(hyperparameters.validate_non_negative("weight_decay", weight_decay))
-    self._settings = _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode,
-                               weight_decay=weight_decay, jit_compile=jit_compile,
-                               clip=clip)
+    self._settings = _validated_settings(amsgrad, name, sparse_mode, weight_decay, jit_compile,
+                                         kwargs)
     self._decay_exclusions = _Untracked(refs=set(), names=set())
     # The update of all variables on one device, as one XLA program. Inside a step that is
     # itself compiled it is inlined into that program.
     self._compiled = _Untracked(update_variables=(
-        tf.function(self._update_variables, jit_compile=True) if jit_compile
+        tf.function(self._update_variables, jit_compile=True) if self.jit_compile
         else self._update_variables))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
@@ -394,6 +373,31 @@ class Adam(tf.Module):
     config = dict(config)
     config["learning_rate"] = hyperparameters.from_config(config["learning_rate"])
     return cls(**config)
+
+
+def _validated_settings(amsgrad, name, sparse_mode, weight_decay, jit_compile, kwargs):
+  """The constructor's non-hyperparameter arguments, checked, with a clear error for each."""
+  unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
+  if unknown:
+    raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
+                    f"arguments are {', '.join(_ARGUMENTS)}.")
+  clip = clipping.ClipConfig(**{
+      key: hyperparameters.validate_positive_or_none(key, kwargs.get(key))
+      for key in _CLIP_KWARGS})
+  if clip.clipnorm is not None and clip.global_clipnorm is not None:
+    raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
+                     "`global_clipnorm` (all gradients together); both were given.")
+  for flag_name, flag in (("amsgrad", amsgrad), ("jit_compile", jit_compile)):
+    if not isinstance(flag, bool):
+      raise TypeError(f"Adam: `{flag_name}` must be True or False; got {flag!r}.")
+  if sparse_mode not in SPARSE_MODES:
+    raise ValueError(f"Adam: `sparse_mode` must be one of {SPARSE_MODES}; "
+                     f"got {sparse_mode!r}.")
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
+  weight_decay = float(hyperparameters.validate_non_negative("weight_decay", weight_decay))
+  return _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode, weight_decay=weight_decay,
+                   jit_compile=jit_compile, clip=clip)
 
 
 def _select(apply_if, new, old):
