@@ -17,6 +17,7 @@ from adam_xla import distribution
 from adam_xla import optimizer as optimizer_lib
 
 LOSS_SCALING_MODES = (None, "dynamic")
+XLA_SCOPES = ("step", "update")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,11 @@ class StepConfig:
     inside the XLA program (batches are fetched first and stacked) instead of a host loop that
     calls the program once per step. Faster for small models; on XLA:CPU convolution
     gradients inside a compiled loop are very slow, so it is off by default.
+  xla_scope: "step" (default) compiles forward, backward and update (as the plan allows);
+    "update" compiles only the Adam update and runs forward and backward as ordinary
+    TensorFlow ops. On CPU, XLA's convolution gradients are slower than TensorFlow's oneDNN
+    kernels (see the README's figures), so convolutional models train faster with "update"
+    there; dense models are faster with "step". TPU compiles everything either way.
   """
 
   steps_per_loop: int = 1
@@ -41,6 +47,7 @@ class StepConfig:
   initial_loss_scale: float = 2.0**15
   loss_scale_growth_interval: int = 2000
   loop_in_program: bool = False
+  xla_scope: str = "step"
 
   def __post_init__(self):
     for name in ("steps_per_loop", "accumulation_steps", "loss_scale_growth_interval"):
@@ -55,6 +62,11 @@ class StepConfig:
                        f"{self.initial_loss_scale!r}.")
     if not isinstance(self.loop_in_program, bool):
       raise TypeError("make_train_step: `loop_in_program` must be True or False.")
+    if self.xla_scope not in XLA_SCOPES:
+      raise ValueError(f"make_train_step: `xla_scope` must be one of {XLA_SCOPES}; got "
+                       f"{self.xla_scope!r}.")
+    if self.loop_in_program and self.xla_scope != "step":
+      raise ValueError("make_train_step: loop_in_program needs xla_scope='step'.")
 
 
 def sparse_top1_accuracy(labels, logits):
@@ -70,7 +82,7 @@ _NAMED_METRICS = {"accuracy": sparse_top1_accuracy}
 def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
                     steps_per_loop=1, accumulation_steps=1, loss_scaling=None,
                     initial_loss_scale=2.0**15, loss_scale_growth_interval=2000,
-                    loop_in_program=False):
+                    loop_in_program=False, xla_scope="step"):
   """Returns a `TrainStep` that trains `model` on batches `(features, labels)`.
 
   Args:
@@ -89,6 +101,8 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
     initial_loss_scale, loss_scale_growth_interval: the dynamic loss scale's start value and
       the number of good steps after which it doubles.
     loop_in_program: loop over `steps_per_loop` inside the XLA program (see `StepConfig`).
+    xla_scope: "step" compiles the whole step where the strategy allows; "update" only the
+      Adam update (faster for convolutional models on CPU; see `StepConfig`).
 
   Returns:
     A `TrainStep`: call it with an iterator over `step.distribute(dataset)` (any strategy)
@@ -104,7 +118,7 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
   config = StepConfig(steps_per_loop=steps_per_loop, accumulation_steps=accumulation_steps,
                       loss_scaling=loss_scaling, initial_loss_scale=initial_loss_scale,
                       loss_scale_growth_interval=loss_scale_growth_interval,
-                      loop_in_program=loop_in_program)
+                      loop_in_program=loop_in_program, xla_scope=xla_scope)
   return TrainStep(model, loss_fn, optimizer, _metric_fns(metrics),
                    strategy or tf.distribute.get_strategy(), config)
 
@@ -155,8 +169,10 @@ class TrainStep(tf.Module):
     if config.loop_in_program and self.plan != distribution.SINGLE_PROGRAM:
       raise ValueError(f"make_train_step: loop_in_program needs the single-program plan; the "
                        f"{type(strategy).__name__} strategy uses {self.plan}.")
-    logging.info("adam_xla train step: %s plan (%s); %d step(s) per call",
-                 self.plan, distribution.PLAN_DESCRIPTIONS[self.plan], config.steps_per_loop)
+    logging.info("adam_xla train step: %s plan (%s)%s; %d step(s) per call",
+                 self.plan, distribution.PLAN_DESCRIPTIONS[self.plan],
+                 "; xla_scope='update': forward and backward run as TensorFlow ops"
+                 if config.xla_scope == "update" else "", config.steps_per_loop)
     self._functions = _Untracked(**self._build_functions())
 
   # ---- Public -------------------------------------------------------------------------
@@ -254,8 +270,9 @@ class TrainStep(tf.Module):
   def _build_functions(self):
     strategy, plan, config = self._parts.strategy, self.plan, self.config
     device = distribution.program_device(strategy)
+    compile_step = config.xla_scope == "step"
     if plan == distribution.REPLICA_PROGRAMS:
-      forward_backward = tf.function(self._forward_backward, jit_compile=True)
+      forward_backward = tf.function(self._forward_backward, jit_compile=compile_step)
 
       def replica_step(batch):
         loss, grads, metrics = forward_backward(batch)
@@ -267,7 +284,7 @@ class TrainStep(tf.Module):
       return distribution.sum_replica_results(
           strategy, distribution.run_on_replicas(strategy, replica_step, (batch,)))
 
-    if plan == distribution.SINGLE_PROGRAM:
+    if plan == distribution.SINGLE_PROGRAM and compile_step:
       # The compiled program must run where the variables live (OneDeviceStrategy's device):
       # XLA cannot read a resource on another device.
       compiled_step = tf.function(one_step, jit_compile=True)

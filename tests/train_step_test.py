@@ -97,6 +97,8 @@ FUSED_CASES = {
                              {}),
     "accumulation": ({"learning_rate": 0.01}, {"accumulation_steps": 4}),
     "steps_per_loop": ({"learning_rate": 0.01, "amsgrad": True}, {"steps_per_loop": 5}),
+    "xla_scope_update": ({"learning_rate": 0.01, "amsgrad": True},
+                         {"xla_scope": "update", "steps_per_loop": 5}),
     "loop_in_program": ({"learning_rate": _SCHEDULE, "clipvalue": 0.05},
                         {"steps_per_loop": 5, "loop_in_program": True}),
     "everything": ({"learning_rate": _SCHEDULE, "amsgrad": True, "global_clipnorm": 0.5,
@@ -230,6 +232,38 @@ def _find_jit_function(step):
   raise AssertionError("no compiled function found")
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_update_scope_compiles_only_the_update(replicas):
+  x, y = _data()
+  strategy = MIRRORED[2] if replicas == 2 else tf.distribute.get_strategy()
+  model, _, step, _ = _fused_run({"learning_rate": 0.01}, 10, x, y, strategy=strategy,
+                                 xla_scope="update")
+  want = _reference_run({"learning_rate": 0.01}, 10, x, y)
+  for got, ref in zip(model.trainable_variables, want):
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
+  iterator = iter(step.distribute(_dataset(x, y)))
+  graph_def = step._functions.loop.get_concrete_function(iterator).graph.as_graph_def()  # pylint: disable=protected-access
+  compiled, plain = _ops_by_compilation(graph_def)
+  assert "MatMul" in plain and "MatMul" not in compiled  # forward/backward are TF ops
+  assert "Sqrt" in compiled  # the Adam update is compiled
+
+
+def _ops_by_compilation(graph_def):
+  """(op types inside XLA-compiled functions, op types elsewhere) of a graph and its library."""
+  functions = {f.signature.name: f for f in graph_def.library.function}
+  compiled, plain = set(), set()
+
+  def visit(nodes, inside_xla):
+    for node in nodes:
+      (compiled if inside_xla else plain).add(node.op)
+      if "f" in node.attr and node.attr["f"].func.name in functions:
+        must_compile = node.attr["_XlaMustCompile"].b if "_XlaMustCompile" in node.attr else False
+        visit(functions[node.attr["f"].func.name].node_def, inside_xla or must_compile)
+
+  visit(graph_def.node, False)
+  return compiled, plain
+
+
 @pytest.mark.parametrize("plan_strategy", ["default", "mirrored"])
 def test_dynamic_loss_scaling_skips_overflowing_steps(plan_strategy):
   strategy = (MIRRORED[2]
@@ -326,6 +360,8 @@ BAD_STEP_ARGUMENTS = [
     ({"loss_scaling": "static"}, ValueError, r"`loss_scaling` must be one of"),
     ({"initial_loss_scale": 0.5}, ValueError, r"`initial_loss_scale` must be >= 1"),
     ({"metrics": ["top5"]}, ValueError, r"unknown metric names \['top5'\]"),
+    ({"xla_scope": "all"}, ValueError, r"`xla_scope` must be one of \('step', 'update'\)"),
+    ({"xla_scope": "update", "loop_in_program": True}, ValueError, r"needs xla_scope='step'"),
     ({"metrics": {"loss": _LOSS}}, ValueError, r"reserved"),
 ]
 

@@ -8,14 +8,17 @@ pipeline and uses the same Adam settings (learning rate 1e-3, default betas and 
 
   adam_xla fused spl=K        adam_xla.make_train_step(..., steps_per_loop=K), called with an
                               iterator over step.distribute(dataset)
+  adam_xla xla_scope=update   the same with xla_scope="update": only the Adam update is one
+                              XLA program; forward and backward run as TensorFlow ops
   keras fit jit              model.fit, compile(jit_compile=True)
   keras fit no-jit           model.fit, compile(jit_compile=False)
   keras fit jit spe=10       model.fit, compile(jit_compile=True, steps_per_execution=10)
 
-Each variant is warmed up once (untimed: tracing and XLA compilation), then the variants are
-timed in interleaved rounds (every variant once per round, the order rotated from round to
-round) so that machine noise hits all of them alike. The table gives the median steps/second
-over the rounds, the range, and the ratios to "keras fit jit" and to the best Keras variant.
+Each variant is warmed up untimed (a first call with tracing and XLA compilation, then
+--warmup_rounds rounds of all variants); then the variants are timed in interleaved rounds
+(every variant once per round, the order rotated from round to round) so that machine noise
+hits all of them alike. The table gives the median steps/second over the rounds, the range,
+and the ratios to "keras fit jit" and to the best Keras variant.
 
 Nothing is set globally for one side: it is one process, so environment settings such as
 TF_CPU_ALLOCATOR_USE_BFC (read by TensorFlow from the environment) apply to every variant; the
@@ -46,7 +49,7 @@ import adam_xla
 MODELS = ("mlp16m", "resnet20")
 # Per-model defaults: timed steps per round per variant, batch size, and the number of
 # batches of synthetic data (generated once, repeated).
-_DEFAULT_STEPS = {"mlp16m": 30, "resnet20": 6}
+_DEFAULT_STEPS = {"mlp16m": 30, "resnet20": 10}
 _QUICK_STEPS = {"mlp16m": 10, "resnet20": 2}
 _DEFAULT_BATCH = {"mlp16m": 64, "resnet20": 128}
 _DATA_BATCHES = 16
@@ -70,12 +73,20 @@ _STEPS_PER_LOOP = flags.DEFINE_integer(
     "steps_per_loop", 1, "steps_per_loop of the main adam_xla fused variant.")
 _MLP_SPL10 = flags.DEFINE_bool(
     "mlp_spl10_row", True, "Also time the fused step with steps_per_loop=10 on the MLP.")
+# Four hidden layers of 2048 give the 16.7M parameters the MLP is known by
+# (1024-2048-2048-2048-1000 read literally, three hidden layers, has 12.5M).
 _MLP_HIDDEN = flags.DEFINE_list(
     "mlp_hidden", ["2048", "2048", "2048", "2048"],
-    "Hidden layer widths of the MLP (1024 inputs, 1000 classes); the default has 16.7M "
-    "parameters.")
+    "Hidden layer widths of the MLP (1024 inputs, 1000 classes); the default has 16,737,256 "
+    "parameters; --mlp_hidden=2048,2048,2048 gives 12.5M.")
+_WARMUP_ROUNDS = flags.DEFINE_integer(
+    "warmup_rounds", 1, "Untimed rounds of every variant after the warm-up calls and before "
+    "the timed rounds.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the data and the initial weights.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write raw timings and medians as JSON here.")
+_TF_DATA_AUTOTUNE = flags.DEFINE_bool(
+    "tf_data_autotune", False, "Leave tf.data autotuning on (see make_dataset: it adds a "
+    "stall of about 0.3 s to about half of the iterator teardowns, i.e. of the fit calls).")
 _QUICK = flags.DEFINE_bool(
     "quick", False, f"Smoke test: 1 round of {_QUICK_STEPS} steps (unless --rounds/--steps "
     "are given explicitly).")
@@ -132,9 +143,20 @@ def make_data(model_name, batch_size, seed):
   return x, y
 
 
-def make_dataset(x, y, batch_size):
-  return (tf.data.Dataset.from_tensor_slices((x, y)).repeat()
-          .batch(batch_size, drop_remainder=True).prefetch(_PREFETCH))
+def make_dataset(x, y, batch_size, autotune=False):
+  """The one input pipeline of every variant.
+
+  tf.data's autotuning is off by default: nothing in the pipeline is AUTOTUNE, but its model
+  thread still runs, and destroying an iterator that a tf.function has read from then blocks
+  for about 0.3 s in about half of the cases (measured here). model.fit makes and destroys one
+  iterator per call, so that stall would be charged to every timed fit call and to none of the
+  fused step's calls, which keep one iterator.
+  """
+  dataset = (tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+             .batch(batch_size, drop_remainder=True).prefetch(_PREFETCH))
+  options = tf.data.Options()
+  options.autotune.enabled = autotune
+  return dataset.with_options(options)
 
 
 def weights_checksum(model):
@@ -148,11 +170,12 @@ class FusedVariant:
 
   kind = "adam_xla"
 
-  def __init__(self, name, model, dataset, steps_per_loop):
+  def __init__(self, name, model, dataset, steps_per_loop, xla_scope="step"):
     self.name, self.model, self.steps_per_call = name, model, steps_per_loop
     self._step = adam_xla.make_train_step(
         model, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-        adam_xla.Adam(learning_rate=_LEARNING_RATE), steps_per_loop=steps_per_loop)
+        adam_xla.Adam(learning_rate=_LEARNING_RATE), steps_per_loop=steps_per_loop,
+        xla_scope=xla_scope)
     self._iterator = iter(self._step.distribute(dataset))
 
   def run(self, calls):
@@ -193,6 +216,8 @@ def make_variants(model_name, dataset):
   if model_name == "mlp16m" and _MLP_SPL10.value and spl != 10:
     variants.append(("adam_xla fused spl=10",
                      lambda name: FusedVariant(name, build(), dataset, 10)))
+  variants.append((f"adam_xla xla_scope=update spl={spl}",
+                   lambda name: FusedVariant(name, build(), dataset, spl, "update")))
   variants += [
       (_BASELINE, lambda name: KerasFitVariant(name, build(), dataset, True, 1)),
       ("keras fit no-jit", lambda name: KerasFitVariant(name, build(), dataset, False, 1)),
@@ -242,7 +267,7 @@ def benchmark_model(model_name, rounds, steps, batch_size):
   """Builds, warms up and times every variant of one model; returns a result dict."""
   logging.info("[%s] generating data (batch %d) ...", model_name, batch_size)
   x, y = make_data(model_name, batch_size, _SEED.value)
-  dataset = make_dataset(x, y, batch_size)
+  dataset = make_dataset(x, y, batch_size, autotune=_TF_DATA_AUTOTUNE.value)
   variants, setup = [], {}
   for name, construct in make_variants(model_name, dataset):
     logging.info("[%s] %s: building and warming up (tracing + XLA compile) ...",
@@ -262,6 +287,14 @@ def benchmark_model(model_name, rounds, steps, batch_size):
   if len(checksums) != 1:
     raise RuntimeError(f"[{model_name}] variants do not start from the same weights: {setup}")
   params = variants[0].model.count_params()
+
+  # Untimed rounds first: right after all the variants have been built and compiled, the
+  # first timed run of each was measured up to 2x slower than later ones (ResNet-20 here).
+  for r in range(_WARMUP_ROUNDS.value):
+    logging.info("[%s] untimed warm-up round %d/%d ...", model_name, r + 1,
+                 _WARMUP_ROUNDS.value)
+    for variant in variants:
+      variant.run(math.ceil(steps / variant.steps_per_call))
 
   timings = {v.name: [] for v in variants}
   other_loads = {v.name: [] for v in variants}
@@ -366,6 +399,8 @@ def main(argv):
   rounds = _ROUNDS.value
   if _QUICK.value and not flags.FLAGS["rounds"].present:
     rounds = 1
+  if _WARMUP_ROUNDS.value < 0:
+    raise app.UsageError(f"--warmup_rounds must be >= 0; got {_WARMUP_ROUNDS.value}.")
   for name, value in (("rounds", rounds), ("steps", _STEPS.value),
                       ("batch_size", _BATCH_SIZE.value), ("steps_per_loop", _STEPS_PER_LOOP.value)):
     if value is not None and value < 1:
@@ -381,6 +416,9 @@ def main(argv):
         (", ".join(f"{k}={v}" for k, v in env.items()) if env else "none of "
          f"{', '.join(_ENV_VARS)} set (TensorFlow's default CPU allocator)"), flush=True)
 
+  print(f"input pipeline (every variant): from_tensor_slices -> repeat -> batch(drop_remainder) "
+        f"-> prefetch({_PREFETCH}); tf.data autotune "
+        f"{'on' if _TF_DATA_AUTOTUNE.value else 'off'}", flush=True)
   start = time.perf_counter()
   results = []
   for model_name in _MODELS.value:
@@ -394,11 +432,15 @@ def main(argv):
   print()
   for result in results:
     print(f"{result['model']}: {result['params']:,} parameters, batch {result['batch_size']}, "
-          f"{result['rounds']} round(s) x {result['steps']} timed steps per variant "
-          f"(spl/spe=10 variants run whole calls of 10 steps)")
+          f"{_WARMUP_ROUNDS.value} untimed + {result['rounds']} timed round(s) x "
+          f"{result['steps']} steps per variant (spl/spe=10 variants run whole calls of 10 "
+          "steps)")
   print()
   print(format_table(results))
   print()
+  print("variants: adam_xla fused spl=K = adam_xla.make_train_step(..., steps_per_loop=K) "
+        "called with an iterator;\n  keras fit jit = compile(jit_compile=True); no-jit = "
+        "compile(jit_compile=False); jit spe=10 = also steps_per_execution=10.")
   print("Ratios are of median steps/s; 'best keras' is the fastest Keras variant of that model.\n"
         "Keras times include model.fit's per-call overhead (one fit call per round). Warm-up: "
         "untimed first call(s), compilation included; warm-up loss: mean loss of its steps "
@@ -412,11 +454,15 @@ def main(argv):
           "on a quiet machine (or with more --rounds).")
   print(f"wall time: {wall:.0f} s")
   if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
+    # `bazel run` starts the tool in its runfiles tree; a relative path means the user's
+    # directory.
+    path = os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", ""), _JSON_OUT.value)
+    with open(path, "w") as f:
       json.dump({"command": command_line(), "machine": info, "wall_seconds": wall,
                  "learning_rate": _LEARNING_RATE, "prefetch": _PREFETCH, "seed": _SEED.value,
+                 "tf_data_autotune": _TF_DATA_AUTOTUNE.value,
                  "results": results}, f, indent=2)
-    print(f"wrote {_JSON_OUT.value}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
