@@ -1,0 +1,114 @@
+"""train_and_evaluate: the ImageNet-style trainer as a library function of its config."""
+
+import os
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+import adam_xla
+from adam_xla import distribution
+from trainers.common import evaluation
+from trainers.common import schedules
+from trainers.common import training_loop
+from trainers.imagenet import data
+from trainers.imagenet import generated_data
+from trainers.imagenet import models
+
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Batch norm's scale and offset and every bias are not decayed (the usual AdamW practice).
+_NO_DECAY = ["bias", "gamma", "beta"]
+
+
+def make_loss(num_classes, label_smoothing):
+  """Per-example cross-entropy from logits, with labels smoothed towards uniform."""
+
+  def loss(labels, logits):
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    nll = -tf.gather(log_probs, labels, batch_dims=1)
+    if not label_smoothing:
+      return nll
+    uniform = -tf.reduce_mean(log_probs, axis=-1)
+    return (1.0 - label_smoothing) * nll + label_smoothing * uniform
+
+  del num_classes  # implied by the logits
+  return loss
+
+
+def resolve_xla_scope(xla_scope):
+  """"auto": compile the whole step on GPU/TPU, only the update on CPU (see the README)."""
+  if xla_scope != "auto":
+    return xla_scope
+  accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+  return "step" if accelerators else "update"
+
+
+def _data_config(config, data_dir):
+  return data.DataConfig(
+      source="tfds" if config.data_source == "tfds" else "tfrecord", data_dir=data_dir,
+      image_size=config.image_size, num_classes=config.num_classes,
+      global_batch_size=config.global_batch_size, seed=config.seed,
+      deterministic=config.deterministic)
+
+
+def _prepare_data_dir(config):
+  if config.data_source != "generated":
+    return config.data_dir, None
+  cache = config.data_dir or os.path.join(config.model_dir, "generated_data")
+  size = max(config.image_size + config.image_size // 4, config.image_size)
+  directory = generated_data.ensure_generated_data(
+      cache, num_classes=config.num_classes, image_size=size, seed=config.seed)
+  return directory, generated_data.DEFAULT_TRAIN_EXAMPLES
+
+
+def train_and_evaluate(config):
+  """Trains and evaluates as `config` says; returns the final evaluation metrics."""
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)
+  strategy = distribution.create_strategy(config.strategy, tpu=config.tpu)
+  config.validate(num_replicas=strategy.num_replicas_in_sync)
+  keras.mixed_precision.set_global_policy(_POLICIES[config.dtype])
+  data_dir, generated_examples = _prepare_data_dir(config)
+  data_config = _data_config(config, data_dir)
+  total_steps = config.total_steps(generated_examples or 0)
+
+  with strategy.scope():
+    model = models.build_model(config.model, config.num_classes, config.image_size)
+    schedule = schedules.make_schedule(
+        config.lr_schedule, config.learning_rate, total_steps,
+        warmup_steps=min(config.warmup_steps, total_steps),
+        global_batch_size=config.global_batch_size,
+        reference_batch_size=config.lr_batch_scale or None)
+    optimizer = adam_xla.Adam(
+        schedule, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon,
+        amsgrad=config.amsgrad, weight_decay=config.weight_decay, clipnorm=config.clipnorm,
+        clipvalue=config.clipvalue, global_clipnorm=config.global_clipnorm)
+  optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
+  step = adam_xla.make_train_step(
+      model, make_loss(config.num_classes, config.label_smoothing), optimizer,
+      metrics=["accuracy"], strategy=strategy, steps_per_loop=config.steps_per_loop,
+      loss_scaling="dynamic" if config.dtype == "float16" else None,
+      xla_scope=resolve_xla_scope(config.xla_scope))
+  logging.info("model %s: %d parameters; %d steps of %d examples; strategy %s with %d "
+               "replica(s); data %s", config.model, model.count_params(), total_steps,
+               config.global_batch_size, type(strategy).__name__,
+               strategy.num_replicas_in_sync, data_dir)
+
+  train_iterator = iter(strategy.distribute_datasets_from_function(
+      lambda context: data.train_dataset(data_config, context)))
+  evaluate = evaluation.make_classification_evaluator(
+      model, strategy, lambda: strategy.distribute_datasets_from_function(
+          lambda context: data.eval_dataset(data_config, context)))
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
+                                   data_position=train_iterator)
+  loop_config = training_loop.LoopConfig(
+      model_dir=config.model_dir, train_steps=total_steps,
+      steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
+      log_every=config.log_every or total_steps, keep_checkpoints=config.keep_checkpoints,
+      global_batch_size=config.global_batch_size)
+  return training_loop.run(
+      loop_config, train_step=lambda: step(train_iterator),
+      step_counter=optimizer.iterations, evaluate=evaluate, checkpoint=checkpoint,
+      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))))
