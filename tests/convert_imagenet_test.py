@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tests import pytest_main
 from tools import convert_imagenet
-from trainers.imagenet import data
+from trainers.image_classification import data
 
 # Created in this (unsorted) order; labels follow sorted names: n01 -> 1, n02 -> 2, zebra -> 3.
 COLORS = {"zebra": (20, 20, 230), "n02": (20, 230, 20), "n01": (230, 20, 20)}

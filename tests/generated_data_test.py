@@ -1,4 +1,4 @@
-"""Tests of trainers/imagenet/generated_data.py: layout, labels, reuse and learnability."""
+"""Tests of trainers/image_classification/generated_data.py: layout, labels, reuse and learnability."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests import pytest_main
-from trainers.imagenet import generated_data
+from trainers.image_classification import generated_data
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

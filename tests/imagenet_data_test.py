@@ -1,4 +1,4 @@
-"""Tests of trainers/imagenet/data.py on generated shards and on hand-made images."""
+"""Tests of trainers/image_classification/data.py on generated shards and on hand-made images."""
 
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests import pytest_main
-from trainers.imagenet import data
-from trainers.imagenet import generated_data
+from trainers.image_classification import data
+from trainers.image_classification import generated_data
 
 NUM_CLASSES = 4
 

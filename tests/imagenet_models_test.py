@@ -1,4 +1,4 @@
-"""Tests for trainers/imagenet/models.py.
+"""Tests for trainers/image_classification/models.py.
 
 The reference parameter counts are torchvision's (resnet50: 25,557,032; resnet18:
 11,689,512), which count trainable parameters only; Keras' count_params also counts batch
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tests import pytest_main
-from trainers.imagenet import models
+from trainers.image_classification import models
 
 RESNET50_PARAMS = 25_557_032
 RESNET18_PARAMS = 11_689_512

@@ -1,4 +1,4 @@
-"""End-to-end tests of trainers/imagenet/train.py (and its config) on tiny generated data."""
+"""End-to-end tests of trainers/image_classification/train.py (and its config) on tiny generated data."""
 
 import dataclasses
 import glob
@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from tests import pytest_main
-from trainers.imagenet import config as config_lib
-from trainers.imagenet import generated_data
-from trainers.imagenet import train
+from trainers.image_classification import config as config_lib
+from trainers.image_classification import generated_data
+from trainers.image_classification import train
 
 TINY = dict(model="resnet_small", image_size=16, num_classes=3, global_batch_size=16,
             steps_per_loop=5, eval_every=10, log_every=5, warmup_steps=0,

@@ -11,9 +11,9 @@ from adam_xla import distribution
 from trainers.common import evaluation
 from trainers.common import schedules
 from trainers.common import training_loop
-from trainers.imagenet import data
-from trainers.imagenet import generated_data
-from trainers.imagenet import models
+from trainers.image_classification import data
+from trainers.image_classification import generated_data
+from trainers.image_classification import models
 
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 # Batch norm's scale and offset and every bias are not decayed (the usual AdamW practice).

@@ -11,12 +11,14 @@ import dataclasses
 
 from absl import app
 from absl import flags
+from absl import logging
 
-from trainers.imagenet import config as config_lib
+from trainers.image_classification import config as config_lib
 
 _DEFAULTS = config_lib.ImagenetConfig()
 _HELP = {
-    "learning_rate": "Peak Adam learning rate (>= 0), before --lr_batch_scale.",
+    "learning_rate": "Peak Adam learning rate (>= 0), before --lr_batch_scale. The default "
+                     "suits --epsilon=1.0; with epsilon 1e-7 use about 1e-3.",
     "beta_1": "Adam beta_1, in [0, 1).",
     "beta_2": "Adam beta_2, in [0, 1).",
     "epsilon": "Adam epsilon hat (> 0); 1.0 or 0.1 suit Inception/ResNet on ImageNet.",
@@ -71,7 +73,7 @@ def _define_flags():
 
 
 _define_flags()
-_DEFAULT_TRAIN_STEPS = 600
+_DEFAULT_TRAIN_STEPS = 1000
 
 
 def config_from_flags():
@@ -92,7 +94,11 @@ def main(argv):
   if config.num_logical_cpus:
     from adam_xla import distribution  # pylint: disable=g-import-not-at-top
     distribution.split_cpu(config.num_logical_cpus)
-  from trainers.imagenet import train  # pylint: disable=g-import-not-at-top
+  from trainers.image_classification import train  # pylint: disable=g-import-not-at-top
+  if config.epsilon < 1e-3 and config.learning_rate > 0.05:
+    logging.warning("--learning_rate=%g with --epsilon=%g: Adam's steps are about the learning "
+                    "rate in size, so this is likely to diverge; try --learning_rate=1e-3.",
+                    config.learning_rate, config.epsilon)
   metrics = train.train_and_evaluate(config)
   print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
         f"  (chance {1.0 / config.num_classes:.4f})")
