@@ -169,10 +169,11 @@ class TrainStep(tf.Module):
     if config.loop_in_program and self.plan != distribution.SINGLE_PROGRAM:
       raise ValueError(f"make_train_step: loop_in_program needs the single-program plan; the "
                        f"{type(strategy).__name__} strategy uses {self.plan}.")
-    logging.info("adam_xla train step: %s plan (%s)%s; %d step(s) per call",
-                 self.plan, distribution.PLAN_DESCRIPTIONS[self.plan],
-                 "; xla_scope='update': forward and backward run as TensorFlow ops"
-                 if config.xla_scope == "update" else "", config.steps_per_loop)
+    described = (distribution.PLAN_DESCRIPTIONS[self.plan] if config.xla_scope == "step" else
+                 "xla_scope='update': only the Adam update is an XLA program (one per "
+                 "device); forward and backward run as TensorFlow ops")
+    logging.info("adam_xla train step: %s plan (%s); %d step(s) per call", self.plan,
+                 described, config.steps_per_loop)
     self._functions = _Untracked(**self._build_functions())
 
   # ---- Public -------------------------------------------------------------------------

@@ -62,6 +62,21 @@ def _prepare_data_dir(config):
   return directory, generated_data.DEFAULT_TRAIN_EXAMPLES
 
 
+def _data_position(iterator):
+  """The input iterator as a checkpoint entry, where tf.data can save it.
+
+  A single-device iterator saves its position (shuffle buffers included), so a resumed run
+  sees exactly the examples an uninterrupted one would. Distributed iterators from
+  `distribute_datasets_from_function` cannot be saved; a resumed run then restarts the input
+  pipeline (same seed, so from the same first example).
+  """
+  if isinstance(iterator, tf.__internal__.tracking.Trackable):
+    return {"data_position": iterator}
+  logging.warning("the input position cannot be checkpointed under this strategy; a resumed "
+                  "run restarts the input pipeline from its beginning")
+  return {}
+
+
 def train_and_evaluate(config):
   """Trains and evaluates as `config` says; returns the final evaluation metrics."""
   if config.deterministic:
@@ -102,7 +117,7 @@ def train_and_evaluate(config):
       model, strategy, lambda: strategy.distribute_datasets_from_function(
           lambda context: data.eval_dataset(data_config, context)))
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
-                                   data_position=train_iterator)
+                                   **_data_position(train_iterator))
   loop_config = training_loop.LoopConfig(
       model_dir=config.model_dir, train_steps=total_steps,
       steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
