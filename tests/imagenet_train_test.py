@@ -114,6 +114,20 @@ BAD_CONFIGS = [
     ({"label_smoothing": 1.0}, "--label_smoothing=1.0 is not valid"),
     ({"num_classes": 1}, "--num_classes=1 is not valid"),
     ({"xla_scope": "all"}, "--xla_scope='all' is not valid"),
+    ({"model": "vgg16"}, "--model='vgg16' is not valid: expected one of resnet50"),
+    ({"beta_2": -0.1}, r"--beta_2=-0.1 is not valid: expected a number in \[0, 1\)"),
+    ({"clipvalue": 0.0}, "--clipvalue=0.0 is not valid: expected a number > 0"),
+    ({"global_clipnorm": -1.0}, "--global_clipnorm=-1.0 is not valid"),
+    ({"weight_decay": -0.1}, "--weight_decay=-0.1 is not valid: expected a number >= 0"),
+    ({"warmup_steps": -1}, "--warmup_steps=-1 is not valid"),
+    ({"lr_batch_scale": -256}, "--lr_batch_scale=-256 is not valid"),
+    ({"image_size": 8}, "--image_size=8 is not valid: expected an integer >= 16"),
+    ({"num_logical_cpus": -2}, "--num_logical_cpus=-2 is not valid"),
+    ({"train_steps": None, "train_epochs": -1.0}, "--train_epochs=-1.0 is not valid"),
+    ({"steps_per_loop": 0, "eval_every": 0, "log_every": 0}, "--steps_per_loop=0 is not valid"),
+    ({"log_every": 3}, "--log_every=3 is not valid"),
+    ({"keep_checkpoints": 0}, "--keep_checkpoints=0 is not valid"),
+    ({"model_dir": ""}, "--model_dir='' is not valid"),
 ]
 
 
@@ -123,6 +137,11 @@ def test_bad_settings_are_refused_naming_the_flag(overrides, message):
   values.update(overrides)
   with pytest.raises(ValueError, match=message):
     config_lib.ImagenetConfig(**values).validate()
+
+
+def test_model_names_match_the_builders():
+  from trainers.image_classification import models  # pylint: disable=g-import-not-at-top
+  assert set(config_lib.MODELS) == set(models.MODELS)
 
 
 def test_batch_must_split_over_replicas():

@@ -9,6 +9,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "step", "cosine")
 XLA_SCOPES = ("auto", "step", "update")
+MODELS = ("resnet50", "resnet18", "resnet_small")  # the builders in models.MODELS
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
@@ -76,6 +77,7 @@ class ImagenetConfig:
     _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
     _check(self.lr_batch_scale >= 0, "lr_batch_scale", self.lr_batch_scale,
            "0 (off) or the reference batch size, e.g. 256")
+    _check(self.model in MODELS, "model", self.model, _one_of(MODELS))
     _check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
     _check(self.num_classes >= 2, "num_classes", self.num_classes, "an integer >= 2")
     _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
