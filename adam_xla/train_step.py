@@ -6,7 +6,7 @@ belong to the loop that calls it. Which pieces are XLA programs depends on the a
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional, Union
+from typing import Optional
 import warnings
 
 from absl import logging

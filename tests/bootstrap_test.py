@@ -10,7 +10,6 @@ import pathlib
 import shutil
 import subprocess
 
-import pytest
 
 from tests import pytest_main
 

@@ -2,7 +2,6 @@
 
 import json
 import re
-import warnings
 
 import keras
 import numpy as np
