@@ -1,4 +1,7 @@
-"""Tests of trainers/image_classification/generated_data.py: layout, labels, reuse and learnability."""
+"""Tests of trainers/image_classification/generated_data.py.
+
+Layout, labels, reuse and learnability.
+"""
 
 import json
 import os

@@ -1,4 +1,7 @@
-"""End-to-end tests of trainers/image_classification/train.py (and its config) on tiny generated data."""
+"""End-to-end tests of trainers/image_classification/train.py and its config.
+
+They train on tiny generated data.
+"""
 
 import dataclasses
 import glob

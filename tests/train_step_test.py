@@ -242,7 +242,8 @@ def test_update_scope_compiles_only_the_update(replicas):
   for got, ref in zip(model.trainable_variables, want):
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-6)
   iterator = iter(step.distribute(_dataset(x, y)))
-  graph_def = step._functions.loop.get_concrete_function(iterator).graph.as_graph_def()  # pylint: disable=protected-access
+  loop = step._functions.loop  # pylint: disable=protected-access
+  graph_def = loop.get_concrete_function(iterator).graph.as_graph_def()
   compiled, plain = _ops_by_compilation(graph_def)
   assert "MatMul" in plain and "MatMul" not in compiled  # forward/backward are TF ops
   assert "Sqrt" in compiled  # the Adam update is compiled

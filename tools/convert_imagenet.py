@@ -1,15 +1,15 @@
 """Converts a folder of class sub-folders of JPEGs into ImageNet TFRecord shards.
 
-    python tools/convert_imagenet.py --input_dir=ILSVRC/train --output_dir=/data/imagenet \
+    ./bazelw run //tools:convert_imagenet -- --input_dir=ILSVRC/train --output_dir=/data/imagenet \
         --split=train --num_shards=1024
-    python tools/convert_imagenet.py --input_dir=ILSVRC/val --output_dir=/data/imagenet \
+    ./bazelw run //tools:convert_imagenet -- --input_dir=ILSVRC/val --output_dir=/data/imagenet \
         --split=validation --num_shards=128
 
 The input is the ILSVRC layout, `input_dir/<class_name>/*.JPEG` (sort the flat ILSVRC
 validation folder into class folders first, e.g. with the usual valprep.sh). The output is
-what `trainers/image_classification/data.py` reads: shards `<split>-00000-of-0000N` of `tf.train.Example`s
-with `image/encoded` (JPEG) and `image/class/label` (1-based, in sorted class-name order),
-plus `labels.txt` (one class name per line, line i is label i). Files are shuffled across
+what `trainers/image_classification/data.py` reads: shards `<split>-00000-of-0000N` of
+`tf.train.Example`s with `image/encoded` (JPEG) and `image/class/label` (1-based, in sorted
+class-name order), plus `labels.txt` (one class name per line, line i is label i). Files are shuffled across
 shards with a fixed seed, so every shard mixes the classes. Images that are not RGB JPEGs
 (PNGs named .JPEG, CMYK or grayscale JPEGs) are re-encoded as RGB JPEG.
 """
