@@ -10,8 +10,8 @@ validation folder into class folders first, e.g. with the usual valprep.sh). The
 what `trainers/image_classification/data.py` reads: shards `<split>-00000-of-0000N` of
 `tf.train.Example`s with `image/encoded` (JPEG) and `image/class/label` (1-based, in sorted
 class-name order), plus `labels.txt` (one class name per line, line i is label i). Files are
-shuffled across shards with a fixed seed, so every shard mixes the classes. Images that are not RGB JPEGs
-(PNGs named .JPEG, CMYK or grayscale JPEGs) are re-encoded as RGB JPEG.
+shuffled across shards with a fixed seed, so every shard mixes the classes. Images that are
+not RGB JPEGs (PNGs named .JPEG, CMYK or grayscale JPEGs) are re-encoded as RGB JPEG.
 """
 
 import os
