@@ -194,7 +194,7 @@ def test_missing_data_dir(tmp_path):
   with pytest.raises(ValueError, match=r"nowhere.*does not exist.*train-\*") as e:
     data.train_dataset(_config(missing))
   assert "--data_source=generated" in str(e.value)
-  assert "tools/convert_imagenet.py" in str(e.value)
+  assert "//tools:convert_imagenet" in str(e.value)
 
 
 def test_no_shards(tmp_path, shards):

@@ -26,7 +26,7 @@ _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20
 _HOW_TO_GET_DATA = (
     "Train on the built-in data with --data_source=generated, or convert a folder of class "
-    "sub-folders of JPEGs with tools/convert_imagenet.py (--split=train and "
+    "sub-folders of JPEGs with ./bazelw run //tools:convert_imagenet (--split=train and "
     "--split=validation).")
 
 
