@@ -17,14 +17,13 @@ import gzip as gzip_lib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from trainers.common import generated_files
 from trainers.ctr import metrics
 
 NUM_DENSE = 13
@@ -38,7 +37,7 @@ DEFAULT_VOCAB_SIZES = (1000, 500, 20000, 10000, 300, 20, 10000, 600, 3, 30000, 5
 _TRAIN_SHARDS = 4
 _EVAL_SHARDS = 1
 _CHUNK = 50_000  # lines drawn per vectorized numpy call
-_MANIFEST = "manifest.json"
+_FILE_KEYS = ("train_files", "eval_files")
 _FORMAT_VERSION = 1
 _ID_WEIGHT_STD = 0.25
 _DENSE_WEIGHT_STD = 0.4
@@ -135,25 +134,7 @@ def _write_split(directory, split, num_lines, num_shards, model, rng, gzip):
   return names, metrics.auc(labels, logits), float(labels.mean())
 
 
-def _read_manifest(path):
-  try:
-    with tf.io.gfile.GFile(os.path.join(path, _MANIFEST)) as f:
-      return json.load(f)
-  except (tf.errors.NotFoundError, ValueError):
-    return None
-
-
-def _is_complete(path, params):
-  manifest = _read_manifest(path)
-  if not manifest or manifest.get("params") != params:
-    return False
-  return all(tf.io.gfile.exists(os.path.join(path, name))
-             for name in manifest["train_files"] + manifest["eval_files"])
-
-
 def _generate(path, params):
-  for name in tf.io.gfile.listdir(path):  # leftovers of an interrupted remote write
-    tf.io.gfile.remove(os.path.join(path, name))
   seed, vocab_sizes, gzip = params["seed"], params["vocab_sizes"], params["gzip"]
   model = _PlantedModel(vocab_sizes, np.random.default_rng([seed, 0]))
   train, train_auc, train_rate = _write_split(
@@ -162,11 +143,10 @@ def _generate(path, params):
   evaluation, eval_auc, eval_rate = _write_split(
       path, "eval", params["num_eval"], min(_EVAL_SHARDS, params["num_eval"]), model,
       np.random.default_rng([seed, 2]), gzip)
-  # Written last: its presence marks the data set complete.
-  with tf.io.gfile.GFile(os.path.join(path, _MANIFEST), "w") as f:
-    json.dump({"params": params, "train_files": train, "eval_files": evaluation,
-               "planted_auc_train": train_auc, "planted_auc_eval": eval_auc,
-               "click_rate_train": train_rate, "click_rate_eval": eval_rate}, f, indent=2)
+  generated_files.write_manifest(path, {
+      "params": params, "train_files": train, "eval_files": evaluation,
+      "planted_auc_train": train_auc, "planted_auc_eval": eval_auc,
+      "click_rate_train": train_rate, "click_rate_eval": eval_rate})
 
 
 def write_click_log(directory, num_train, num_eval, vocab_sizes=DEFAULT_VOCAB_SIZES, seed=0,
@@ -193,29 +173,12 @@ def write_click_log(directory, num_train, num_eval, vocab_sizes=DEFAULT_VOCAB_SI
   digest = hashlib.sha256(json.dumps(vocab_sizes).encode()).hexdigest()[:8]
   path = os.path.join(directory, f"clicks-t{num_train}-e{num_eval}-v{digest}-seed{seed}"
                                  + ("-gz" if gzip else ""))
-  if not _is_complete(path, params):
-    start = time.time()
-    tf.io.gfile.makedirs(directory)
-    if "://" in directory:
-      tf.io.gfile.makedirs(path)
-      _generate(path, params)
-    else:
-      staging = tempfile.mkdtemp(prefix=".generating-", dir=directory)
-      try:
-        _generate(staging, params)
-        if os.path.isdir(path):  # incomplete or stale: replace it
-          shutil.rmtree(path)
-        try:
-          os.rename(staging, path)
-        except OSError:
-          if not _is_complete(path, params):  # not a concurrent writer that finished first
-            raise
-      finally:
-        if os.path.isdir(staging):
-          shutil.rmtree(staging)
+  start = time.time()
+  if generated_files.build_once(directory, path, params, _FILE_KEYS,
+                                lambda target: _generate(target, params)):
     logging.info("Generated a click log of %d + %d lines in %s (%.1f s).", num_train, num_eval,
                  path, time.time() - start)
-  manifest = _read_manifest(path)
+  manifest = generated_files.read_manifest(path)
   return {
       "directory": path,
       "train_files": [os.path.join(path, name) for name in manifest["train_files"]],

@@ -9,15 +9,14 @@ TFRecord shards in the layout of the usual ImageNet converters (`train-00000-of-
 reads them with the same code path as real ImageNet.
 """
 
-import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from trainers.common import generated_files
 
 DEFAULT_TRAIN_EXAMPLES = 6000
 DEFAULT_VALIDATION_EXAMPLES = 1000
@@ -39,7 +38,7 @@ MAX_CLASSES = len(SHAPES) * len(COLORS) * len(BACKGROUNDS)
 
 _TRAIN_SHARDS = 8
 _VALIDATION_SHARDS = 2
-_MANIFEST = "manifest.json"
+_FILE_KEYS = ("train_shards", "validation_shards")
 _FORMAT_VERSION = 1
 _BATCH = 256  # images drawn per vectorized numpy call
 _PALETTE = np.array(list(COLORS.values()), np.float32)
@@ -152,26 +151,8 @@ def _write_split(directory, split, num_examples, num_shards, num_classes, image_
   return names
 
 
-def _read_manifest(path):
-  try:
-    with tf.io.gfile.GFile(os.path.join(path, _MANIFEST)) as f:
-      return json.load(f)
-  except (tf.errors.NotFoundError, ValueError):
-    return None
-
-
-def _is_complete(path, params):
-  manifest = _read_manifest(path)
-  if not manifest or manifest.get("params") != params:
-    return False
-  return all(tf.io.gfile.exists(os.path.join(path, name))
-             for name in manifest["train_shards"] + manifest["validation_shards"])
-
-
 def _generate(path, params, num_classes, image_size, train_examples, validation_examples,
               seed):
-  for name in tf.io.gfile.listdir(path):  # leftovers of an interrupted remote write
-    tf.io.gfile.remove(os.path.join(path, name))
   train = _write_split(path, "train", train_examples, min(_TRAIN_SHARDS, train_examples),
                        num_classes, image_size, np.random.default_rng([seed, 0]))
   validation = _write_split(path, "validation", validation_examples,
@@ -179,10 +160,8 @@ def _generate(path, params, num_classes, image_size, train_examples, validation_
                             image_size, np.random.default_rng([seed, 1]))
   with tf.io.gfile.GFile(os.path.join(path, "labels.txt"), "w") as f:
     f.write("".join(name + "\n" for name in class_names(num_classes)))
-  # Written last: its presence marks the data set complete.
-  with tf.io.gfile.GFile(os.path.join(path, _MANIFEST), "w") as f:
-    json.dump({"params": params, "train_shards": train, "validation_shards": validation}, f,
-              indent=2)
+  generated_files.write_manifest(
+      path, {"params": params, "train_shards": train, "validation_shards": validation})
 
 
 def ensure_generated_data(directory, num_classes=10, image_size=64,
@@ -210,28 +189,12 @@ def ensure_generated_data(directory, num_classes=10, image_size=64,
             "validation_examples": int(validation_examples), "seed": int(seed)}
   path = os.path.join(directory, f"generated-c{num_classes}-s{image_size}-t{train_examples}"
                                  f"-v{validation_examples}-seed{seed}")
-  if _is_complete(path, params):
-    return path
   start = time.time()
-  args = (params, num_classes, image_size, train_examples, validation_examples, seed)
-  tf.io.gfile.makedirs(directory)
-  if "://" in directory:
-    tf.io.gfile.makedirs(path)
-    _generate(path, *args)
-  else:
-    staging = tempfile.mkdtemp(prefix=".generating-", dir=directory)
-    try:
-      _generate(staging, *args)
-      if os.path.isdir(path):  # incomplete or stale: replace it
-        shutil.rmtree(path)
-      try:
-        os.rename(staging, path)
-      except OSError:
-        if not _is_complete(path, params):  # not a concurrent writer that finished first
-          raise
-    finally:
-      if os.path.isdir(staging):
-        shutil.rmtree(staging)
+  if not generated_files.build_once(
+      directory, path, params, _FILE_KEYS,
+      lambda target: _generate(target, params, num_classes, image_size, train_examples,
+                               validation_examples, seed)):
+    return path
   logging.info("Generated %d + %d %dx%d images of %d classes in %s (%.1f s).",
                train_examples, validation_examples, image_size, image_size, num_classes,
                path, time.time() - start)
