@@ -90,9 +90,8 @@ def update_on_each_device(strategy, update_fn, variables, per_variable, shared):
           variable, lambda v, *args: update_fn([v], _listify(args), shared),
           args=tuple(own), group=False)
     return
-  try:
-    devices = strategy.extended.worker_devices
-  except RuntimeError:  # the default (no) strategy has no device list
+  devices = _local_devices(strategy)
+  if devices is None:
     update_fn(variables, per_variable, shared)
     return
   components = [local_values(strategy, v) for v in variables]
@@ -140,11 +139,16 @@ def compile_plan(strategy):
 
 def program_device(strategy):
   """Where a single-program step must run: its strategy's one device (None: the default)."""
+  devices = _local_devices(strategy)
+  return devices[0] if devices and len(devices) == 1 else None
+
+
+def _local_devices(strategy):
+  """This worker's devices of `strategy`; None for the default (no) strategy, which has none."""
   try:
-    devices = strategy.extended.worker_devices
-  except RuntimeError:  # the default (no) strategy
+    return strategy.extended.worker_devices
+  except RuntimeError:
     return None
-  return devices[0] if len(devices) == 1 else None
 
 
 def run_on_replicas(strategy, fn, args):

@@ -6,6 +6,7 @@ The update rule lives in `update_rule`, clipping in `clipping`, sparse-gradient 
 """
 
 import dataclasses
+import types
 import warnings
 
 import tensorflow as tf
@@ -35,15 +36,10 @@ class _Settings:
   clip: clipping.ClipConfig
 
 
-class _Untracked:
-  """A plain namespace: what it holds is not saved in checkpoints.
-
-  Hyperparameter variables are kept out of checkpoints so that a resumed run uses the
-  hyperparameters it was started with, not the saved ones.
-  """
-
-  def __init__(self, **entries):
-    self.__dict__.update(entries)
+# Checkpoints track tf.Module attributes that are variables, lists, dicts or trackables; a
+# SimpleNamespace is none of these, so what it holds is not saved. Hyperparameter variables are
+# kept there so that a resumed run uses the hyperparameters it was started with.
+_Untracked = types.SimpleNamespace
 
 
 class Adam(tf.Module):

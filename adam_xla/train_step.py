@@ -6,6 +6,7 @@ belong to the loop that calls it. Which pieces are XLA programs depends on the a
 """
 
 import dataclasses
+import types
 from typing import Optional
 import warnings
 
@@ -140,11 +141,9 @@ def _metric_fns(metrics):
   return named
 
 
-class _Untracked:
-  """References the step uses but does not own (not saved with the step's checkpoint)."""
-
-  def __init__(self, **entries):
-    self.__dict__.update(entries)
+# References the step uses but does not own: a SimpleNamespace is not tracked, so they are
+# not saved with the step's checkpoint.
+_Untracked = types.SimpleNamespace
 
 
 class TrainStep(tf.Module):
