@@ -92,7 +92,7 @@ def test_resume_after_the_last_step_only_evaluates(tmp_path, tiny_data):
 def test_label_smoothing_loss_matches_formula():
   logits = tf.constant([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
   labels = tf.constant([0, 2])
-  got = train.make_loss(3, 0.1)(labels, logits).numpy()
+  got = train.make_loss(0.1)(labels, logits).numpy()
   log_probs = tf.nn.log_softmax(logits).numpy().astype(np.float64)
   want = [0.9 * -log_probs[i, labels[i]] + 0.1 * -np.mean(log_probs[i]) for i in range(2)]
   np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -32,7 +32,6 @@ class Progress:
   def __init__(self, total_steps, global_batch_size, start_step):
     self._total, self._batch = total_steps, global_batch_size
     self._last_step, self._last_time = start_step, time.perf_counter()
-    self._first_step = start_step
 
   def line(self, step, metrics, learning_rate):
     now = time.perf_counter()

@@ -20,7 +20,7 @@ _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mix
 _NO_DECAY = ["bias", "gamma", "beta"]
 
 
-def make_loss(num_classes, label_smoothing):
+def make_loss(label_smoothing):
   """Per-example cross-entropy from logits, with labels smoothed towards uniform."""
 
   def loss(labels, logits):
@@ -32,7 +32,6 @@ def make_loss(num_classes, label_smoothing):
     uniform = -tf.reduce_mean(log_probs, axis=-1)
     return (1.0 - label_smoothing) * nll + label_smoothing * uniform
 
-  del num_classes  # implied by the logits
   return loss
 
 
@@ -102,7 +101,7 @@ def train_and_evaluate(config):
         clipvalue=config.clipvalue, global_clipnorm=config.global_clipnorm)
   optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
   step = adam_xla.make_train_step(
-      model, make_loss(config.num_classes, config.label_smoothing), optimizer,
+      model, make_loss(config.label_smoothing), optimizer,
       metrics=["accuracy"], strategy=strategy, steps_per_loop=config.steps_per_loop,
       loss_scaling="dynamic" if config.dtype == "float16" else None,
       xla_scope=resolve_xla_scope(config.xla_scope))
