@@ -4,7 +4,6 @@ They train on tiny generated data.
 """
 
 import dataclasses
-import glob
 import os
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tests import pytest_main
+from tests import trainer_outputs
 from trainers.image_classification import config as config_lib
 from trainers.image_classification import generated_data
 from trainers.image_classification import train
@@ -34,35 +34,17 @@ def _config(model_dir, data_dir, **overrides):
                                           **overrides)).validate()
 
 
-def _scalars(event_dir, tag):
-  values = []
-  for path in sorted(glob.glob(os.path.join(event_dir, "events.out.tfevents.*"))):
-    for record in tf.data.TFRecordDataset(path):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == tag:
-          values.append((event.step, float(tf.make_ndarray(value.tensor))))
-  return sorted(values)
-
-
-def _final_weights(model_dir):
-  reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-  names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
-  assert names
-  return {n: reader.get_tensor(n) for n in names}
-
-
 def test_short_run_learns_and_writes_tensorboard_and_checkpoints(tmp_path, tiny_data):
   metrics = train.train_and_evaluate(_config(tmp_path, tiny_data, train_steps=60))
   assert set(metrics) == {"top1", "top5"}
   assert metrics["top5"] == 1.0  # 3 classes: the top 5 always holds the label
-  losses = _scalars(os.path.join(tmp_path, "train"), "loss")
+  losses = trainer_outputs.scalars(os.path.join(tmp_path, "train"), "loss")
   assert [s for s, _ in losses] == list(range(5, 61, 5))
   assert np.mean([v for _, v in losses[-3:]]) < np.mean([v for _, v in losses[:3]])
   for tag in ("accuracy", "learning_rate", "examples_per_sec"):
-    assert _scalars(os.path.join(tmp_path, "train"), tag)
-  assert [s for s, _ in _scalars(os.path.join(tmp_path, "eval"), "top1")] == [10, 20, 30, 40,
-                                                                               50, 60]
+    assert trainer_outputs.scalars(os.path.join(tmp_path, "train"), tag)
+  evaluations = trainer_outputs.scalars(os.path.join(tmp_path, "eval"), "top1")
+  assert [s for s, _ in evaluations] == [10, 20, 30, 40, 50, 60]
   checkpoints = tf.train.get_checkpoint_state(os.path.join(tmp_path, "checkpoints"))
   assert checkpoints.model_checkpoint_path.endswith("ckpt-60")
   assert len(checkpoints.all_model_checkpoint_paths) == 3  # keep_checkpoints
@@ -73,7 +55,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_data):
   train.train_and_evaluate(_config(straight, tiny_data, train_steps=30))
   train.train_and_evaluate(_config(resumed, tiny_data, train_steps=20))
   train.train_and_evaluate(_config(resumed, tiny_data, train_steps=30))
-  want, got = _final_weights(str(straight)), _final_weights(str(resumed))
+  want = trainer_outputs.final_weights(str(straight))
+  got = trainer_outputs.final_weights(str(resumed))
   assert want.keys() == got.keys()
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -81,10 +64,10 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_data):
 
 def test_resume_after_the_last_step_only_evaluates(tmp_path, tiny_data):
   train.train_and_evaluate(_config(tmp_path, tiny_data, train_steps=10))
-  before = _final_weights(str(tmp_path))
+  before = trainer_outputs.final_weights(str(tmp_path))
   metrics = train.train_and_evaluate(_config(tmp_path, tiny_data, train_steps=10))
   assert set(metrics) == {"top1", "top5"}
-  after = _final_weights(str(tmp_path))
+  after = trainer_outputs.final_weights(str(tmp_path))
   for name in before:
     np.testing.assert_array_equal(before[name], after[name])
 

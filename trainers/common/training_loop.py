@@ -26,6 +26,30 @@ class LoopConfig:
   global_batch_size: int
 
 
+def loop_config(config, total_steps):
+  """The loop's settings from a trainer config's shared run fields (see `common.config`)."""
+  return LoopConfig(
+      model_dir=config.model_dir, train_steps=total_steps,
+      steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
+      log_every=config.log_every or total_steps, keep_checkpoints=config.keep_checkpoints,
+      global_batch_size=config.global_batch_size)
+
+
+def data_position(iterator):
+  """The input iterator as a checkpoint entry, where tf.data can save it.
+
+  A single-device iterator saves its position (shuffle buffers included), so a resumed run
+  sees exactly the examples an uninterrupted one would. Distributed iterators from
+  `distribute_datasets_from_function` cannot be saved; a resumed run then restarts the input
+  pipeline (same seed, so from the same first example).
+  """
+  if isinstance(iterator, tf.__internal__.tracking.Trackable):
+    return {"data_position": iterator}
+  logging.warning("the input position cannot be checkpointed under this strategy; a resumed "
+                  "run restarts the input pipeline from its beginning")
+  return {}
+
+
 class Progress:
   """Progress lines with examples/sec and ETA, measured over the steps since the last line."""
 

@@ -4,10 +4,13 @@ import dataclasses
 import math
 from typing import Optional
 
+from trainers.common import config as common
+from trainers.common.config import check, one_of
+
 DATA_SOURCES = ("generated", "tfrecord", "tfds")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = common.STRATEGIES
 DTYPES = ("float32", "bfloat16", "float16")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = common.SCHEDULES
 XLA_SCOPES = ("auto", "step", "update")
 MODELS = ("resnet50", "resnet18", "resnet_small")  # the builders in models.MODELS
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
@@ -60,58 +63,25 @@ class ImagenetConfig:
 
   def validate(self, num_replicas=None):
     """Raises ValueError naming the flag, its value and what is accepted."""
-    _check(self.learning_rate >= 0 and math.isfinite(self.learning_rate), "learning_rate",
-           self.learning_rate, "a finite number >= 0")
-    for name in ("beta_1", "beta_2"):
-      value = getattr(self, name)
-      _check(0 <= value < 1, name, value, "a number in [0, 1)")
-    _check(self.epsilon > 0 and math.isfinite(self.epsilon), "epsilon", self.epsilon,
-           "a finite number > 0")
-    for name in ("clipnorm", "clipvalue", "global_clipnorm"):
-      value = getattr(self, name)
-      _check(value is None or value > 0, name, value, "a number > 0 (or unset)")
-    _check(not (self.clipnorm and self.global_clipnorm), "clipnorm", self.clipnorm,
-           "unset when --global_clipnorm is set (use one of the two)")
-    _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-    _check(self.lr_schedule in SCHEDULES, "lr_schedule", self.lr_schedule, _one_of(SCHEDULES))
-    _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
-    _check(self.lr_batch_scale >= 0, "lr_batch_scale", self.lr_batch_scale,
-           "0 (off) or the reference batch size, e.g. 256")
-    _check(self.model in MODELS, "model", self.model, _one_of(MODELS))
-    _check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
-    _check(self.num_classes >= 2, "num_classes", self.num_classes, "an integer >= 2")
-    _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
-           "a number in [0, 1)")
-    _check(self.data_source in DATA_SOURCES, "data_source", self.data_source,
-           _one_of(DATA_SOURCES))
-    _check(self.data_source == "generated" or bool(self.data_dir), "data_dir", self.data_dir,
-           f"a directory of shards for --data_source={self.data_source}")
-    _check(self.global_batch_size >= 1, "global_batch_size", self.global_batch_size,
-           "an integer >= 1")
-    if num_replicas:
-      _check(self.global_batch_size % num_replicas == 0, "global_batch_size",
-             self.global_batch_size, f"a multiple of the {num_replicas} replicas")
-    _check(self.strategy in STRATEGIES, "strategy", self.strategy, _one_of(STRATEGIES))
-    _check(self.strategy != "tpu" or bool(self.tpu), "tpu", self.tpu,
-           "a TPU name, a grpc:// address or 'local' when --strategy=tpu")
-    _check(self.num_logical_cpus >= 0, "num_logical_cpus", self.num_logical_cpus,
-           "an integer >= 0 (0: leave the CPU whole)")
-    _check(self.dtype in DTYPES, "dtype", self.dtype, _one_of(DTYPES))
-    _check((self.train_steps is None) != (self.train_epochs is None), "train_steps",
-           self.train_steps, "set exactly one of --train_steps and --train_epochs")
-    _check(self.train_steps is None or self.train_steps >= 1, "train_steps",
-           self.train_steps, "an integer >= 1")
-    _check(self.train_epochs is None or self.train_epochs > 0, "train_epochs",
-           self.train_epochs, "a number > 0")
-    _check(self.steps_per_loop >= 1, "steps_per_loop", self.steps_per_loop, "an integer >= 1")
-    for name in ("eval_every", "log_every"):
-      value = getattr(self, name)
-      _check(value >= 0 and value % self.steps_per_loop == 0, name, value,
-             f"a multiple of --steps_per_loop={self.steps_per_loop} (0: only at the end)")
-    _check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints,
-           "an integer >= 1")
-    _check(bool(self.model_dir), "model_dir", self.model_dir, "a directory path")
-    _check(self.xla_scope in XLA_SCOPES, "xla_scope", self.xla_scope, _one_of(XLA_SCOPES))
+    common.check_optimizer(self)
+    check(self.lr_batch_scale >= 0, "lr_batch_scale", self.lr_batch_scale,
+          "0 (off) or the reference batch size, e.g. 256")
+    check(self.model in MODELS, "model", self.model, one_of(MODELS))
+    check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
+    check(self.num_classes >= 2, "num_classes", self.num_classes, "an integer >= 2")
+    check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+          "a number in [0, 1)")
+    check(self.data_source in DATA_SOURCES, "data_source", self.data_source,
+          one_of(DATA_SOURCES))
+    check(self.data_source == "generated" or bool(self.data_dir), "data_dir", self.data_dir,
+          f"a directory of shards for --data_source={self.data_source}")
+    check(self.dtype in DTYPES, "dtype", self.dtype, one_of(DTYPES))
+    check((self.train_steps is None) != (self.train_epochs is None), "train_steps",
+          self.train_steps, "set exactly one of --train_steps and --train_epochs")
+    check(self.train_epochs is None or self.train_epochs > 0, "train_epochs",
+          self.train_epochs, "a number > 0")
+    common.check_run(self, num_replicas)
+    check(self.xla_scope in XLA_SCOPES, "xla_scope", self.xla_scope, one_of(XLA_SCOPES))
     return self
 
   def examples_per_epoch(self, generated_examples):
@@ -128,11 +98,3 @@ class ImagenetConfig:
                         self.global_batch_size)
     return max(self.steps_per_loop, steps - steps % self.steps_per_loop)
 
-
-def _one_of(values):
-  return "one of " + ", ".join(values)
-
-
-def _check(ok, flag, value, accepted):
-  if not ok:
-    raise ValueError(f"--{flag}={value!r} is not valid: expected {accepted}.")

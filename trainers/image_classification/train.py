@@ -9,7 +9,7 @@ import tensorflow as tf
 import adam_xla
 from adam_xla import distribution
 from trainers.common import evaluation
-from trainers.common import schedules
+from trainers.common import optimizer_setup
 from trainers.common import training_loop
 from trainers.image_classification import data
 from trainers.image_classification import generated_data
@@ -61,21 +61,6 @@ def _prepare_data_dir(config):
   return directory, generated_data.DEFAULT_TRAIN_EXAMPLES
 
 
-def _data_position(iterator):
-  """The input iterator as a checkpoint entry, where tf.data can save it.
-
-  A single-device iterator saves its position (shuffle buffers included), so a resumed run
-  sees exactly the examples an uninterrupted one would. Distributed iterators from
-  `distribute_datasets_from_function` cannot be saved; a resumed run then restarts the input
-  pipeline (same seed, so from the same first example).
-  """
-  if isinstance(iterator, tf.__internal__.tracking.Trackable):
-    return {"data_position": iterator}
-  logging.warning("the input position cannot be checkpointed under this strategy; a resumed "
-                  "run restarts the input pipeline from its beginning")
-  return {}
-
-
 def train_and_evaluate(config):
   """Trains and evaluates as `config` says; returns the final evaluation metrics."""
   if config.deterministic:
@@ -90,15 +75,8 @@ def train_and_evaluate(config):
 
   with strategy.scope():
     model = models.build_model(config.model, config.num_classes, config.image_size)
-    schedule = schedules.make_schedule(
-        config.lr_schedule, config.learning_rate, total_steps,
-        warmup_steps=min(config.warmup_steps, total_steps),
-        global_batch_size=config.global_batch_size,
-        reference_batch_size=config.lr_batch_scale or None)
-    optimizer = adam_xla.Adam(
-        schedule, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon,
-        amsgrad=config.amsgrad, weight_decay=config.weight_decay, clipnorm=config.clipnorm,
-        clipvalue=config.clipvalue, global_clipnorm=config.global_clipnorm)
+    schedule, optimizer = optimizer_setup.make_optimizer(
+        config, total_steps, reference_batch_size=config.lr_batch_scale or None)
   optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
   step = adam_xla.make_train_step(
       model, make_loss(config.label_smoothing), optimizer,
@@ -116,13 +94,8 @@ def train_and_evaluate(config):
       model, strategy, lambda: strategy.distribute_datasets_from_function(
           lambda context: data.eval_dataset(data_config, context)))
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
-                                   **_data_position(train_iterator))
-  loop_config = training_loop.LoopConfig(
-      model_dir=config.model_dir, train_steps=total_steps,
-      steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
-      log_every=config.log_every or total_steps, keep_checkpoints=config.keep_checkpoints,
-      global_batch_size=config.global_batch_size)
+                                   **training_loop.data_position(train_iterator))
   return training_loop.run(
-      loop_config, train_step=lambda: step(train_iterator),
+      training_loop.loop_config(config, total_steps), train_step=lambda: step(train_iterator),
       step_counter=optimizer.iterations, evaluate=evaluate, checkpoint=checkpoint,
       learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))))

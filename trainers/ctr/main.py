@@ -1,0 +1,56 @@
+"""A DLRM-style click-through-rate model with large embedding tables, trained with adam_xla.
+
+    ./bazelw run //trainers:embedding -- --sparse_mode=lazy
+
+With no data given it generates a click log in Criteo's TSV layout (Zipf ids, a planted
+logistic model whose own AUC is the ceiling) under --model_dir and trains on it; with
+--data_source=criteo it reads Criteo TSV files (plain or gzip). Flags are read here once,
+turned into an `EmbeddingConfig` and validated before any work starts.
+"""
+
+from absl import app
+
+from trainers.common import config as common_config
+from trainers.ctr import config as config_lib
+
+_HELP = {
+    **common_config.SHARED_HELP,
+    "sparse_mode": "How embedding rows are updated: dense (Keras semantics: every row's "
+                   "moments decay every step) or lazy (only the batch's rows; cost independent "
+                   "of the table size).",
+    "table_sizes": "Rows per embedding table: one number for all 26 features or 26 "
+                   "comma-separated numbers (ids are hashed into them; row 0 = missing). "
+                   "Default for generated data: its vocabularies.",
+    "embedding_dim": "Width of every embedding vector and of the bottom MLP's output.",
+    "bottom_mlp": "Hidden widths of the bottom MLP (dense features), comma-separated.",
+    "top_mlp": "Hidden widths of the top MLP (interactions), comma-separated.",
+    "data_source": f"Where the data comes from: {', '.join(config_lib.DATA_SOURCES)}.",
+    "train_files": "Criteo TSV training files, comma-separated paths or globs (.gz: gzip).",
+    "eval_files": "Criteo TSV held-out files, comma-separated paths or globs.",
+    "data_dir": "Where to cache the generated click log (default: under --model_dir).",
+    "generated_train_lines": "Lines of the generated training log.",
+    "generated_eval_lines": "Lines of the generated held-out log.",
+    "skip_bad_records": "Skip (and count) malformed lines instead of stopping at the first.",
+}
+common_config.define_flags(config_lib.EmbeddingConfig, _HELP)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = common_config.from_flags(config_lib.EmbeddingConfig).validate()
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  if config.num_logical_cpus:
+    from adam_xla import distribution  # pylint: disable=g-import-not-at-top
+    distribution.split_cpu(config.num_logical_cpus)
+  from trainers.ctr import train  # pylint: disable=g-import-not-at-top
+  metrics = train.train_and_evaluate(config)
+  planted = metrics.pop("planted_auc", None)
+  print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
+        (f"  (planted model's AUC {planted:.4f})" if planted else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)

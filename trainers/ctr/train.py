@@ -1,0 +1,113 @@
+"""train_and_evaluate: the embedding (DLRM-style CTR) trainer as a function of its config."""
+
+import os
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+import adam_xla
+from adam_xla import distribution
+from trainers.common import optimizer_setup
+from trainers.common import training_loop
+from trainers.ctr import criteo_data
+from trainers.ctr import evaluation
+from trainers.ctr import generated_clicks
+from trainers.ctr import models
+
+# Lines in the shuffle buffer: enough to mix a generated log's shards; it is saved with every
+# checkpoint (as the input position), so it stays modest.
+_SHUFFLE_BUFFER = 20_000
+# Bad-line counting with --skip_bad_records scans the files once; beyond this size it is left
+# out rather than doubling the read of a terabyte log.
+_COUNT_BAD_RECORDS_MAX_BYTES = 2 << 30
+
+
+def _split_files(text):
+  return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def prepare_data(config):
+  """(train files, eval files, table sizes, planted AUC or None), generating data if asked."""
+  if config.data_source == "criteo":
+    return (_split_files(config.train_files), _split_files(config.eval_files),
+            config.feature_table_sizes(), None)
+  cache = config.data_dir or os.path.join(config.model_dir, "generated_data")
+  log = generated_clicks.write_click_log(
+      cache, config.generated_train_lines, config.generated_eval_lines, seed=config.seed)
+  logging.info("generated click log %s: planted model AUC %.4f on the eval split, click rate "
+               "%.3f", log["directory"], log["planted_auc_eval"], log["click_rate_eval"])
+  return (tuple(log["train_files"]), tuple(log["eval_files"]),
+          config.feature_table_sizes(log["table_sizes"]), log["planted_auc_eval"])
+
+
+def _log_bad_records(data_config):
+  paths = criteo_data.list_files(data_config)
+  size = sum(tf.io.gfile.stat(p).length for p in paths)
+  if size > _COUNT_BAD_RECORDS_MAX_BYTES:
+    logging.info("--skip_bad_records: %d files (%.1f GB) are too large to count bad lines "
+                 "up front; malformed lines are skipped silently", len(paths), size / 1e9)
+    return
+  count = criteo_data.count_bad_records(data_config)
+  logging.info("--skip_bad_records: %d malformed line(s) skipped in %d file(s)", count,
+               len(paths))
+
+
+def _memory_estimate(table_sizes, embedding_dim, sparse_mode):
+  """Bytes of the tables, Adam's two slots, and in dense mode one dense gradient per table."""
+  copies = 4 if sparse_mode == "dense" else 3
+  return sum(table_sizes) * embedding_dim * 4 * copies
+
+
+def train_and_evaluate(config):
+  """Trains and evaluates as `config` says; returns the final evaluation metrics.
+
+  The metrics include "planted_auc" (the generating model's own AUC) for generated data.
+  """
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)
+  strategy = distribution.create_strategy(config.strategy, tpu=config.tpu)
+  config.validate(num_replicas=strategy.num_replicas_in_sync)
+  train_files, eval_files, table_sizes, planted_auc = prepare_data(config)
+  data_config = lambda files, shuffle: criteo_data.CriteoConfig(
+      files=files, table_sizes=table_sizes, batch_size=config.global_batch_size,
+      skip_bad_records=config.skip_bad_records, shuffle=shuffle, seed=config.seed,
+      shuffle_buffer=_SHUFFLE_BUFFER)
+  train_data, eval_data = data_config(train_files, True), data_config(eval_files, False)
+  if config.skip_bad_records:
+    _log_bad_records(train_data)
+    _log_bad_records(eval_data)
+
+  with strategy.scope():
+    model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
+                              config.top_mlp, num_dense=criteo_data.NUM_DENSE)
+    schedule, optimizer = optimizer_setup.make_optimizer(
+        config, config.train_steps, sparse_mode=config.sparse_mode)
+  step = adam_xla.make_train_step(
+      model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
+      steps_per_loop=config.steps_per_loop)
+  logging.info("DLRM: %d parameters (%d in %d tables, dim %d, %.2f GB with Adam's state); "
+               "sparse_mode %s; %d steps of %d examples; strategy %s with %d replica(s)",
+               model.count_params(), sum(table_sizes) * config.embedding_dim,
+               len(table_sizes), config.embedding_dim,
+               _memory_estimate(table_sizes, config.embedding_dim, config.sparse_mode) / 1e9,
+               config.sparse_mode, config.train_steps, config.global_batch_size,
+               type(strategy).__name__, strategy.num_replicas_in_sync)
+
+  train_iterator = iter(strategy.distribute_datasets_from_function(
+      lambda context: criteo_data.dataset(train_data, context).repeat()))
+  evaluate_model = evaluation.make_ctr_evaluator(
+      model, strategy, lambda: strategy.distribute_datasets_from_function(
+          lambda context: criteo_data.dataset(eval_data, context)))
+
+  def evaluate():
+    return {**evaluate_model(), **({"planted_auc": planted_auc} if planted_auc else {})}
+
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
+                                   **training_loop.data_position(train_iterator))
+  return training_loop.run(
+      training_loop.loop_config(config, config.train_steps),
+      train_step=lambda: step(train_iterator), step_counter=optimizer.iterations,
+      evaluate=evaluate, checkpoint=checkpoint,
+      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))))
