@@ -35,6 +35,12 @@ class StepConfig:
     inside the XLA program (batches are fetched first and stacked) instead of a host loop that
     calls the program once per step. Faster for small models; on XLA:CPU convolution
     gradients inside a compiled loop are very slow, so it is off by default.
+  skip_nonfinite: do not apply a step whose summed gradients hold a NaN or an Inf: variables,
+    slots and `iterations` stay as they were. The step counts it in the "nonfinite_steps"
+    output and records which variables' gradients were bad in `TrainStep.nonfinite_counts`
+    and the run of bad steps in `TrainStep.consecutive_nonfinite`; what to do next (stop or
+    go on) is the caller's policy. With loss scaling, overflow is the loss scale's business
+    first: a bad step counts as non-finite only when the scale is already at its minimum, 1.
   xla_scope: "step" (default) compiles forward, backward and update (as the plan allows);
     "update" compiles only the Adam update and runs forward and backward as ordinary
     TensorFlow ops. On CPU, XLA's convolution gradients are slower than TensorFlow's oneDNN
@@ -49,6 +55,7 @@ class StepConfig:
   loss_scale_growth_interval: int = 2000
   loop_in_program: bool = False
   xla_scope: str = "step"
+  skip_nonfinite: bool = False
 
   def __post_init__(self):
     for name in ("steps_per_loop", "accumulation_steps", "loss_scale_growth_interval"):
@@ -61,8 +68,9 @@ class StepConfig:
     if not self.initial_loss_scale >= 1:
       raise ValueError("make_train_step: `initial_loss_scale` must be >= 1; got "
                        f"{self.initial_loss_scale!r}.")
-    if not isinstance(self.loop_in_program, bool):
-      raise TypeError("make_train_step: `loop_in_program` must be True or False.")
+    for name in ("loop_in_program", "skip_nonfinite"):
+      if not isinstance(getattr(self, name), bool):
+        raise TypeError(f"make_train_step: `{name}` must be True or False.")
     if self.xla_scope not in XLA_SCOPES:
       raise ValueError(f"make_train_step: `xla_scope` must be one of {XLA_SCOPES}; got "
                        f"{self.xla_scope!r}.")
@@ -78,12 +86,14 @@ def sparse_top1_accuracy(labels, logits):
 
 
 _NAMED_METRICS = {"accuracy": sparse_top1_accuracy}
+# Outputs that count steps over a call (summed, not averaged, over its steps).
+_COUNTED_OUTPUTS = ("skipped_steps", "nonfinite_steps")
 
 
 def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
                     steps_per_loop=1, accumulation_steps=1, loss_scaling=None,
                     initial_loss_scale=2.0**15, loss_scale_growth_interval=2000,
-                    loop_in_program=False, xla_scope="step"):
+                    loop_in_program=False, xla_scope="step", skip_nonfinite=False):
   """Returns a `TrainStep` that trains `model` on batches `(features, labels)`.
 
   Args:
@@ -104,11 +114,14 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
     loop_in_program: loop over `steps_per_loop` inside the XLA program (see `StepConfig`).
     xla_scope: "step" compiles the whole step where the strategy allows; "update" only the
       Adam update (faster for convolutional models on CPU; see `StepConfig`).
+    skip_nonfinite: leave out steps whose gradients are not finite and count them (see
+      `StepConfig`).
 
   Returns:
     A `TrainStep`: call it with an iterator over `step.distribute(dataset)` (any strategy)
     or, with no strategy and steps_per_loop=1, with one batch. It returns a dict of scalar
-    tensors: "loss", each metric, and with loss scaling "loss_scale" and "skipped_steps".
+    tensors: "loss", each metric, with loss scaling "loss_scale" and "skipped_steps", and
+    with skip_nonfinite "nonfinite_steps".
   """
   if not isinstance(optimizer, optimizer_lib.Adam):
     raise TypeError(f"make_train_step: `optimizer` must be an adam_xla.Adam; got "
@@ -119,7 +132,8 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
   config = StepConfig(steps_per_loop=steps_per_loop, accumulation_steps=accumulation_steps,
                       loss_scaling=loss_scaling, initial_loss_scale=initial_loss_scale,
                       loss_scale_growth_interval=loss_scale_growth_interval,
-                      loop_in_program=loop_in_program, xla_scope=xla_scope)
+                      loop_in_program=loop_in_program, xla_scope=xla_scope,
+                      skip_nonfinite=skip_nonfinite)
   return TrainStep(model, loss_fn, optimizer, _metric_fns(metrics),
                    strategy or tf.distribute.get_strategy(), config)
 
@@ -136,7 +150,7 @@ def _metric_fns(metrics):
                        f"{sorted(_NAMED_METRICS)}, or pass a dict of name -> function.")
     named = {m: _NAMED_METRICS[m] for m in metrics}
   for name in named:
-    if name in ("loss", "loss_scale", "skipped_steps"):
+    if name in _COUNTED_OUTPUTS + ("loss", "loss_scale"):
       raise ValueError(f"make_train_step: metric name {name!r} is reserved.")
   return named
 
@@ -165,6 +179,13 @@ class TrainStep(tf.Module):
         self.good_steps = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="good_steps",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      if config.skip_nonfinite:
+        self.nonfinite_counts = tf.Variable(
+            tf.zeros([len(model.trainable_variables)], tf.int64), trainable=False,
+            name="nonfinite_counts", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.consecutive_nonfinite = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     if config.loop_in_program and self.plan != distribution.SINGLE_PROGRAM:
       raise ValueError(f"make_train_step: loop_in_program needs the single-program plan; the "
                        f"{type(strategy).__name__} strategy uses {self.plan}.")
@@ -176,6 +197,11 @@ class TrainStep(tf.Module):
     self._functions = _Untracked(**self._build_functions())
 
   # ---- Public -------------------------------------------------------------------------
+
+  @property
+  def variable_names(self):
+    """Names of the trained variables (Keras paths where there are), as `nonfinite_counts`."""
+    return [getattr(v, "path", v.name) for v in self._variables()]
 
   def distribute(self, dataset):
     """Returns `dataset` (batched at the global batch size) split across the replicas.
@@ -231,18 +257,39 @@ class TrainStep(tf.Module):
     return loss, grads, metrics
 
   def _apply(self, grads):
-    """Sums gradients over replicas and applies them; returns whether the step applied."""
+    """Sums gradients over replicas and applies them.
+
+    Returns (whether the step applied, whether it was non-finite); None where not tracked.
+    """
     pairs = [(g, v) for g, v in zip(grads, self._variables()) if g is not None]
     if len(pairs) < len(grads):
       missing = [v.name for g, v in zip(grads, self._variables()) if g is None]
       warnings.warn(f"TrainStep: no gradient for {missing}; they are not trained.")
     summed = distribution.sum_over_replicas([g for g, _ in pairs])
-    applied = _all_finite(summed) if self.config.loss_scaling else None
+    config, applied, nonfinite = self.config, None, None
+    if config.loss_scaling or config.skip_nonfinite:
+      finite = iter([_is_finite(g) for g in summed])
+      finite_each = tf.stack([next(finite) if g is not None else tf.constant(True)
+                              for g in grads])
+      applied = tf.reduce_all(finite_each)
+      if config.skip_nonfinite:
+        nonfinite = self._record_nonfinite(applied, finite_each)
     self._parts.optimizer.apply_gradients(
         zip(summed, [v for _, v in pairs]), apply_if=applied, sum_over_replicas=False)
-    if self.config.loss_scaling:
+    if config.loss_scaling:
       self._update_loss_scale(applied)
-    return applied
+    return applied, nonfinite
+
+  def _record_nonfinite(self, finite, finite_each):
+    """Counts a bad step the loss scale (if any) cannot explain; returns whether it was one."""
+    bad = tf.logical_not(finite)
+    if self.config.loss_scaling:
+      bad = tf.logical_and(bad, self.loss_scale <= 1.0)
+    bad_each = tf.logical_and(bad, tf.logical_not(finite_each))
+    self.nonfinite_counts.assign_add(tf.cast(bad_each, tf.int64))
+    self.consecutive_nonfinite.assign(
+        tf.where(bad, self.consecutive_nonfinite + 1, tf.constant(0, tf.int64)))
+    return bad
 
   def _update_loss_scale(self, applied):
     good = tf.where(applied, self.good_steps + 1, tf.constant(0, tf.int64))
@@ -252,13 +299,17 @@ class TrainStep(tf.Module):
     self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), good))
     self.loss_scale.assign(scale)
 
-  def _outputs(self, loss, metrics, applied):
+  def _outputs(self, loss, metrics, applied_and_nonfinite):
     """Per-replica results whose sum over replicas is the step's value."""
     outputs = {"loss": loss, **metrics}
+    applied, nonfinite = applied_and_nonfinite
     if self.config.loss_scaling:
       share = 1.0 / distribution.num_replicas(self._parts.strategy)
       outputs["skipped_steps"] = (1.0 - tf.cast(applied, tf.float32)) * share
       outputs["loss_scale"] = tf.convert_to_tensor(self.loss_scale) * share
+    if self.config.skip_nonfinite:
+      share = 1.0 / distribution.num_replicas(self._parts.strategy)
+      outputs["nonfinite_steps"] = tf.cast(nonfinite, tf.float32) * share
     return outputs
 
   def _replica_step(self, batch):
@@ -332,7 +383,7 @@ def _add_results(a, b):
 
 
 def _average(totals, count):
-  return {key: value if key in ("skipped_steps", "loss_scale") else value / count
+  return {key: value if key in _COUNTED_OUTPUTS + ("loss_scale",) else value / count
           for key, value in totals.items()}
 
 
@@ -399,6 +450,6 @@ def _scale_gradient(grad, factor):
   return grad * tf.cast(factor, grad.dtype)
 
 
-def _all_finite(grads):
-  values = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
+def _is_finite(grad):
+  values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+  return tf.reduce_all(tf.math.is_finite(values))

@@ -44,6 +44,11 @@ BAD_CONFIGS = [
     ({"global_batch_size": 0}, "--global_batch_size=0 is not valid"),
     ({"strategy": "horovod"}, "--strategy='horovod' is not valid: expected one of default"),
     ({"strategy": "tpu", "tpu": ""}, "--tpu='' is not valid"),
+    ({"strategy": "tpu", "tpu": "local", "amsgrad": True},
+     "--amsgrad=True is not valid: expected False with --strategy=tpu"),
+    ({"strategy": "tpu", "tpu": "local", "global_clipnorm": 1.0},
+     "--global_clipnorm=1.0 is not valid: expected unset with --strategy=tpu"),
+    ({"strategy": "tpu", "tpu": "local", "weight_decay": 0.1}, "--weight_decay=0.1 is not valid"),
     ({"num_logical_cpus": -1}, "--num_logical_cpus=-1 is not valid"),
     ({"train_steps": 0}, "--train_steps=0 is not valid: expected an integer >= 1"),
     ({"steps_per_loop": 0}, "--steps_per_loop=0 is not valid"),
@@ -52,6 +57,9 @@ BAD_CONFIGS = [
     ({"log_every": 7}, "--log_every=7 is not valid"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints=0 is not valid"),
     ({"model_dir": ""}, "--model_dir='' is not valid"),
+    ({"on_nonfinite": "ignore"}, "--on_nonfinite='ignore' is not valid: expected one of stop, "
+                                 "skip"),
+    ({"max_consecutive_nonfinite": 0}, "--max_consecutive_nonfinite=0 is not valid"),
 ]
 
 
@@ -67,7 +75,7 @@ def test_bad_settings_are_refused_naming_the_flag(overrides, message):
 
 def test_every_setting_has_a_bad_value_test():
   tested = {name for overrides, _ in BAD_CONFIGS for name in overrides}
-  untestable = {"amsgrad", "deterministic", "skip_bad_records", "seed", "data_dir"}
+  untestable = {"deterministic", "skip_bad_records", "seed", "data_dir"}
   assert {f.name for f in dataclasses.fields(GOOD)} - tested == untestable
 
 

@@ -27,7 +27,8 @@ def test_metrics_cover_every_batch_and_equal_the_exact_values():
   labels = (rng.random(96) < 1 / (1 + np.exp(-2 * logits))).astype(np.float64)
   strategy = tf.distribute.get_strategy()
   evaluate = evaluation.make_ctr_evaluator(
-      _first_feature_as_logit, strategy, lambda: _dataset(logits, labels, 32))
+      evaluation.model_predictions(_first_feature_as_logit, strategy), strategy,
+      lambda: _dataset(logits, labels, 32))
   got = evaluate()
   probabilities = 1 / (1 + np.exp(-logits.astype(np.float32).astype(np.float64)))
   assert got["auc"] == pytest.approx(metrics.auc(labels, probabilities), abs=1e-12)
@@ -37,8 +38,9 @@ def test_metrics_cover_every_batch_and_equal_the_exact_values():
 
 
 def test_a_split_smaller_than_one_batch_is_an_error():
+  strategy = tf.distribute.get_strategy()
   evaluate = evaluation.make_ctr_evaluator(
-      _first_feature_as_logit, tf.distribute.get_strategy(),
+      evaluation.model_predictions(_first_feature_as_logit, strategy), strategy,
       lambda: _dataset(np.zeros(10), np.ones(10), 32))
   with pytest.raises(ValueError, match="no complete batch"):
     evaluate()

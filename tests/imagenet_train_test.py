@@ -90,7 +90,8 @@ BAD_CONFIGS = [
     ({"data_source": "imagenet"}, "--data_source='imagenet' is not valid"),
     ({"data_dir": None}, "--data_dir=None is not valid: expected a directory of shards"),
     ({"strategy": "gpu"}, "--strategy='gpu' is not valid: expected one of default"),
-    ({"strategy": "tpu"}, "--tpu=None is not valid"),
+    ({"strategy": "tpu", "tpu": None}, "--tpu=None is not valid"),
+    ({"train_examples": 0}, "--train_examples=0 is not valid"),
     ({"dtype": "float64"}, "--dtype='float64' is not valid"),
     ({"train_steps": 0}, "--train_steps=0 is not valid"),
     ({"train_steps": None}, "set exactly one of --train_steps and --train_epochs"),
@@ -114,6 +115,9 @@ BAD_CONFIGS = [
     ({"log_every": 3}, "--log_every=3 is not valid"),
     ({"keep_checkpoints": 0}, "--keep_checkpoints=0 is not valid"),
     ({"model_dir": ""}, "--model_dir='' is not valid"),
+    ({"on_nonfinite": "ignore"}, "--on_nonfinite='ignore' is not valid: expected one of stop, "
+                                 "skip"),
+    ({"max_consecutive_nonfinite": -1}, "--max_consecutive_nonfinite=-1 is not valid"),
 ]
 
 
@@ -123,6 +127,13 @@ def test_bad_settings_are_refused_naming_the_flag(overrides, message):
   values.update(overrides)
   with pytest.raises(ValueError, match=message):
     config_lib.ImagenetConfig(**values).validate()
+
+
+def test_every_setting_has_a_bad_value_test():
+  tested = {name for overrides, _ in BAD_CONFIGS for name in overrides}
+  untestable = {"amsgrad", "deterministic", "seed"}
+  fields = {f.name for f in dataclasses.fields(config_lib.ImagenetConfig)}
+  assert fields - tested == untestable
 
 
 def test_model_names_match_the_builders():

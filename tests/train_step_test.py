@@ -290,6 +290,34 @@ def test_dynamic_loss_scaling_skips_overflowing_steps(plan_strategy):
   assert int(opt.iterations.numpy()) == 4
 
 
+@pytest.mark.parametrize("plan_strategy", ["default", "mirrored"])
+def test_nonfinite_steps_are_skipped_counted_and_named(plan_strategy):
+  strategy = (MIRRORED[2]
+              if plan_strategy == "mirrored" else tf.distribute.get_strategy())
+  with strategy.scope():
+    model = _model()
+    opt = adam_xla.Adam(0.01)
+  step = adam_xla.make_train_step(model, _LOSS, opt, strategy=strategy, skip_nonfinite=True,
+                                  steps_per_loop=2)
+  x, y = _data()
+  bad = x.copy()
+  bad[:2 * GLOBAL_BATCH, 0] = np.nan  # the first two steps: NaN in the first layer's inputs
+  iterator = iter(step.distribute(_dataset(bad, y)))
+  before = [v.numpy() for v in model.trainable_variables]
+  out = {k: float(v) for k, v in step(iterator).items()}
+  assert out["nonfinite_steps"] == 2.0
+  assert int(opt.iterations.numpy()) == 0 and int(step.consecutive_nonfinite.numpy()) == 2
+  for v, b in zip(model.trainable_variables, before):  # variables and slots untouched
+    np.testing.assert_array_equal(v.numpy(), b)
+    np.testing.assert_array_equal(opt.slot(v, "m").numpy(), np.zeros_like(b))
+  assert step.nonfinite_counts.numpy().tolist() == [2, 2, 2, 2]  # NaN reaches every gradient
+  assert len(set(step.variable_names)) == 4
+  assert step.variable_names[0].endswith("kernel")
+  out = {k: float(v) for k, v in step(iterator).items()}
+  assert out["nonfinite_steps"] == 0.0 and np.isfinite(out["loss"])
+  assert int(opt.iterations.numpy()) == 2 and int(step.consecutive_nonfinite.numpy()) == 0
+
+
 def test_loss_scaled_step_equals_unscaled_step():
   x, y = _data()
   model, _, _, _ = _fused_run({"learning_rate": 0.01}, 10, x, y, loss_scaling="dynamic")

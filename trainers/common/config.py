@@ -14,6 +14,7 @@ import typing
 from absl import flags
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+NONFINITE_POLICIES = ("stop", "skip")  # training_loop.NONFINITE_POLICIES
 SCHEDULES = ("constant", "step", "cosine")
 
 # Help for the flags both trainers have; a trainer adds its own and may override these.
@@ -41,6 +42,10 @@ SHARED_HELP = {
     "keep_checkpoints": "Checkpoints to keep.",
     "seed": "Random seed.",
     "deterministic": "Deterministic ops and input pipeline (slower).",
+    "on_nonfinite": "A step with NaN/Inf gradients is never applied; then stop (halt naming "
+                    "the variables) or skip (count it and go on).",
+    "max_consecutive_nonfinite": "With --on_nonfinite=skip, halt after this many non-finite "
+                                 "steps in a row.",
 }
 
 
@@ -95,6 +100,10 @@ def check_run(config, num_replicas=None):
   check(config.keep_checkpoints >= 1, "keep_checkpoints", config.keep_checkpoints,
         "an integer >= 1")
   check(bool(config.model_dir), "model_dir", config.model_dir, "a directory path")
+  check(config.on_nonfinite in NONFINITE_POLICIES, "on_nonfinite", config.on_nonfinite,
+        one_of(NONFINITE_POLICIES))
+  check(config.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite",
+        config.max_consecutive_nonfinite, "an integer >= 1")
 
 
 # ---- Flags ---------------------------------------------------------------------------------

@@ -1,16 +1,48 @@
 """The outer training loop shared by the trainers: checkpoints, TensorBoard, evaluation,
-progress lines and resume. The compiled step only computes; everything with side effects on
-disk or screen happens here, between calls.
+progress lines, resume and what happens when something goes wrong. The compiled step only
+computes; everything with side effects on disk or screen happens here, between calls.
+
+Failure behaviour (the README's "Failure behaviour" section lists it for users):
+* SIGTERM (preemption) or SIGINT: the call in flight finishes, a checkpoint is written, the
+  stop is logged and `Interrupted` is raised; the trainers exit with `INTERRUPTED_EXIT_CODE`.
+  Under several workers, every worker stops after the same call (`agree`).
+* Non-finite gradients (the step runs with `skip_nonfinite`, so a bad update is never
+  applied): "stop" raises `NonFiniteError` naming the step and the variables; "skip" goes on,
+  counts the skipped steps in the metrics and TensorBoard, and stops after
+  `max_consecutive_nonfinite` bad steps in a row.
+* A checkpoint written by another model or optimizer configuration is refused before
+  anything is restored (`checkpoint_signature`).
+* Any other error: logged with the step and the last complete checkpoint, which stays
+  readable (checkpoints are written to new files and published by an atomic rename of the
+  `checkpoint` index file).
 """
 
 import dataclasses
 import math
 import os
+import signal
+import threading
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
+
+from trainers.common import checkpoint_signature
+
+NONFINITE_POLICIES = ("stop", "skip")
+# Exit status of a trainer stopped by SIGTERM/SIGINT after writing its checkpoint: EX_TEMPFAIL
+# of sysexits.h, "try again later", which is what a preempted job should do.
+INTERRUPTED_EXIT_CODE = 75
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after writing a checkpoint; rerun to resume."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Gradients were not finite (see the message for the step and the variables)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +56,8 @@ class LoopConfig:
   log_every: int
   keep_checkpoints: int
   global_batch_size: int
+  on_nonfinite: str = "stop"  # NONFINITE_POLICIES
+  max_consecutive_nonfinite: int = 10
 
 
 def loop_config(config, total_steps):
@@ -32,7 +66,8 @@ def loop_config(config, total_steps):
       model_dir=config.model_dir, train_steps=total_steps,
       steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
       log_every=config.log_every or total_steps, keep_checkpoints=config.keep_checkpoints,
-      global_batch_size=config.global_batch_size)
+      global_batch_size=config.global_batch_size, on_nonfinite=config.on_nonfinite,
+      max_consecutive_nonfinite=config.max_consecutive_nonfinite)
 
 
 def data_position(iterator):
@@ -79,37 +114,148 @@ def _duration(seconds):
 def _write_scalars(writer, step, scalars):
   with writer.as_default(step=step):
     for name, value in scalars.items():
-      tf.summary.scalar(name, value)
+      if math.isfinite(value):
+        tf.summary.scalar(name, value)
   writer.flush()
 
 
+class _StopSignals:
+  """Records SIGTERM/SIGINT instead of dying, so the loop can checkpoint first.
+
+  A second signal of the same kind restores the default action, so a user pressing Ctrl-C
+  twice still stops at once. Handlers can only be installed from the main thread; elsewhere
+  signals keep their default action.
+  """
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for number in (signal.SIGTERM, signal.SIGINT):
+        self._previous[number] = signal.signal(number, self._handle)
+    return self
+
+  def _handle(self, number, frame):
+    del frame
+    if self.received == number:
+      signal.signal(number, signal.SIG_DFL)
+      signal.raise_signal(number)
+    self.received = number
+    logging.warning("received %s: finishing the steps in flight, then writing a checkpoint",
+                    signal.Signals(number).name)
+
+  def __exit__(self, *unused):
+    for number, handler in self._previous.items():
+      signal.signal(number, handler)
+
+
+def _check_writable(model_dir):
+  """Fails early, naming --model_dir, if checkpoints and logs cannot be written there."""
+  probe = os.path.join(model_dir, f".writable-{os.getpid()}")
+  try:
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("ok")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as error:
+    raise OSError(f"--model_dir={model_dir!r} is not writable: {error}") from None
+
+
+class _NonFiniteWatch:
+  """Applies the on_nonfinite policy to the step's counts of non-finite gradients."""
+
+  def __init__(self, config, step_state):
+    self._config, self._state = config, step_state
+    self._counts = step_state.nonfinite_counts.numpy() if step_state is not None else None
+
+  def check(self, step, metrics, last_checkpoint):
+    bad = metrics.get("nonfinite_steps", 0.0)
+    if self._state is None:
+      if not all(math.isfinite(v) for v in metrics.values()):
+        raise NonFiniteError(f"non-finite training metrics at step {step}: {metrics}; the "
+                             f"last good checkpoint is {last_checkpoint}.")
+      return
+    counts = self._state.nonfinite_counts.numpy()
+    names = [n for n, d in zip(self._state.variable_names, counts - self._counts) if d > 0]
+    self._counts = counts
+    if not bad:
+      return
+    where = (f"{bad:.0f} step(s) up to step {step} had non-finite gradients of {names}; their "
+             f"updates were not applied. The last good checkpoint is {last_checkpoint}.")
+    if self._config.on_nonfinite == "stop":
+      raise NonFiniteError(f"{where} Stopping (--on_nonfinite=stop); lower the learning rate "
+                           "or clip gradients, or use --on_nonfinite=skip to step over them.")
+    in_a_row = int(self._state.consecutive_nonfinite.numpy())
+    logging.warning("%s Skipped (--on_nonfinite=skip); %d in a row.", where, in_a_row)
+    if in_a_row >= self._config.max_consecutive_nonfinite:
+      raise NonFiniteError(f"{in_a_row} steps in a row had non-finite gradients (limit "
+                           f"--max_consecutive_nonfinite={self._config.max_consecutive_nonfinite}"
+                           f"); stopping at step {step}. {where}")
+
+
 def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
-        step_counter: tf.Variable, evaluate: Callable[[], Dict[str, float]],
-        checkpoint: tf.train.Checkpoint, learning_rate: Callable[[int], float]):
+        evaluate: Callable[[], Dict[str, float]], checkpoint: tf.train.Checkpoint,
+        learning_rate: Callable[[int], float], step_state=None,
+        signature: Optional[dict] = None, agree: Callable[[bool], bool] = bool):
   """Trains to `config.train_steps`, resuming from the last checkpoint in model_dir.
 
   Args:
     config: the loop's settings.
     train_step: runs `steps_per_loop` steps and returns their metrics.
-    step_counter: the optimizer's `iterations` (restored with the checkpoint).
     evaluate: returns evaluation metrics (floats).
-    checkpoint: everything to save and restore (model, optimizer, train step, data iterator).
+    checkpoint: everything to save and restore (model, optimizer, train step, data iterator);
+      the loop adds its step count to it.
     learning_rate: the rate at a step, for the progress lines and TensorBoard.
+    step_state: the `adam_xla.TrainStep` made with skip_nonfinite=True, whose non-finite
+      counters the on_nonfinite policy reads; None: any non-finite metric stops the run.
+    signature: `checkpoint_signature.describe(...)` of this run; a checkpoint written with
+      another one is refused before anything is restored.
+    agree: maps this worker's "a stop signal arrived" to whether any worker got one (all
+      workers must stop after the same call); the identity for one worker.
 
   Returns:
     The last evaluation's metrics.
+
+  Raises:
+    Interrupted: on SIGTERM/SIGINT, after writing a checkpoint.
+    NonFiniteError: per the on_nonfinite policy.
   """
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(config.model_dir, "checkpoints"),
-      max_to_keep=config.keep_checkpoints)
+  _check_writable(config.model_dir)
+  checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
+  steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
+  checkpoint.steps_done = steps_done
+  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                       max_to_keep=config.keep_checkpoints)
   if manager.latest_checkpoint:
+    if signature is not None:
+      checkpoint_signature.check(checkpoint_dir, signature)
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     logging.info("resuming from %s at step %d", manager.latest_checkpoint,
-                 int(step_counter.numpy()))
-  step = int(step_counter.numpy())
+                 int(steps_done.numpy()))
+  elif signature is not None:
+    checkpoint_signature.write(checkpoint_dir, signature)
+  step = int(steps_done.numpy())
   if step >= config.train_steps:
     logging.info("already trained %d of %d steps; evaluating only", step, config.train_steps)
     return evaluate()
+  try:
+    with _StopSignals() as signals:
+      return _train(config, step, steps_done, manager, signals, train_step, evaluate,
+                    learning_rate, _NonFiniteWatch(config, step_state), agree)
+  except (Interrupted, NonFiniteError):
+    raise
+  except BaseException as error:
+    logging.error("training stopped at step %d by %s: %s. The last complete checkpoint is %s; "
+                  "rerun the same command to resume from it.", int(steps_done.numpy()),
+                  type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+                  manager.latest_checkpoint or "none (nothing to resume)")
+    raise
+
+
+def _train(config, step, steps_done, manager, signals, train_step, evaluate, learning_rate,
+           nonfinite, agree):
   train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
   eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
   progress = Progress(config.train_steps, config.global_batch_size, step)
@@ -117,10 +263,8 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
   eval_metrics = {}
   while step < config.train_steps:
     metrics = {k: float(v) for k, v in train_step().items()}
-    step = int(step_counter.numpy())
-    if not all(math.isfinite(v) for v in metrics.values() if v is not None):
-      raise FloatingPointError(f"non-finite training metrics at step {step}: {metrics}; the "
-                               f"last good checkpoint is {manager.latest_checkpoint}.")
+    step = int(steps_done.assign_add(config.steps_per_loop).numpy())
+    nonfinite.check(step, metrics, manager.latest_checkpoint)
     last = step >= config.train_steps
     if step % config.log_every == 0 or last:
       rate_now = learning_rate(step)
@@ -134,4 +278,46 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
                    "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
       _write_scalars(eval_writer, step, eval_metrics)
       manager.save(checkpoint_number=step)
+    if agree(signals.received is not None):
+      if manager.latest_checkpoint != manager._checkpoint_prefix + f"-{step}":  # pylint: disable=protected-access
+        manager.save(checkpoint_number=step)
+      name = signal.Signals(signals.received).name if signals.received else "another worker"
+      logging.warning("stopped by %s at step %d of %d; checkpoint %s written. Rerun the same "
+                      "command to resume.", name, step, config.train_steps,
+                      manager.latest_checkpoint)
+      raise Interrupted(f"stopped by {name} at step {step}; resume from "
+                        f"{manager.latest_checkpoint}")
   return eval_metrics
+
+
+def exit_status_of(train_fn):
+  """Calls train_fn() for a program's main: its result, or a logged exit with a status.
+
+  Interrupted -> INTERRUPTED_EXIT_CODE (a checkpoint was written; rerun to resume);
+  NonFiniteError -> 1 with its message and no traceback (the message says it all).
+  """
+  try:
+    return train_fn()
+  except Interrupted as stop:
+    logging.warning("%s", stop)
+    raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+  except NonFiniteError as error:
+    logging.error("%s", error)
+    raise SystemExit(1) from None
+
+
+def any_worker(strategy):
+  """`agree` for `run` under `strategy`: True when the flag is set on any worker.
+
+  One tiny all-reduce per call of the train step, only when there are several workers.
+  """
+  workers = getattr(strategy.extended, "_num_workers", 1)
+  if workers <= 1:
+    return bool
+
+  @tf.function
+  def reduce(flag):
+    per_replica = strategy.run(lambda: tf.cast(flag, tf.int32))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  return lambda flag: int(reduce(tf.constant(flag)).numpy()) > 0

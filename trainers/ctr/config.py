@@ -55,6 +55,8 @@ class EmbeddingConfig:
   keep_checkpoints: int = 3
   seed: int = 0
   deterministic: bool = False
+  on_nonfinite: str = "stop"
+  max_consecutive_nonfinite: int = 10
 
   def validate(self, num_replicas=None):
     """Raises ValueError naming the flag, its value and what is accepted."""
@@ -85,6 +87,12 @@ class EmbeddingConfig:
       check(value >= self.global_batch_size, name, value,
             f"at least one batch (--global_batch_size={self.global_batch_size})")
     common.check_run(self, num_replicas)
+    if self.strategy == "tpu":  # what the TPU embedding API's Adam cannot do for the tables
+      check(not self.amsgrad, "amsgrad", self.amsgrad, "False with --strategy=tpu")
+      for name in ("clipnorm", "global_clipnorm"):
+        check(getattr(self, name) is None, name, getattr(self, name),
+              "unset with --strategy=tpu (use --clipvalue)")
+      check(self.weight_decay == 0, "weight_decay", self.weight_decay, "0 with --strategy=tpu")
     return self
 
   def feature_table_sizes(self, generated_sizes=None):

@@ -6,13 +6,8 @@ import tensorflow as tf
 from trainers.ctr import metrics
 
 
-def make_ctr_evaluator(model, strategy, distributed_dataset_fn):
-  """Returns evaluate() -> {"auc", "log_loss", "click_rate"} over one pass of the data.
-
-  `distributed_dataset_fn()` returns a fresh distributed dataset of (features, labels)
-  batches. Every replica's probabilities and labels are brought to the host, where the exact
-  metrics of `metrics` are computed: evaluation splits of a CTR trainer fit in memory.
-  """
+def model_predictions(model, strategy):
+  """predict(batch) -> per-replica (probabilities, labels) of a Keras-style `model`."""
 
   def replica_predictions(batch):
     features, labels = batch
@@ -20,13 +15,25 @@ def make_ctr_evaluator(model, strategy, distributed_dataset_fn):
     return tf.reshape(probabilities, [-1]), tf.reshape(tf.cast(labels, tf.float32), [-1])
 
   @tf.function
-  def batch_predictions(batch):
+  def predict(batch):
     return strategy.run(replica_predictions, args=(batch,))
+
+  return predict
+
+
+def make_ctr_evaluator(predict, strategy, distributed_dataset_fn):
+  """Returns evaluate() -> {"auc", "log_loss", "click_rate"} over one pass of the data.
+
+  `distributed_dataset_fn()` returns a fresh distributed dataset; `predict(batch)` maps one
+  of its batches to per-replica (probabilities, labels), e.g. `model_predictions(model,
+  strategy)`. Every replica's values are brought to the host, where the exact metrics of
+  `metrics` are computed: evaluation splits of a CTR trainer fit in memory.
+  """
 
   def evaluate():
     probabilities, labels = [], []
     for batch in distributed_dataset_fn():
-      replica_probabilities, replica_labels = batch_predictions(batch)
+      replica_probabilities, replica_labels = predict(batch)
       probabilities += [p.numpy() for p in strategy.experimental_local_results(
           replica_probabilities)]
       labels += [l.numpy() for l in strategy.experimental_local_results(replica_labels)]

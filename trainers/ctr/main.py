@@ -46,7 +46,8 @@ def main(argv):
     from adam_xla import distribution  # pylint: disable=g-import-not-at-top
     distribution.split_cpu(config.num_logical_cpus)
   from trainers.ctr import train  # pylint: disable=g-import-not-at-top
-  metrics = train.train_and_evaluate(config)
+  from trainers.common import training_loop  # pylint: disable=g-import-not-at-top
+  metrics = training_loop.exit_status_of(lambda: train.train_and_evaluate(config))
   planted = metrics.pop("planted_auc", None)
   print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
         (f"  (planted model's AUC {planted:.4f})" if planted else ""))

@@ -309,6 +309,7 @@ class TPUEmbeddingStep(tf.Module):
     self._parts = types.SimpleNamespace(model=model, optimizer=optimizer, strategy=strategy,
                                         variables=variables)
     self._loop = tf.function(self._run_steps)
+    self._predict = tf.function(self._predict_batch)
 
   def distribute(self, dataset):
     """(features, labels) batches of the global size -> the distributed input of a call.
@@ -326,6 +327,20 @@ class TPUEmbeddingStep(tf.Module):
   def __call__(self, iterator):
     """Runs `steps_per_loop` steps from an iterator over `distribute(...)`; returns the loss."""
     return {"loss": self._loop(iterator)}
+
+  def predict(self, batch):
+    """One batch of `distribute(...)` -> per-replica (probabilities, labels); no training."""
+    return self._predict(batch)
+
+  def _predict_batch(self, batch):
+    ids, dense_and_labels = batch
+    self.embedding.enqueue(ids, training=False)
+    return self._parts.strategy.run(self._replica_predictions, args=(dense_and_labels,))
+
+  def _replica_predictions(self, dense_and_labels):
+    dense, labels = dense_and_labels
+    logits = self._parts.model.interact(dense, list(self.embedding.dequeue()))
+    return tf.sigmoid(tf.reshape(logits, [-1])), tf.reshape(tf.cast(labels, tf.float32), [-1])
 
   def _run_steps(self, iterator):
     strategy, total = self._parts.strategy, tf.constant(0.0)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import adam_xla
 from adam_xla import distribution
+from trainers.common import checkpoint_signature
 from trainers.common import optimizer_setup
 from trainers.common import training_loop
 from trainers.ctr import criteo_data
@@ -59,6 +60,19 @@ def _memory_estimate(table_sizes, embedding_dim, sparse_mode):
   return sum(table_sizes) * embedding_dim * 4 * copies
 
 
+def _tpu_step(config, table_sizes, optimizer, strategy):
+  """The TPU path: tables in the TPU embedding API (see tpu_embedding; not run on hardware)."""
+  from trainers.ctr import tpu_embedding  # pylint: disable=g-import-not-at-top
+  with strategy.scope():
+    model = models.DLRM(table_sizes, config.embedding_dim, config.bottom_mlp, config.top_mlp,
+                        name="dlrm")
+  step = tpu_embedding.TPUEmbeddingStep(
+      model, optimizer, global_batch_size=config.global_batch_size,
+      num_dense=criteo_data.NUM_DENSE, steps_per_loop=config.steps_per_loop,
+      strategy=strategy, initializer_seed=config.seed)
+  return step, model
+
+
 def train_and_evaluate(config):
   """Trains and evaluates as `config` says; returns the final evaluation metrics.
 
@@ -79,35 +93,46 @@ def train_and_evaluate(config):
     _log_bad_records(train_data)
     _log_bad_records(eval_data)
 
+  on_tpu = config.strategy == "tpu"
   with strategy.scope():
-    model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
-                              config.top_mlp, num_dense=criteo_data.NUM_DENSE)
     schedule, optimizer = optimizer_setup.make_optimizer(
         config, config.train_steps, sparse_mode=config.sparse_mode)
-  step = adam_xla.make_train_step(
-      model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
-      steps_per_loop=config.steps_per_loop)
-  logging.info("DLRM: %d parameters (%d in %d tables, dim %d, %.2f GB with Adam's state); "
+  if on_tpu:
+    step, model = _tpu_step(config, table_sizes, optimizer, strategy)
+    train_iterator = iter(step.distribute(criteo_data.dataset(train_data).repeat()))
+    evaluate_model = evaluation.make_ctr_evaluator(
+        step.predict, strategy, lambda: step.distribute(criteo_data.dataset(eval_data)))
+  else:
+    with strategy.scope():
+      model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
+                                config.top_mlp, num_dense=criteo_data.NUM_DENSE)
+    step = adam_xla.make_train_step(
+        model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
+        steps_per_loop=config.steps_per_loop, skip_nonfinite=True)
+    train_iterator = iter(strategy.distribute_datasets_from_function(
+        lambda context: criteo_data.dataset(train_data, context).repeat()))
+    evaluate_model = evaluation.make_ctr_evaluator(
+        evaluation.model_predictions(model, strategy), strategy,
+        lambda: strategy.distribute_datasets_from_function(
+            lambda context: criteo_data.dataset(eval_data, context)))
+  logging.info("DLRM: %d parameters in %d tables of dim %d (%.2f GB with Adam's state); "
                "sparse_mode %s; %d steps of %d examples; strategy %s with %d replica(s)",
-               model.count_params(), sum(table_sizes) * config.embedding_dim,
-               len(table_sizes), config.embedding_dim,
+               sum(table_sizes) * config.embedding_dim, len(table_sizes),
+               config.embedding_dim,
                _memory_estimate(table_sizes, config.embedding_dim, config.sparse_mode) / 1e9,
                config.sparse_mode, config.train_steps, config.global_batch_size,
                type(strategy).__name__, strategy.num_replicas_in_sync)
 
-  train_iterator = iter(strategy.distribute_datasets_from_function(
-      lambda context: criteo_data.dataset(train_data, context).repeat()))
-  evaluate_model = evaluation.make_ctr_evaluator(
-      model, strategy, lambda: strategy.distribute_datasets_from_function(
-          lambda context: criteo_data.dataset(eval_data, context)))
-
   def evaluate():
     return {**evaluate_model(), **({"planted_auc": planted_auc} if planted_auc else {})}
 
+  # On TPU the step holds the tables (step.embedding), so they are saved with it.
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
                                    **training_loop.data_position(train_iterator))
   return training_loop.run(
       training_loop.loop_config(config, config.train_steps),
-      train_step=lambda: step(train_iterator), step_counter=optimizer.iterations,
-      evaluate=evaluate, checkpoint=checkpoint,
-      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))))
+      train_step=lambda: step(train_iterator), evaluate=evaluate, checkpoint=checkpoint,
+      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))),
+      step_state=None if on_tpu else step,
+      signature=checkpoint_signature.describe(model, optimizer),
+      agree=training_loop.any_worker(strategy))

@@ -59,6 +59,8 @@ class ImagenetConfig:
   keep_checkpoints: int = 3
   seed: int = 0
   deterministic: bool = False
+  on_nonfinite: str = "stop"
+  max_consecutive_nonfinite: int = 10
   xla_scope: str = "auto"
 
   def validate(self, num_replicas=None):
@@ -80,6 +82,8 @@ class ImagenetConfig:
           self.train_steps, "set exactly one of --train_steps and --train_epochs")
     check(self.train_epochs is None or self.train_epochs > 0, "train_epochs",
           self.train_epochs, "a number > 0")
+    check(self.train_examples is None or self.train_examples >= 1, "train_examples",
+          self.train_examples, "an integer >= 1 (or unset: the split's size)")
     common.check_run(self, num_replicas)
     check(self.xla_scope in XLA_SCOPES, "xla_scope", self.xla_scope, one_of(XLA_SCOPES))
     return self

@@ -6,13 +6,31 @@ one directory, each record a `tf.train.Example` with `image/encoded` (JPEG bytes
 `image/class/label` (int64, 1-based). Both sources share one decode and augmentation path:
 random-resized crop and flip for training, center crop for evaluation, then ImageNet
 mean/std normalization.
+
+Bad data stops the pipeline, when the bad record is reached, with an InvalidArgumentError
+"ImageNet data: bad record ..." followed by "<file>:<record>: <problem>" (records count from
+0, as in `tf.data.TFRecordDataset(file).skip(record)`): a record that is not a
+`tf.train.Example` with one bytes `image/encoded` and one int64 `image/class/label`, a label
+outside [0, num_classes) after `label_offset`, image bytes that are not a JPEG or do not decode,
+and a shard whose TFRecord framing breaks (a length or CRC check fails: the file is corrupt or
+truncated; the record is where reading stopped). Empty shards (0 bytes) are skipped with a
+warning naming them; all shards empty is a ValueError. With `skip_bad_records=True` bad records
+are dropped instead; a shard whose framing breaks is read up to the break (the rest of it
+cannot be found again), which is logged with its name on every pass. `count_bad_records(config,
+split)` scans a split once, returns how many records are bad and logs the first few with file,
+record and problem (the pipeline keeps no counter, which would be state in tf.data and would not
+survive checkpoints or several workers). TFDS data is checked by TFDS; with `skip_bad_records`
+its records that fail to decode or have a bad label are dropped (without a file name).
 """
 
+import concurrent.futures
 import dataclasses
 import os
 import random
+import sys
 from typing import Optional
 
+from absl import logging
 import tensorflow as tf
 
 SOURCES = ("tfrecord", "tfds", "generated")  # generated data is read as tfrecord shards
@@ -24,6 +42,20 @@ CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20
+_RECORD_FRAMING_BYTES = 16  # per TFRecord record: length (8 bytes), its CRC (4), data CRC (4)
+_STAT_THREADS = 32  # shard sizes are read in parallel: one request per file on gs://
+_MAX_NAMED = 10  # empty shards named in the warning
+_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+_ANY_COUNT_FEATURES = {  # parses whatever number of values there is, to say what is wrong
+    "image/encoded": tf.io.RaggedFeature(tf.string),
+    "image/class/label": tf.io.RaggedFeature(tf.int64),
+}
+_BAD_RECORD = "ImageNet data: bad record (skip_bad_records=True drops bad records instead)"
+_NOT_EXAMPLE = ("the record is not a tf.train.Example with one bytes feature image/encoded and "
+                "one int64 feature image/class/label")
 _HOW_TO_GET_DATA = (
     "Train on the built-in data with --data_source=generated, or convert a folder of class "
     "sub-folders of JPEGs with ./bazelw run //tools:convert_imagenet (--split=train and "
@@ -42,6 +74,8 @@ class DataConfig:
     (0 when `deterministic`).
   deterministic: tf.data produces elements in a fixed order, so with the same seed the
     stream is the same on every run (parallel stages may run slower).
+  skip_bad_records: drop records that fail to parse or decode or have a label out of range
+    instead of failing on the first (see the module docstring).
   """
 
   source: str
@@ -53,6 +87,7 @@ class DataConfig:
   shuffle_buffer: int = 10000
   seed: Optional[int] = None
   deterministic: bool = False
+  skip_bad_records: bool = False
 
   def __post_init__(self):
     if self.source not in SOURCES:
@@ -64,6 +99,9 @@ class DataConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"DataConfig: `{name}` must be an integer >= 1; got {value!r}.")
+    if not isinstance(self.skip_bad_records, bool):
+      raise ValueError(f"DataConfig: `skip_bad_records` must be True or False; got "
+                       f"{self.skip_bad_records!r}.")
 
 
 def train_dataset(config, input_context=None):
@@ -96,30 +134,39 @@ def _dataset(config, split, input_context, training):
   seed = config.seed
   if seed is None and config.deterministic:
     seed = 0
+  if training:
+    # Stateless augmentation keyed by (seed, element position): reproducible with a seed, and
+    # the iterator stays checkpointable (no stateful random ops in the map).
+    base_seed = seed if seed is not None else random.randrange(2**31)
+
+    def image(encoded, position):
+      element_seed = tf.stack([tf.constant(base_seed, tf.int64),
+                               position * num_pipelines + pipeline_id])
+      return _train_image(encoded, config.image_size, element_seed)
+  else:
+    image = lambda encoded, position: _eval_image(encoded, config.image_size)
+
   if config.source == "tfds":
     records = _tfds_records(config, split, input_context, training, seed)
+    if training:
+      records = records.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+      records = records.repeat()
+    dataset = records.enumerate().map(
+        lambda position, record: (image(record[0], position), record[1]),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    if config.skip_bad_records:
+      dataset = dataset.ignore_errors()
   else:
-    records = _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed)
-
-  if training:
-    records = records.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    records = records.repeat()
-    # Stateless augmentation keyed by (seed, element index): reproducible with a seed, and the
-    # iterator stays checkpointable (no stateful random ops in the map).
-    base_seed = seed if seed is not None else random.randrange(2**31)
-    records = records.enumerate()
-
-    def preprocess(index, record):
-      encoded, label = record
-      element_seed = tf.stack([tf.constant(base_seed, tf.int64),
-                               index * num_pipelines + pipeline_id])
-      return _train_image(encoded, config.image_size, element_seed), label
-
-    dataset = records.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    dataset = records.map(lambda encoded, label: (_eval_image(encoded, config.image_size),
-                                                  label),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    records, files = _tfrecord_records(config, split, num_pipelines, pipeline_id, training,
+                                       seed)
+    if training:
+      records = records.shuffle(config.shuffle_buffer, seed=seed,
+                                reshuffle_each_iteration=True)
+    no_records = (f"ImageNet data: no usable record in the {len(files)} {split} shard(s) this "
+                  f"input pipeline reads (e.g. '{files[0]}')" +
+                  (": every record is bad and skip_bad_records drops it"
+                   if config.skip_bad_records else ""))
+    dataset = _checked_images(records, image, config, repeat=training, no_records=no_records)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
@@ -127,15 +174,161 @@ def _dataset(config, split, input_context, training):
   return dataset.with_options(options)
 
 
+def _checked_images(records, image, config, repeat, no_records):
+  """(image, label) of the shard records, each checked; with `repeat`, endlessly.
+
+  A record that fails to parse or decode fails an op, and tf.data cannot catch that inside a
+  map; so the map's errors are dropped (ignore_errors) and found as gaps in the numbering of
+  the elements. Each element carries its predecessor, so the gap names the bad record's file
+  and record, and its problem is found by reading it again step by step. An end marker after
+  every pass gives a bad last record a successor, and stops a pass with no usable record from
+  repeating forever.
+  """
+  end_marker = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
+                "serialized": tf.constant(b""), "end": tf.constant(True),
+                "problem": tf.constant("")}
+  records = records.concatenate(tf.data.Dataset.from_tensors(end_marker))
+  if repeat:
+    records = records.repeat()
+
+  def number(state, record):
+    position, previous = state
+    current = {"path": record["path"], "index": record["index"],
+               "serialized": record["serialized"]}
+    return (position + 1, current), (position, record, previous)
+
+  none = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
+          "serialized": tf.constant(b"")}
+  numbered = records.scan((tf.constant(0, tf.int64), none), number)
+
+  def read(position, record, previous):
+    def decode():
+      example = tf.io.parse_single_example(record["serialized"], _FEATURES)
+      label = _check_label(example["image/class/label"] - config.label_offset, config)
+      return image(example["image/encoded"], position), label
+
+    def marker():
+      return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+              tf.constant(0, tf.int64))
+
+    pixels, label = tf.cond(record["end"], marker, decode)
+    return position, record["end"], record["problem"], pixels, label, previous
+
+  checking = not config.skip_bad_records
+  decoded = numbered.map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True if checking else None)
+  decoded = decoded.ignore_errors(log_warning=checking)
+
+  def check(state, element):
+    expected, usable = state
+    position, end, problem, pixels, label, previous = element
+    in_order = tf.equal(position, expected)
+    no_problem = tf.equal(problem, "")
+    pass_end = end & no_problem  # the marker after a pass, not a broken shard's
+    nonempty = ~pass_end | (usable > 0)
+
+    def fail():
+      bad_record = lambda: tf.strings.join([
+          previous["path"], ":", tf.strings.as_string(previous["index"]), ": ",
+          _diagnose(previous["serialized"], config)])
+      message = tf.cond(in_order, lambda: tf.cond(no_problem, lambda: tf.constant(""),
+                                                  lambda: problem), bad_record)
+      header = tf.where(tf.equal(message, ""), no_records, _BAD_RECORD)
+      return _raise([header, message])
+
+    ok = nonempty & (in_order & no_problem if checking else True)
+    checked = tf.cond(ok, lambda: ok, fail)
+    with tf.control_dependencies([checked]):
+      keep = tf.logical_not(end)
+    usable = tf.where(pass_end, tf.constant(0, tf.int64), usable + tf.cast(~end, tf.int64))
+    return (position + 1, usable), (pixels, label, keep)
+
+  checked = decoded.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check)
+  checked = checked.filter(lambda pixels, label, keep: keep)
+  return checked.map(lambda pixels, label, keep: (pixels, label))
+
+
+def _raise(data):
+  """An op that raises InvalidArgumentError with `data` when run (in a failing branch)."""
+  with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), data, summarize=1)]):
+    return tf.constant(False)
+
+
 def _check_label(label, config):
+  """`label` (after label_offset) as int64; an op error unless it is in [0, num_classes)."""
   label = tf.cast(label, tf.int64)
-  tf.debugging.assert_non_negative(
-      label, message=f"ImageNet data: a label is < 0 after label_offset={config.label_offset}")
-  tf.debugging.assert_less(
-      label, tf.constant(config.num_classes, tf.int64),
-      message=f"ImageNet data: a label is >= num_classes={config.num_classes} after "
-              f"label_offset={config.label_offset}")
-  return label
+  in_range = (label >= 0) & (label < config.num_classes)
+  with tf.control_dependencies([tf.debugging.Assert(in_range, [
+      f"ImageNet data: label outside [0, num_classes={config.num_classes}) after "
+      f"label_offset={config.label_offset}:", label])]):
+    return tf.identity(label)
+
+
+def _diagnose(serialized, config):
+  """What is wrong with a serialized record, as text ("" if nothing is).
+
+  Each step that could fail an op runs alone in a small dataset that drops its error, so this
+  works inside tf.data functions; it is slow, meant for bad records only.
+  """
+
+  def fields(record):
+    example = tf.io.parse_single_example(record, _ANY_COUNT_FEATURES)
+    encoded, label = example["image/encoded"], example["image/class/label"]
+    jpeg = tf.concat([encoded, [""]], 0)[0]
+    value = tf.concat([label, [0]], 0)[0]
+    shifted = value - config.label_offset
+    size = tf.strings.length(jpeg)
+    problem = tf.where(
+        tf.size(encoded) != 1, _count_problem("image/encoded", tf.size(encoded)),
+        tf.where(tf.size(label) != 1, _count_problem("image/class/label", tf.size(label)),
+                 tf.where((shifted < 0) | (shifted >= config.num_classes), tf.strings.join([
+                     "image/class/label is ", tf.strings.as_string(value), ": with label_offset=",
+                     str(config.label_offset), " that is class ", tf.strings.as_string(shifted),
+                     f", not in [0, num_classes={config.num_classes})"]),
+                          tf.where(tf.equal(size, 0), "image/encoded is empty",
+                                   tf.where(tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"),
+                                            "", tf.strings.join([
+                                                "image/encoded is not a JPEG: its ",
+                                                tf.strings.as_string(size),
+                                                " bytes start with ", _hex(jpeg, 4),
+                                                " (a JPEG starts with ff d8)"]))))))
+    return problem, jpeg
+
+  problem, jpeg = _first_success(fields, serialized, (tf.constant(_NOT_EXAMPLE),
+                                                      tf.constant(b"")))
+
+  def decode(data):
+    with tf.control_dependencies([tf.io.decode_jpeg(data, channels=3)]):
+      return tf.constant("")
+
+  def decodes():
+    problem = _first_success(decode, jpeg, tf.strings.join([
+        "image/encoded (", tf.strings.as_string(tf.strings.length(jpeg)),
+        " bytes) is a corrupt or truncated JPEG: decoding it fails"]))
+    return tf.where(tf.equal(problem, ""), "no step fails when the record is read again "
+                    "(a transient read error?)", problem)
+
+  return tf.cond(tf.equal(problem, ""), decodes, lambda: problem)
+
+
+def _first_success(fn, value, fallback):
+  """fn(value), or `fallback` if an op in fn fails."""
+  attempt = tf.data.Dataset.from_tensors(value).map(fn).ignore_errors()
+  return attempt.reduce(fallback, lambda unused, result: result)
+
+
+def _count_problem(name, count):
+  return tf.where(tf.equal(count, 0), f"{name} is missing", tf.strings.join(
+      [name, " has ", tf.strings.as_string(count), " values, not 1"]))
+
+
+def _hex(data, n):
+  """The first `n` bytes of `data` as hex digits, space-separated (e.g. "89 50 4e 47")."""
+  codes = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, n), tf.uint8), tf.int32)
+  digits = tf.constant(list("0123456789abcdef"))
+  return tf.strings.reduce_join(tf.strings.join([tf.gather(digits, codes // 16),
+                                                 tf.gather(digits, codes % 16)]),
+                                separator=" ")
 
 
 def list_shards(data_dir, split):
@@ -151,34 +344,146 @@ def list_shards(data_dir, split):
   return files
 
 
+def usable_shards(data_dir, split):
+  """(paths, sizes in bytes) of the non-empty shards of `split`.
+
+  Empty shards are left out with a warning naming them (a converter may write a few when
+  there are more shards than images); ValueError if all are empty.
+  """
+  files = list_shards(data_dir, split)
+  with concurrent.futures.ThreadPoolExecutor(min(len(files), _STAT_THREADS)) as pool:
+    sizes = list(pool.map(lambda path: tf.io.gfile.stat(path).length, files))
+  empty = [path for path, size in zip(files, sizes) if size == 0]
+  if len(empty) == len(files):
+    raise ValueError(f"ImageNet data: all {len(files)} {split} shard(s) in data_dir "
+                     f"'{data_dir}' are empty (0 bytes, no records), e.g. '{files[0]}'. "
+                     f"{_HOW_TO_GET_DATA}")
+  if empty:
+    logging.warning("ImageNet data: skipping %d empty %s shard(s) (0 bytes, no records): %s%s",
+                    len(empty), split, ", ".join(empty[:_MAX_NAMED]),
+                    ", ..." if len(empty) > _MAX_NAMED else "")
+  kept = [(path, size) for path, size in zip(files, sizes) if size]
+  return [path for path, _ in kept], [size for _, size in kept]
+
+
 def _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed):
-  """(encoded JPEG, 0-based label) records of this input pipeline's part of the shards."""
-  files = list_shards(config.data_dir, split)
+  """(records, files): this input pipeline's part of the shards, as `_shard_records` dicts."""
+  files, sizes = usable_shards(config.data_dir, split)
   shard_files = len(files) >= num_pipelines
   if shard_files:
-    files = files[pipeline_id::num_pipelines]
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+    files, sizes = files[pipeline_id::num_pipelines], sizes[pipeline_id::num_pipelines]
+  dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
   if training and shard_files:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  skipping = config.skip_bad_records
+
+  def read(path, size):
+    records = _shard_records(path, size, log_breaks=skipping)
+    # A broken shard's end marker goes on, to fail the pipeline where it is checked.
+    return records.filter(lambda r: ~r["end"] if skipping else ~r["end"] | (r["problem"] != ""))
+
   dataset = dataset.interleave(
-      lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES),
-      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      read, cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE,
       # Sharding examples needs the same order on every pipeline.
       deterministic=None if shard_files else True)
   if not shard_files:  # fewer shards than hosts: every host reads all, keeps its share
     dataset = dataset.shard(num_pipelines, pipeline_id)
-  features = {
-      "image/encoded": tf.io.FixedLenFeature([], tf.string),
-      "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-  }
+  return dataset, files
 
-  def parse(serialized):
-    example = tf.io.parse_single_example(serialized, features)
-    label = example["image/class/label"] - config.label_offset
-    return example["image/encoded"], _check_label(label, config)
 
-  return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+def _shard_records(path, size, log_breaks):
+  """One shard's records, then an end marker: dicts of path, index, serialized, end, problem.
+
+  A failing length or CRC check (or read error) ends a TFRecordDataset with an error that does
+  not name the file. Here it ends the shard quietly, and the end marker compares the bytes
+  read with the file's size: if they differ, its `problem` says where the shard broke, and
+  with `log_breaks` that is printed (the rest of the shard cannot be read).
+  """
+  records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
+  records = tf.data.Dataset.zip(records.ignore_errors(log_warning=True),
+                                tf.data.Dataset.from_tensors(False).repeat())
+  records = records.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+  def number(state, record):
+    index, offset = state
+    serialized, end = record
+
+    def broken():
+      problem = tf.strings.join([
+          path, ":", tf.strings.as_string(index), ": TFRecord framing breaks at byte ",
+          tf.strings.as_string(offset), " of ", tf.strings.as_string(size), " (a length or CRC "
+          "check or the read failed, see the warning before): the shard is corrupt or "
+          "truncated, and none of its records from here on can be read"])
+      if not log_breaks:
+        return problem
+      with tf.control_dependencies([tf.print("ImageNet data: skipping the rest of a shard:",
+                                             problem, output_stream=sys.stderr)]):
+        return tf.identity(problem)
+
+    problem = tf.cond(end & tf.not_equal(offset, size), broken, lambda: tf.constant(""))
+    offset += tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_FRAMING_BYTES
+    return (index + 1, offset), {"path": path, "index": index, "serialized": serialized,
+                                 "end": end, "problem": problem}
+
+  return records.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), number)
+
+
+def count_bad_records(config, split, max_logged=10):
+  """Number of bad records in `split` (one full scan, eager): those skip_bad_records drops.
+
+  Each record is parsed and fully decoded. The first `max_logged` bad ones are logged with
+  file, record and problem. A shard whose framing breaks counts as one bad record: the records
+  after the break cannot be found.
+  """
+  if config.source == "tfds":
+    raise ValueError("ImageNet data: count_bad_records reads TFRecord shards; TFDS checks its "
+                     "own data.")
+  files, sizes = usable_shards(config.data_dir, split)
+
+  def strict(record):
+    def decode():
+      example = tf.io.parse_single_example(record["serialized"], _FEATURES)
+      label = _check_label(example["image/class/label"] - config.label_offset, config)
+      pixels = tf.io.decode_jpeg(example["image/encoded"], channels=3)
+      with tf.control_dependencies([pixels, label]):
+        return tf.constant(True)
+
+    ok = tf.cond(record["end"], lambda: tf.constant(True), decode)
+    with tf.control_dependencies([ok]):
+      return tf.nest.map_structure(tf.identity, record)
+
+  def events(path, size):
+    """(path, first missing record, how many, problem) of the shard's bad records."""
+
+    def gaps(expected, record):
+      return record["index"] + 1, (record["path"], expected, record["index"] - expected,
+                                   record["problem"])
+
+    checked = _shard_records(path, size, log_breaks=False).map(strict).ignore_errors()
+    return checked.scan(tf.constant(0, tf.int64), gaps).filter(
+        lambda path, first, missing, problem: (missing > 0) | (problem != ""))
+
+  found = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64))).interleave(
+      events, cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  count = 0
+  for path, first, missing, problem in found.as_numpy_iterator():
+    path = path.decode()
+    messages = [f"{path}:{index}: {_read_again(path, index, config)}"
+                for index in range(first, first + min(missing, max(0, max_logged - count)))]
+    if problem:
+      messages.append(problem.decode())
+    for message in messages[:max(0, max_logged - count)]:
+      logging.warning("ImageNet data: skipping %s", message)
+    count += missing + bool(problem)
+  return count
+
+
+def _read_again(path, index, config):
+  """The problem of record `index` of `path`, read on its own."""
+  serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
+  return _diagnose(serialized, config).numpy().decode()
 
 
 def _tfds_records(config, split, input_context, training, seed):

@@ -61,7 +61,8 @@ def main(argv):
     logging.warning("--learning_rate=%g with --epsilon=%g: Adam's steps are about the learning "
                     "rate in size, so this is likely to diverge; try --learning_rate=1e-3.",
                     config.learning_rate, config.epsilon)
-  metrics = train.train_and_evaluate(config)
+  from trainers.common import training_loop  # pylint: disable=g-import-not-at-top
+  metrics = training_loop.exit_status_of(lambda: train.train_and_evaluate(config))
   print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
         f"  (chance {1.0 / config.num_classes:.4f})")
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 import adam_xla
 from adam_xla import distribution
 from trainers.common import evaluation
+from trainers.common import checkpoint_signature
 from trainers.common import optimizer_setup
 from trainers.common import training_loop
 from trainers.image_classification import data
@@ -82,7 +83,7 @@ def train_and_evaluate(config):
       model, make_loss(config.label_smoothing), optimizer,
       metrics=["accuracy"], strategy=strategy, steps_per_loop=config.steps_per_loop,
       loss_scaling="dynamic" if config.dtype == "float16" else None,
-      xla_scope=resolve_xla_scope(config.xla_scope))
+      xla_scope=resolve_xla_scope(config.xla_scope), skip_nonfinite=True)
   logging.info("model %s: %d parameters; %d steps of %d examples; strategy %s with %d "
                "replica(s); data %s", config.model, model.count_params(), total_steps,
                config.global_batch_size, type(strategy).__name__,
@@ -97,5 +98,7 @@ def train_and_evaluate(config):
                                    **training_loop.data_position(train_iterator))
   return training_loop.run(
       training_loop.loop_config(config, total_steps), train_step=lambda: step(train_iterator),
-      step_counter=optimizer.iterations, evaluate=evaluate, checkpoint=checkpoint,
-      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))))
+      evaluate=evaluate, checkpoint=checkpoint,
+      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))), step_state=step,
+      signature=checkpoint_signature.describe(model, optimizer),
+      agree=training_loop.any_worker(strategy))

@@ -1,0 +1,175 @@
+"""Tests of the shared training loop (trainers/common/training_loop.py): non-finite policies,
+stop signals, an unwritable model_dir, refused checkpoints and errors that keep the last
+checkpoint."""
+
+import logging
+import os
+import signal
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adam_xla
+from tests import pytest_main
+from tests import trainer_outputs
+from trainers.common import checkpoint_signature
+from trainers.common import training_loop
+
+BATCH = 8
+
+
+def _model(width=6, seed=0):
+  # A fresh Keras session restarts automatic layer names, as a new process of a resumed run
+  # does: adam_xla's slots are checkpointed under their variables' names.
+  keras.backend.clear_session()
+  keras.utils.set_random_seed(seed)
+  return keras.Sequential([keras.Input((3,)), keras.layers.Dense(width, activation="tanh"),
+                           keras.layers.Dense(1)], name="mlp")
+
+
+def _loss(labels, predictions):
+  return tf.square(tf.reshape(predictions, [-1]) - labels)
+
+
+def _data(nan_batches=()):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(BATCH * 40, 3)).astype(np.float32)
+  y = x.sum(axis=1).astype(np.float32)
+  for b in nan_batches:
+    x[b * BATCH:(b + 1) * BATCH, 0] = np.nan
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH, drop_remainder=True)
+
+
+class _Run:
+  """A model, an optimizer, a step and the loop's arguments for a small regression."""
+
+  def __init__(self, model_dir, nan_batches=(), width=6, train_steps=20, on_nonfinite="stop",
+               max_consecutive_nonfinite=3, amsgrad=False, before_each_call=None):
+    self.model = _model(width)
+    self.optimizer = adam_xla.Adam(0.05, amsgrad=amsgrad)
+    self.step = adam_xla.make_train_step(self.model, _loss, self.optimizer, steps_per_loop=2,
+                                         skip_nonfinite=True)
+    self.iterator = iter(_data(nan_batches))
+    self.calls = 0
+    self.before_each_call = before_each_call
+    self.config = training_loop.LoopConfig(
+        model_dir=str(model_dir), train_steps=train_steps, steps_per_loop=2, eval_every=4,
+        log_every=2, keep_checkpoints=2, global_batch_size=BATCH, on_nonfinite=on_nonfinite,
+        max_consecutive_nonfinite=max_consecutive_nonfinite)
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          train_step=self.step, data=self.iterator)
+
+  def train_step(self):
+    self.calls += 1
+    if self.before_each_call:
+      self.before_each_call(self)
+    return self.step(self.iterator)
+
+  def __call__(self):
+    return training_loop.run(
+        self.config, train_step=self.train_step, evaluate=lambda: {"weight_sum": float(
+            sum(tf.reduce_sum(v) for v in self.model.trainable_variables))},
+        checkpoint=self.checkpoint, learning_rate=lambda s: 0.05, step_state=self.step,
+        signature=checkpoint_signature.describe(self.model, self.optimizer))
+
+
+def _latest_step(model_dir):
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  return int(path.rsplit("-", 1)[1]) if path else None
+
+
+def test_stop_policy_names_step_and_variables_and_keeps_the_last_checkpoint(tmp_path):
+  run = _Run(tmp_path, nan_batches=[9])  # batch 9 is the second step of the fifth call
+  with pytest.raises(training_loop.NonFiniteError) as error:
+    run()
+  message = str(error.value)
+  assert "1 step(s) up to step 10 had non-finite gradients of" in message
+  names = run.step.variable_names
+  assert f"{names}" in message  # the NaN input reaches every gradient
+  assert "--on_nonfinite=stop" in message and "ckpt-8" in message
+  assert _latest_step(str(tmp_path)) == 8
+  assert all(np.isfinite(v.numpy()).all() for v in run.model.trainable_variables)
+  assert int(run.optimizer.iterations.numpy()) == 9  # the bad step was not applied
+
+
+def test_skip_policy_counts_and_goes_on(tmp_path):
+  run = _Run(tmp_path, nan_batches=[3, 12], on_nonfinite="skip")
+  metrics = run()
+  assert np.isfinite(metrics["weight_sum"])
+  assert int(run.optimizer.iterations.numpy()) == 18  # 20 steps, 2 skipped
+  skipped = trainer_outputs.scalars(os.path.join(tmp_path, "train"), "nonfinite_steps")
+  assert [s for s, v in skipped if v] == [4, 14]
+  assert _latest_step(str(tmp_path)) == 20
+
+
+def test_skip_policy_stops_after_too_many_in_a_row(tmp_path):
+  run = _Run(tmp_path, nan_batches=range(6, 40), on_nonfinite="skip")
+  with pytest.raises(training_loop.NonFiniteError,
+                     match=r"4 steps in a row .* \(limit --max_consecutive_nonfinite=3\); "
+                           "stopping at step 10"):
+    run()  # batches 6..9 are steps 7..10: two calls of two bad steps
+  assert _latest_step(str(tmp_path)) == 8
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_checkpoints_after_the_call_in_flight(tmp_path, signal_number):
+  def send_on_third_call(run):
+    if run.calls == 3:
+      os.kill(os.getpid(), signal_number)
+
+  previous = signal.getsignal(signal_number)
+  run = _Run(tmp_path, before_each_call=send_on_third_call)
+  with pytest.raises(training_loop.Interrupted, match="stopped by SIG.* at step 6"):
+    run()
+  assert signal.getsignal(signal_number) == previous  # the loop's handler is gone
+  assert _latest_step(str(tmp_path)) == 6
+  resumed = _Run(tmp_path)
+  resumed()
+  assert resumed.calls == 7 and _latest_step(str(tmp_path)) == 20
+
+
+def test_unwritable_model_dir_is_named_before_any_work(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  run = _Run(blocker / "model")
+  with pytest.raises(OSError, match=f"--model_dir='{blocker / 'model'}' is not writable"):
+    run()
+  assert run.calls == 0
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"width": 7}, "variable 0 (mlp/dense/kernel): shape/dtype [3, 6] float32 vs [3, 7] "
+                   "float32"),
+    ({"amsgrad": True}, "optimizer amsgrad: False vs True"),
+])
+def test_checkpoint_of_another_configuration_is_refused_by_name(tmp_path, change, expected):
+  _Run(tmp_path, train_steps=4)()
+  other = _Run(tmp_path, train_steps=8, **change)
+  before = [v.numpy() for v in other.model.trainable_variables]
+  with pytest.raises(ValueError, match="written by a different model or optimizer") as error:
+    other()
+  assert expected in str(error.value)
+  for variable, value in zip(other.model.trainable_variables, before):  # nothing restored
+    np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_other_errors_are_logged_with_the_last_checkpoint(tmp_path, caplog):
+  def fail_on_fourth_call(run):
+    if run.calls == 4:
+      raise tf.errors.NotFoundError(None, None, "/data/train-00003 vanished")
+
+  run = _Run(tmp_path, before_each_call=fail_on_fourth_call)
+  with caplog.at_level(logging.ERROR), pytest.raises(tf.errors.NotFoundError):
+    run()
+  logged = caplog.text
+  assert "training stopped at step 6 by NotFoundError: /data/train-00003 vanished" in logged
+  assert "ckpt-4" in logged
+  assert _latest_step(str(tmp_path)) == 4
+  tf.train.Checkpoint(model=_model()).read(  # the last checkpoint still loads
+      tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))).expect_partial()
+
+
+if __name__ == "__main__":
+  pytest_main.main(__file__)
