@@ -12,7 +12,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import local_cluster
 from tests import pytest_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,37 +27,6 @@ PROGRAM = os.path.join(REPO_ROOT, "tests", "multi_worker_program.py")
 NUM_WORKERS = 2
 STEPS = 20  # multi_worker_program.STEPS
 TIMEOUT_SECONDS = 240
-# Variables through which a proxy could capture gRPC's connections to 127.0.0.1.
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy")
-
-
-def _free_ports(count):
-  """`count` distinct ports that were free on 127.0.0.1 a moment ago."""
-  sockets = []
-  try:
-    for _ in range(count):
-      sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-      sock.bind(("127.0.0.1", 0))
-      sockets.append(sock)
-    return [sock.getsockname()[1] for sock in sockets]
-  finally:
-    for sock in sockets:
-      sock.close()
-
-
-def _base_env():
-  env = {k: v for k, v in os.environ.items()
-         if k.lower() not in _PROXY_VARIABLES and k != "TF_CONFIG"}
-  env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-  # The repo root first, then whatever this process was given (Bazel's runfiles paths).
-  env["PYTHONPATH"] = os.pathsep.join(
-      [REPO_ROOT] + [os.path.abspath(p)
-                     for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-  env["CUDA_VISIBLE_DEVICES"] = ""  # one CPU device per process, nothing else
-  env["PYTHONUNBUFFERED"] = "1"
-  return env
-
-
 def _die_with_parent():
   """In the child: SIGKILL it when this test process dies, however it dies (Linux)."""
   libc = ctypes.CDLL(None, use_errno=True)
@@ -137,21 +106,17 @@ def _load(path):
 
 def _run(tmp_path):
   """Starts the two workers and the single-device reference; returns them when all exit 0."""
-  ports = _free_ports(NUM_WORKERS)
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+  envs = local_cluster.worker_envs(NUM_WORKERS)
   processes = []
   previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
   try:
-    for index in range(NUM_WORKERS):
-      env = _base_env()
-      env["TF_CONFIG"] = json.dumps({"cluster": cluster,
-                                     "task": {"type": "worker", "index": index}})
+    for index, env in enumerate(envs):
       processes.append(_Process(f"worker{index}", tmp_path, "multi_worker", env))
-    processes.append(_Process("single", tmp_path, "single", _base_env()))
+    processes.append(_Process("single", tmp_path, "single", local_cluster.base_env()))
     problem = _wait_all(processes, TIMEOUT_SECONDS)
     if problem:
-      pytest.fail(f"{problem}; cluster {cluster}\n" + "".join(p.report() for p in processes),
-                  pytrace=False)
+      pytest.fail(f"{problem}; TF_CONFIG {envs[0]['TF_CONFIG']}\n" +
+                  "".join(p.report() for p in processes), pytrace=False)
     return processes, [_load(p.output) for p in processes]
   finally:
     for process in processes:

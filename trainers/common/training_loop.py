@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, Optional
@@ -198,7 +199,8 @@ class _NonFiniteWatch:
 def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
         evaluate: Callable[[], Dict[str, float]], checkpoint: tf.train.Checkpoint,
         learning_rate: Callable[[int], float], step_state=None,
-        signature: Optional[dict] = None, agree: Callable[[bool], bool] = bool):
+        signature: Optional[dict] = None, agree: Callable[[bool], bool] = bool,
+        chief: bool = True):
   """Trains to `config.train_steps`, resuming from the last checkpoint in model_dir.
 
   Args:
@@ -214,6 +216,10 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
       another one is refused before anything is restored.
     agree: maps this worker's "a stop signal arrived" to whether any worker got one (all
       workers must stop after the same call); the identity for one worker.
+    chief: whether this worker owns model_dir. Under MultiWorkerMirroredStrategy every
+      worker takes part in saving (the save is collective), but only the chief's files are
+      kept; the others write theirs to a private temporary directory, and write no
+      TensorBoard events. All restore from the chief's checkpoints.
 
   Returns:
     The last evaluation's metrics.
@@ -222,20 +228,22 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
     Interrupted: on SIGTERM/SIGINT, after writing a checkpoint.
     NonFiniteError: per the on_nonfinite policy.
   """
-  _check_writable(config.model_dir)
+  if chief:
+    _check_writable(config.model_dir)
   checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
   steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
   checkpoint.steps_done = steps_done
-  manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                       max_to_keep=config.keep_checkpoints)
-  if manager.latest_checkpoint:
+  latest = tf.train.latest_checkpoint(checkpoint_dir)
+  if latest:
     if signature is not None:
       checkpoint_signature.check(checkpoint_dir, signature)
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info("resuming from %s at step %d", manager.latest_checkpoint,
-                 int(steps_done.numpy()))
-  elif signature is not None:
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    logging.info("resuming from %s at step %d", latest, int(steps_done.numpy()))
+  elif signature is not None and chief:
     checkpoint_signature.write(checkpoint_dir, signature)
+  manager = tf.train.CheckpointManager(
+      checkpoint, checkpoint_dir if chief else tempfile.mkdtemp(prefix="adam_xla-worker-"),
+      max_to_keep=config.keep_checkpoints if chief else 1)
   step = int(steps_done.numpy())
   if step >= config.train_steps:
     logging.info("already trained %d of %d steps; evaluating only", step, config.train_steps)
@@ -243,7 +251,7 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
   try:
     with _StopSignals() as signals:
       return _train(config, step, steps_done, manager, signals, train_step, evaluate,
-                    learning_rate, _NonFiniteWatch(config, step_state), agree)
+                    learning_rate, _NonFiniteWatch(config, step_state), agree, chief)
   except (Interrupted, NonFiniteError):
     raise
   except BaseException as error:
@@ -255,9 +263,12 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
 
 
 def _train(config, step, steps_done, manager, signals, train_step, evaluate, learning_rate,
-           nonfinite, agree):
-  train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-  eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
+           nonfinite, agree, chief):
+  if chief:
+    train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
+  else:
+    train_writer = eval_writer = tf.summary.create_noop_writer()
   progress = Progress(config.train_steps, config.global_batch_size, step)
   logging.info("compiling the first step ...")
   eval_metrics = {}
@@ -304,6 +315,16 @@ def exit_status_of(train_fn):
   except NonFiniteError as error:
     logging.error("%s", error)
     raise SystemExit(1) from None
+
+
+def is_chief(strategy):
+  """Whether this process owns model_dir: the chief, or worker 0 when there is no chief."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                           and resolver.task_id == 0)
 
 
 def any_worker(strategy):

@@ -135,4 +135,4 @@ def train_and_evaluate(config):
       learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))),
       step_state=None if on_tpu else step,
       signature=checkpoint_signature.describe(model, optimizer),
-      agree=training_loop.any_worker(strategy))
+      agree=training_loop.any_worker(strategy), chief=training_loop.is_chief(strategy))

@@ -101,4 +101,4 @@ def train_and_evaluate(config):
       evaluate=evaluate, checkpoint=checkpoint,
       learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))), step_state=step,
       signature=checkpoint_signature.describe(model, optimizer),
-      agree=training_loop.any_worker(strategy))
+      agree=training_loop.any_worker(strategy), chief=training_loop.is_chief(strategy))

@@ -1,0 +1,135 @@
+"""A real trainer process (//trainers:embedding, tiny settings) stopped by SIGTERM and killed
+by SIGKILL at random moments: it always resumes from its last complete checkpoint, and with
+--deterministic ends with exactly the weights of an uninterrupted run."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import local_cluster
+from tests import pytest_main
+from tests import trainer_outputs
+from trainers.common import training_loop
+from trainers.ctr import generated_clicks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_LINES, EVAL_LINES = 8192, 1024
+FLAGS = [f"--generated_train_lines={TRAIN_LINES}", f"--generated_eval_lines={EVAL_LINES}",
+         "--global_batch_size=64", "--steps_per_loop=2", "--eval_every=4", "--log_every=2",
+         "--train_steps=60", "--embedding_dim=4", "--bottom_mlp=8", "--top_mlp=8",
+         "--lr_schedule=constant", "--deterministic", "--seed=4", "--keep_checkpoints=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("clicks"))
+  generated_clicks.write_click_log(directory, TRAIN_LINES, EVAL_LINES, seed=4)  # shared cache
+  return directory
+
+
+class _Trainer:
+  """The trainer in its own process, its log going to a file (a pipe could fill and stall it)."""
+
+  def __init__(self, model_dir, data_dir, extra_flags=(), env=None):
+    self.log_path = f"{model_dir}.log.{time.time_ns()}"
+    with open(self.log_path, "w") as log:
+      self.process = subprocess.Popen(
+          [sys.executable, "-m", "trainers.ctr.main", *FLAGS, f"--model_dir={model_dir}",
+           f"--data_dir={data_dir}", *extra_flags], env=env or local_cluster.base_env(),
+          cwd=ROOT, stderr=log, stdout=log)
+
+  def log(self):
+    with open(self.log_path) as f:
+      return f.read()
+
+  def wait_for(self, text, timeout=120):
+    deadline = time.time() + timeout
+    while text not in self.log() and self.process.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    assert text in self.log(), self.log()[-3000:]
+
+  def finish(self, timeout=300):
+    self.process.wait(timeout=timeout)
+    return self.log()
+
+
+def _latest_step(model_dir):
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def _run_to_end(model_dir, data_dir):
+  """Runs to the end; returns the log and the seconds from the first compile to the exit."""
+  trainer = _Trainer(model_dir, data_dir)
+  trainer.wait_for("compiling the first step")
+  start = time.time()
+  log = trainer.finish()
+  assert trainer.process.returncode == 0, log[-3000:]
+  return log, time.time() - start
+
+
+def test_sigterm_checkpoints_and_exits_with_the_interrupted_code(tmp_path, data_dir):
+  trainer = _Trainer(tmp_path, data_dir)
+  trainer.wait_for("step 10/60")
+  trainer.process.send_signal(signal.SIGTERM)
+  log = trainer.finish()
+  assert trainer.process.returncode == training_loop.INTERRUPTED_EXIT_CODE, log[-3000:]
+  assert "received SIGTERM: finishing the steps in flight" in log
+  stopped = _latest_step(str(tmp_path))
+  assert stopped >= 10 and f"stopped by SIGTERM at step {stopped} of 60" in log
+  log, _ = _run_to_end(tmp_path, data_dir)
+  assert f"resuming from {tmp_path}/checkpoints/ckpt-{stopped} at step {stopped}" in log
+
+
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path, data_dir):
+  workers = [_Trainer(tmp_path / "model", data_dir, ["--strategy=multi_worker"], env)
+             for env in local_cluster.worker_envs(2)]
+  try:
+    workers[1].wait_for("step 10/60", timeout=240)
+    workers[1].process.send_signal(signal.SIGTERM)
+    logs = [worker.finish(timeout=120) for worker in workers]
+  finally:
+    for worker in workers:
+      worker.process.kill()
+  for worker, log in zip(workers, logs):
+    assert worker.process.returncode == training_loop.INTERRUPTED_EXIT_CODE, log[-3000:]
+  stopped = _latest_step(str(tmp_path / "model"))  # the chief's checkpoint
+  assert stopped >= 10
+  assert f"stopped by another worker at step {stopped} of 60" in logs[0]
+  assert f"stopped by SIGTERM at step {stopped} of 60" in logs[1]
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path, data_dir):
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  _, training_time = _run_to_end(straight, data_dir)
+  rng = random.Random(7)
+  resumed_from = []
+  for _ in range(4):
+    trainer = _Trainer(killed, data_dir)
+    trainer.wait_for("compiling the first step")
+    time.sleep(rng.uniform(0.2, 0.8) * training_time)  # somewhere in compiling or training
+    trainer.process.kill()
+    resumed_from += [line for line in trainer.finish().splitlines() if "resuming from" in line]
+    step = _latest_step(str(killed))
+    if step:  # whatever the moment of the kill, the last checkpoint is complete
+      reader = tf.train.load_checkpoint(os.path.join(killed, "checkpoints"))
+      assert reader.get_tensor("steps_done/.ATTRIBUTES/VARIABLE_VALUE") == step
+  log, _ = _run_to_end(killed, data_dir)
+  resumed_from += [line for line in log.splitlines() if "resuming from" in line]
+  assert len(resumed_from) >= 2  # kills came after checkpoints, and runs resumed from them
+  want = trainer_outputs.final_weights(str(straight))
+  got = trainer_outputs.final_weights(str(killed))
+  assert want.keys() == got.keys()
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+if __name__ == "__main__":
+  pytest_main.main(__file__)
