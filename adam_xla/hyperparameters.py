@@ -10,6 +10,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
@@ -19,11 +20,13 @@ def is_schedule(value):
   return isinstance(value, LearningRateSchedule)
 
 
-def validate(name, value, low, high=math.inf, high_open=False, allow_schedule=False):
+def validate(name, value, low, high=math.inf, *, low_open=False, high_open=False,
+             allow_schedule=False):
   """Raises a clear error for a hyperparameter that cannot be used; returns it unchanged.
 
-  Numbers must lie in [low, high] (or [low, high) when `high_open`); tensors, variables and
-  callables are checked for type only, since their values may change step to step.
+  Numbers must lie in [low, high], with either end open when `low_open` / `high_open`; tensors,
+  variables and callables are checked for type only, since their values may change step to
+  step. (`check_in_dtype` checks what a number becomes in a variable's dtype.)
   """
   if is_schedule(value) and allow_schedule:
     return value
@@ -35,12 +38,45 @@ def validate(name, value, low, high=math.inf, high_open=False, allow_schedule=Fa
     raise TypeError(f"Adam: `{name}` must be {accepted}; got {value!r} "
                     f"of type {type(value).__name__}.")
   if isinstance(value, numbers.Real):
+    below = value <= low if low_open else value < low
     above = value >= high if high_open else value > high
-    if not math.isfinite(value) or value < low or above:
-      bracket = ")" if high_open else "]"
-      raise ValueError(f"Adam: `{name}` must be a finite number in [{low}, {high}{bracket}; "
+    if not math.isfinite(value) or below or above:
+      interval = (f"{'(' if low_open else '['}{low}, {high}"
+                  f"{')' if high_open or high == math.inf else ']'}")
+      raise ValueError(f"Adam: `{name}` must be a finite number in {interval}; "
                        f"got {value!r}.")
   return value
+
+
+def check_in_dtype(name, value, dtype, variable_name):
+  """Raises if a numeric beta or epsilon, valid as a Python float, breaks in `dtype`.
+
+  Numbers are cast to each variable's dtype. A beta that rounds to 1 makes 1 - beta^t zero
+  (beta_1: lr_t = inf and NaN steps; beta_2: lr_t = 0 and no step). An epsilon below the
+  dtype's smallest normal number is flushed to zero (TF flushes subnormals on CPU; TPUs have
+  none), and a zero gradient element then gives 0 / 0. Tensors and callables are not checked.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    return
+  np_dtype = tf.as_dtype(dtype).as_numpy_dtype
+  with np.errstate(over="ignore"):
+    rounded = np_dtype(value)
+  where = f"in {dtype.name}, the dtype of variable '{variable_name}'"
+  if name in ("beta_1", "beta_2") and rounded >= 1:
+    largest = np.nextafter(np_dtype(1), np_dtype(0))
+    raise ValueError(
+        f"Adam: `{name}` = {value!r} rounds to 1.0 {where}, which makes 1 - {name}^t zero; "
+        f"use a `{name}` of at most {largest!s} (the largest {dtype.name} below 1), or "
+        "float64 variables.")
+  if name == "epsilon" and rounded < np.finfo(np_dtype).tiny:
+    smallest = np.finfo(np_dtype).tiny
+    raise ValueError(
+        f"Adam: `epsilon` = {value!r} is below the smallest normal number {where} "
+        f"({smallest!s}), so it is flushed to 0 and a zero gradient element gives 0 / 0 = NaN; "
+        f"use an `epsilon` of at least {smallest!s}, or float64 variables.")
+  if name == "epsilon" and not np.isfinite(rounded):
+    raise ValueError(f"Adam: `epsilon` = {value!r} overflows to inf {where}, and then no "
+                     f"variable moves; use an `epsilon` below {np.finfo(np_dtype).max!s}.")
 
 
 def validate_non_negative(name, value):

@@ -9,6 +9,7 @@ import dataclasses
 import types
 import warnings
 
+import numpy as np
 import tensorflow as tf
 
 from adam_xla import clipping
@@ -53,12 +54,17 @@ class Adam(tf.Module):
     beta_2: decay of the second-moment estimate; same types. Default 0.999.
     epsilon: "epsilon hat" of Kingma & Ba (the formula just before Section 2.1), not the
       epsilon of Algorithm 1; default 1e-7. For Inception on ImageNet 1.0 or 0.1 work better.
+      Must be > 0, and a normal number in each variable's dtype (checked when the variable is
+      built): with 0 a zero gradient element gives 0 / 0. Betas must stay below 1 there too.
     amsgrad: use the running maximum of the second moment (Reddi et al., 2018).
     name: the optimizer's name, used for its variables.
     sparse_mode: how `tf.IndexedSlices` gradients update a variable. "dense" (default) is
       exactly the dense update: every row's moments decay every step and rows absent from
       the batch still move. "lazy" updates only the rows in the batch (LazyAdam, the TPU
-      embedding "lazy Adam"), whose cost does not grow with the table size.
+      embedding "lazy Adam"), whose cost does not grow with the table size; an empty
+      IndexedSlices changes no row. Indices outside [0, rows) raise a ValueError when
+      `apply_gradients` runs eagerly; inside tf.function/XLA they are not checked, and under
+      XLA those rows are ignored (see `sparse`).
     weight_decay: decoupled weight decay (AdamW); 0 (default) is plain Adam. Each step first
       shrinks a variable by learning_rate * weight_decay * var (in lazy mode, only the rows
       in the batch). See `exclude_from_weight_decay`.
@@ -101,7 +107,7 @@ class Adam(tf.Module):
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
         beta_1=hyperparameters.validate("beta_1", beta_1, 0.0, 1.0, high_open=True),
         beta_2=hyperparameters.validate("beta_2", beta_2, 0.0, 1.0, high_open=True),
-        epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0))
+        epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0, low_open=True))
     # Slot variables by variable: {var.ref(): {"m": ..., "v": ..., "vhat": ...}}.
     self._slot_index = _Untracked(slots={}, keys=set())
     # What checkpoints see: the iteration count and every slot under a readable key
@@ -195,8 +201,11 @@ class Adam(tf.Module):
           lambda _: self._create_state(new, variables[0] if variables else None))
 
   def _create_state(self, new_variables, anchor):
-    for var in new_variables:
+    for var in new_variables:  # every check before any state is created
       _check_dtype(var)
+      for key in ("beta_1", "beta_2", "epsilon"):
+        hyperparameters.check_in_dtype(key, getattr(self._hyper, key), var.dtype.base_dtype,
+                                       var.name)
       distribution.check_created_in_scope(var)
     if self._iterations is None:
       self._create_step_state(anchor)
@@ -259,9 +268,10 @@ class Adam(tf.Module):
   def apply_gradients(self, grads_and_vars, *, apply_if=None, sum_over_replicas=True):
     """Applies one Adam step; returns `iterations`.
 
-    Gradients are summed over replicas when called in a replica context, then clipped, then
-    applied to every copy of each variable. Pairs whose gradient is None are skipped with a
-    warning.
+    Gradients are cast to their variable's dtype (as Keras does) and must have its shape
+    (no broadcasting); then they are summed over replicas when called in a replica context,
+    clipped, and applied to every copy of each variable. Pairs whose gradient is None are
+    skipped with a warning.
 
     Args:
       grads_and_vars: pairs of (gradient, variable).
@@ -271,6 +281,7 @@ class Adam(tf.Module):
       sum_over_replicas: False when the caller has already summed the gradients.
     """
     grads, variables = _drop_missing_gradients(grads_and_vars)
+    grads = [_checked_gradient(g, v) for g, v in zip(grads, variables)]
     self.build(variables)
     if sum_over_replicas:
       grads = distribution.sum_over_replicas(grads)
@@ -283,7 +294,7 @@ class Adam(tf.Module):
   def _canonical_gradient(self, grad, var):
     """Dense mode makes sparse gradients dense; lazy mode sums their repeated rows."""
     if not isinstance(grad, tf.IndexedSlices):
-      return tf.convert_to_tensor(grad)
+      return grad
     if self.sparse_mode == "dense":
       return sparse.to_dense(grad, var.shape[0])
     return sparse.sum_duplicates(grad)
@@ -407,6 +418,56 @@ def _check_dtype(var):
         "and float64 variables only. For bfloat16 or float16 training keep float32 master "
         "weights and compute in low precision, e.g. "
         "keras.mixed_precision.set_global_policy('mixed_bfloat16').")
+
+
+def _checked_gradient(grad, var):
+  """`grad` in `var`'s dtype, with its shape checked against `var`'s.
+
+  A gradient that already has the dtype is returned as it is (no cast op). Shapes must match
+  exactly: a scalar or (1,) gradient broadcast over a larger variable would hide a bug in the
+  caller (Keras would broadcast it). Static shapes are checked when traced; unknown dimensions
+  are left to the ops.
+  """
+  dtype = var.dtype.base_dtype
+  if isinstance(grad, tf.IndexedSlices):
+    values = _cast_gradient(grad.values, dtype, var)
+    rows = tf.TensorShape([None]).concatenate(var.shape[1:])  # one row per index
+    if var.shape.rank == 0 or not values.shape.is_compatible_with(rows):
+      raise ValueError(
+          f"Adam: the tf.IndexedSlices gradient of variable '{var.name}' has values of shape "
+          f"{values.shape}, whose rows do not fit the variable's shape {var.shape}: each row "
+          f"must have shape {var.shape[1:]}.")
+    if tf.executing_eagerly():
+      _check_indices(grad.indices, var)
+    return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
+  tensor = _cast_gradient(grad, dtype, var)
+  if not tensor.shape.is_compatible_with(var.shape):
+    raise ValueError(f"Adam: the gradient of variable '{var.name}' has shape {tensor.shape}, "
+                     f"but the variable has shape {var.shape}; a gradient must have its "
+                     "variable's shape (it is not broadcast).")
+  return tensor
+
+
+def _cast_gradient(value, dtype, var):
+  """A tensor of `dtype`; a list or NumPy array is converted straight to it when it can be."""
+  tensor = tf.convert_to_tensor(value, dtype_hint=dtype)
+  if tensor.dtype == dtype:
+    return tensor
+  if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
+    raise TypeError(f"Adam: the gradient of variable '{var.name}' is {tensor.dtype.name}; "
+                    "gradients must be real numbers, which are cast to the variable's dtype "
+                    f"({dtype.name}).")
+  return tf.cast(tensor, dtype)
+
+
+def _check_indices(indices, var):
+  """Eagerly only: out-of-range ids would be dropped or fail inside a TF op (see `sparse`)."""
+  rows = var.shape[0] if var.shape.rank else None
+  ids = np.asarray(indices).reshape(-1)
+  bad = ids[(ids < 0) | (ids >= rows)] if rows is not None else ids[ids < 0]
+  if bad.size:
+    raise ValueError(f"Adam: the tf.IndexedSlices gradient of variable '{var.name}' has index "
+                     f"{bad[0]}, outside the variable's rows [0, {rows}).")
 
 
 def _drop_missing_gradients(grads_and_vars):

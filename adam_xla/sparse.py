@@ -3,7 +3,14 @@
 An embedding lookup's gradient repeats an index once per occurrence in the batch; the dense
 gradient is their sum. Everything here keeps static shapes: `tf.unique` returns a length that
 depends on the data, which TPU compilation rejects and which makes XLA:CPU/GPU compile for a
-bounded dynamic shape; a sort and a segment sum of the input's length do not.
+bounded dynamic shape; a sort and a segment sum of the input's length do not. An empty
+IndexedSlices (a batch without ids for a table) goes through as an empty one.
+
+Indices must lie in [0, rows). `Adam.apply_gradients` refuses others when it runs eagerly;
+inside a traced or compiled program they are not checked (that would cost a pass over the ids
+and, on TPU, a host round trip). Under XLA both modes then ignore them: the dense sum and the
+lazy update's scatter drop out-of-range rows (without XLA, TF drops negative ids in dense mode
+and raises for the others).
 """
 
 import tensorflow as tf
@@ -27,19 +34,24 @@ def sum_duplicates(grad: tf.IndexedSlices) -> tf.IndexedSlices:
   size = tf.size(indices)
   order = tf.argsort(indices, stable=True)
   sorted_indices = tf.gather(indices, order)
-  starts_run = tf.concat([[True], sorted_indices[1:] != sorted_indices[:-1]], 0)
-  segment = tf.cumsum(tf.cast(starts_run, tf.int32)) - 1
+  # `first` has length min(1, size), unlike [True] or sorted_indices[0]: empty stays empty.
+  first = sorted_indices[:1]
+  starts_run = tf.concat(
+      [tf.ones_like(first, tf.bool), sorted_indices[1:] != sorted_indices[:-1]], 0)
+  runs = tf.cast(starts_run, tf.int32)
+  segment = tf.cumsum(runs) - 1
   summed = tf.math.unsorted_segment_sum(tf.gather(values, order), segment, size)
-  num_unique = segment[-1] + 1
+  num_unique = tf.reduce_sum(runs)
   slot = tf.range(size)
   unique_indices = tf.math.unsorted_segment_max(sorted_indices, segment, size)
-  unique_indices = tf.where(slot < num_unique, unique_indices, sorted_indices[0])
+  unique_indices = tf.where(slot < num_unique, unique_indices, first)
   return tf.IndexedSlices(summed, unique_indices, grad.dense_shape)
 
 
 def first_entry_padding(grad: tf.IndexedSlices) -> tf.Tensor:
   """For the output of `sum_duplicates`: values with padding entries copied from entry 0."""
   indices = grad.indices
-  is_entry = tf.logical_or(tf.range(tf.size(indices)) == 0, indices != indices[0])
-  source = tf.where(is_entry, tf.range(tf.size(indices)), 0)
+  slot = tf.range(tf.size(indices))
+  is_entry = tf.logical_or(slot == 0, indices != indices[:1])  # [:1]: empty stays empty
+  source = tf.where(is_entry, slot, 0)
   return tf.gather(grad.values, source)

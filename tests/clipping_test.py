@@ -210,6 +210,113 @@ def test_zero_gradients_stay_zero(kwargs):
     np.testing.assert_array_equal(g.numpy(), np.zeros(g.shape))
 
 
+# ---- Norms whose squares overflow, mixed dtypes, non-finite gradients -----------------------
+
+
+def run(grads, config, compiled):
+  fn = lambda *g: clipping.clip_gradients(g, config)
+  if compiled:
+    fn = tf.function(fn, jit_compile=True)
+  return [g.numpy() for g in fn(*[tf.constant(g) for g in grads])]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1e20), (np.float32, 1e30),
+                                         (np.float64, 1e160), (np.float64, 1e300)])
+@pytest.mark.parametrize("option", ["clipnorm", "global_clipnorm"])
+def test_finite_gradients_whose_squares_overflow_are_clipped(option, dtype, scale, compiled):
+  # The squares overflow to inf; the norm is taken of the values over their largest magnitude.
+  grads = [np.array([3.0, 0.0, -4.0], dtype) * dtype(scale), np.array([0.0, 1.0], dtype)]
+  got = run(grads, ClipConfig(**{option: 2.0}), compiled)
+  want = np_clip([g.astype(np.float64) / scale for g in grads[:1]], clipnorm=2.0)[0]
+  np.testing.assert_allclose(got[0], want, rtol=1e-6)  # [1.2, 0, -1.6]
+  if option == "clipnorm":
+    np.testing.assert_array_equal(got[1], grads[1])  # its own norm is below the limit
+  else:
+    np.testing.assert_allclose(got[1], [0.0, 2.0 / (5 * scale)], rtol=1e-6)
+  assert all(g.dtype == dtype for g in got)
+
+
+def test_overflow_in_one_gradient_leaves_the_others_exact():
+  # Under clipnorm only the overflowing gradient takes the rescaled path.
+  small = np.array([0.3, 0.4], np.float32)
+  got = run([np.array([1e20, 1e20], np.float32), small], ClipConfig(clipnorm=1.0), False)
+  np.testing.assert_allclose(got[0], [np.sqrt(0.5)] * 2, rtol=1e-6)
+  np.testing.assert_array_equal(got[1], small)
+
+
+def test_huge_limit_leaves_an_overflowing_gradient_unclipped():
+  g = np.array([3e19, 3e19, 3e19], np.float32)  # norm 5.2e19, below the limit
+  got = run([g], ClipConfig(clipnorm=1e20), False)
+  np.testing.assert_array_equal(got[0], g)
+
+
+def test_factor_below_the_smallest_normal_is_kept_at_it():
+  # norm 5.9e38 / limit 0.01: the factor 1.7e-41 would be subnormal, flushed to 0 (a zero
+  # gradient); it is kept at 2^-126 instead, so the gradient shrinks but keeps its direction.
+  g = np.full(3, 3.4e38, np.float32)
+  got = run([g], ClipConfig(clipnorm=0.01), False)[0]
+  np.testing.assert_allclose(got, g * np.float32(2.0**-126), rtol=1e-6)
+  assert np.all(np.isfinite(got)) and np.all(got > 0)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_global_clipnorm_with_mixed_dtypes_uses_float64(compiled):
+  grads = [np.array([3.0, 0.0, 4.0], np.float32), np.array([1.0, -1.0], np.float64),
+           np.array([[2.0]], np.float32)]
+  got = run(grads, ClipConfig(global_clipnorm=1.0), compiled)
+  want = np_clip(grads, global_clipnorm=1.0)
+  assert [g.dtype for g in got] == [np.float32, np.float64, np.float32]
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-15)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-6)
+
+
+def test_mixed_dtypes_below_the_limit_are_exact_identity():
+  grads = [np.array([0.3, 0.1], np.float32), np.array([0.1, -0.2], np.float64)]
+  got = run(grads, ClipConfig(global_clipnorm=41.0), False)
+  for g, w in zip(got, grads):
+    np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_element_makes_the_whole_clipped_gradient_nan(bad, compiled):
+  # Documented in clipping.py: no norm, so a NaN factor; under global_clipnorm for every
+  # gradient. (A zero factor would silently zero the finite elements instead.)
+  grads = [np.array([bad, 1.0, 0.0], np.float32), np.array([2.0, 3.0], np.float32)]
+  clipnorm = run(grads, ClipConfig(clipnorm=1.0), compiled)
+  assert np.all(np.isnan(clipnorm[0]))
+  np.testing.assert_allclose(clipnorm[1], np.array([2.0, 3.0]) / np.sqrt(13), rtol=1e-6)
+  global_clip = run(grads, ClipConfig(global_clipnorm=1.0), compiled)
+  assert all(np.all(np.isnan(g)) for g in global_clip)
+
+
+def test_clipvalue_makes_infinite_elements_finite_before_the_norm():
+  got = run([np.array([np.inf, -1.0], np.float32)], ClipConfig(clipvalue=2.0, clipnorm=1.0),
+            False)
+  np.testing.assert_allclose(got[0], np.array([2.0, -1.0]) / np.sqrt(5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_empty_sparse_gradient(compiled):
+  config = ClipConfig(clipnorm=1.0)
+
+  def fn(values, indices):
+    out = clipping.clip_gradients([tf.IndexedSlices(values, indices, tf.constant([4, 2]))],
+                                  config)
+    return out[0].values
+
+  if compiled:
+    fn = tf.function(fn, jit_compile=True)
+  assert fn(tf.zeros([0, 2]), tf.zeros([0], tf.int32)).shape == (0, 2)
+
+
+def test_empty_list_of_gradients():
+  assert clipping.clip_gradients([], ClipConfig(clipnorm=1.0, global_clipnorm=None)) == []
+  assert clipping.clip_gradients([], ClipConfig(global_clipnorm=1.0)) == []
+
+
 # ---- Below the threshold nothing changes, bit for bit ------------------------------------
 #
 # Keras' documentation says the gradient is clipped so that its norm is no higher than the

@@ -107,6 +107,46 @@ def test_validate_value_error_shows_interval():
     validate("x", 2.0, 0.0, 1.0)
 
 
+def test_validate_open_lower_bound():
+  # epsilon: > 0, since epsilon = 0 gives 0 / 0 for a zero gradient element.
+  assert validate("epsilon", 1e-300, low=0.0, low_open=True) == 1e-300
+  for value in (0.0, -0.0, -1e-7):
+    with pytest.raises(ValueError, match=r"`epsilon` must be a finite number in \(0.0, inf\)"):
+      validate("epsilon", value, low=0.0, low_open=True)
+
+
+# ---- check_in_dtype -----------------------------------------------------------------------
+
+check_in_dtype = hyperparameters.check_in_dtype
+
+
+@pytest.mark.parametrize("name,value,dtype", [
+    ("beta_1", 1 - 1e-9, tf.float64), ("beta_2", 1 - 1e-9, tf.float64),
+    ("beta_1", float(np.float32(0.99999994)), tf.float32), ("beta_2", 0.999, tf.float32),
+    ("epsilon", 1e-50, tf.float64), ("epsilon", float(np.finfo(np.float32).tiny), tf.float32),
+    ("epsilon", 1e38, tf.float32), ("beta_1", tf.constant(1.0), tf.float32),
+    ("epsilon", lambda: 0.0, tf.float32), ("learning_rate", 1e-50, tf.float32),
+], ids=repr)
+def test_check_in_dtype_accepts(name, value, dtype):
+  check_in_dtype(name, value, dtype, "w:0")
+
+
+@pytest.mark.parametrize("name,value,dtype,pattern", [
+    ("beta_1", 1 - 1e-9, tf.float32, r"`beta_1` = 0.999999999 rounds to 1.0 in float32.*"
+     r"'w:0'.*at most 0.99999994 \(the largest float32 below 1\)"),
+    ("beta_2", 1 - 1e-17 + 1e-16, tf.float32, r"`beta_2`.*rounds to 1.0 in float32"),
+    ("beta_2", np.float64(1 - 2**-30), tf.float32, r"`beta_2`.*rounds to 1.0 in float32"),
+    ("epsilon", 1e-50, tf.float32, r"`epsilon` = 1e-50 is below the smallest normal number in "
+     r"float32, the dtype of variable 'w:0' \(1.1754944e-38\).*0 / 0"),
+    ("epsilon", 1e-39, tf.float32, r"`epsilon`.*smallest normal"),
+    ("epsilon", 1e-310, tf.float64, r"`epsilon`.*smallest normal number in float64"),
+    ("epsilon", 1e39, tf.float32, r"`epsilon` = 1e\+39 overflows to inf in float32"),
+], ids=repr)
+def test_check_in_dtype_refuses(name, value, dtype, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    check_in_dtype(name, value, dtype, "w:0")
+
+
 # ---- validate_positive_or_none ------------------------------------------------------------
 
 

@@ -24,10 +24,10 @@ class NumpyAdam:
     if self.clipvalue is not None:
       grads = [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
     if self.clipnorm is not None:
-      grads = [g * self.clipnorm / max(np.sqrt(np.sum(g * g)), self.clipnorm) for g in grads]
+      grads = [_clip_to_norm(g, _norm([g]), self.clipnorm) for g in grads]
     if self.global_clipnorm is not None:
-      norm = np.sqrt(sum(np.sum(g * g) for g in grads))
-      grads = [g * self.global_clipnorm / max(norm, self.global_clipnorm) for g in grads]
+      norm = _norm(grads)
+      grads = [_clip_to_norm(g, norm, self.global_clipnorm) for g in grads]
     return grads
 
   def step(self, params, grads, touched_rows=None):
@@ -57,3 +57,19 @@ class NumpyAdam:
       params[i][rows] = params[i][rows] - lr_t * m[rows] / (np.sqrt(second[rows]) + self.epsilon)
     self.iterations += 1
     return params
+
+
+def _norm(arrays):
+  """The 2-norm of all elements of `arrays`; scaled by the largest magnitude, so that the squares
+  of finite values cannot overflow. inf or NaN when an element is."""
+  peak = np.max([np.max(np.abs(a)) for a in arrays if a.size] or [0.0])
+  if not 0 < peak < np.inf:
+    return peak
+  return peak * np.sqrt(sum(np.sum((a / peak)**2) for a in arrays))
+
+
+def _clip_to_norm(g, norm, limit):
+  """g * limit / max(norm, limit); all NaN when the norm is not finite (documented behaviour)."""
+  if not np.isfinite(norm):
+    return g * np.nan
+  return g * limit / max(norm, limit)

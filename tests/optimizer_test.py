@@ -505,6 +505,73 @@ def test_lazy_mode_leaves_absent_rows_untouched():
   np.testing.assert_array_equal(snapshots[-1][absent], snapshots[-2][absent])
 
 
+def _sparse_step(opt, table, indices, where):
+  grad = tf.IndexedSlices(tf.ones([len(indices), 2], table.dtype), tf.constant(indices),
+                          tf.constant([3, 2]))
+  if where == "eager":
+    return opt.apply_gradients([(grad, table)])
+  fn = tf.function(lambda v, i: opt.apply_gradients(
+      [(tf.IndexedSlices(v, i, grad.dense_shape), table)]), jit_compile=True)
+  return fn(grad.values, grad.indices)
+
+
+@pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
+@pytest.mark.parametrize("indices", [[1, 3], [-1, 1], [7, 7]])
+def test_out_of_range_indices_are_refused_eagerly(sparse_mode, indices):
+  """Eagerly a bad id raises a ValueError naming the variable and the rows, before any change
+  (without the check dense mode drops negative ids and lazy mode raises a raw TF error)."""
+  table = tf.Variable(np.zeros((3, 2), np.float32), name="table")
+  opt = adam_xla.Adam(0.1, sparse_mode=sparse_mode)
+  with pytest.raises(ValueError, match=r"'table:0' has index -?\d+, outside the variable's "
+                     r"rows \[0, 3\)"):
+    _sparse_step(opt, table, indices, "eager")
+  np.testing.assert_array_equal(table.numpy(), 0.0)
+  assert int(opt.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
+@pytest.mark.parametrize("indices", [[1, 3], [-1, 1], [1, 9, -4, 1]])
+def test_out_of_range_indices_are_ignored_under_xla(sparse_mode, indices):
+  """Inside a compiled step ids are not checked (the sparse_mode docstring): out-of-range rows
+  are ignored, and the others get exactly the update of the valid ids alone."""
+  results = []
+  for ids in (indices, [i for i in indices if 0 <= i < 3]):
+    table = tf.Variable(np.arange(6.0, dtype=np.float32).reshape(3, 2), name="table")
+    _sparse_step(adam_xla.Adam(0.1, sparse_mode=sparse_mode), table, ids, "xla")
+    results.append(table.numpy())
+  np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_gradient_of_the_variables_dtype_and_shape_is_passed_through_untouched():
+  """No cast or copy is added for a gradient that is already right (the common case)."""
+  from adam_xla import optimizer  # pylint: disable=import-outside-toplevel
+  var = tf.Variable(np.zeros((3, 2), np.float32))
+  dense = tf.ones([3, 2])
+  assert optimizer._checked_gradient(dense, var) is dense  # pylint: disable=protected-access
+  sparse = tf.IndexedSlices(tf.ones([2, 2]), tf.constant([0, 2]), tf.constant([3, 2]))
+  checked = optimizer._checked_gradient(sparse, var)  # pylint: disable=protected-access
+  assert checked.values is sparse.values and checked.indices is sparse.indices
+
+
+@pytest.mark.parametrize("option", ["clipnorm", "global_clipnorm"])
+def test_norm_clipping_adds_only_a_scalar_conditional_to_the_program(option):
+  """The overflow fallback of the norm is a conditional that returns the clip factors: the
+  large-tensor work of the step stays what it was (one reduction, then the fused update)."""
+  var = tf.Variable(tf.ones([64, 32]))
+  opt = adam_xla.Adam(0.1, **{option: 1.0})
+
+  @tf.function(jit_compile=True)
+  def step(grad):
+    opt.apply_gradients([(grad, var)])
+
+  grad = tf.ones([64, 32])
+  step(grad)
+  hlo = step.experimental_get_compiler_ir(grad)(stage="optimized_hlo")
+  entry = hlo[hlo.index("ENTRY"):]
+  conditionals = re.findall(r"= (\S+) conditional\(", entry)
+  assert conditionals == ["(f32[])"], conditionals
+
+
 # ---- Checkpoints and configuration ---------------------------------------------------------
 
 
@@ -590,13 +657,14 @@ BAD_ARGUMENTS = [
     ({"use_ema": True}, TypeError, r"'use_ema'.*accepted.*weight_decay"),
     ({"weight_decay": -0.1}, ValueError, r"`weight_decay`.*>= 0"),
     ({"clipnorm": 1.0, "global_clipnorm": 1.0}, ValueError, r"clipnorm.*global_clipnorm"),
-    ({"learning_rate": -0.1}, ValueError, r"`learning_rate`.*\[0.0, inf\]"),
+    ({"learning_rate": -0.1}, ValueError, r"`learning_rate`.*\[0.0, inf\)"),
     ({"learning_rate": float("nan")}, ValueError, r"`learning_rate`"),
     ({"learning_rate": "0.1"}, TypeError, r"`learning_rate` must be.*LearningRateSchedule"),
     ({"beta_1": 1.0}, ValueError, r"`beta_1`.*\[0.0, 1.0\)"),
     ({"beta_2": -0.5}, ValueError, r"`beta_2`"),
     ({"beta_1": None}, TypeError, r"`beta_1`"),
     ({"epsilon": -1e-7}, ValueError, r"`epsilon`"),
+    ({"epsilon": 0.0}, ValueError, r"`epsilon` must be a finite number in \(0.0, inf\); got 0.0"),
     ({"amsgrad": "yes"}, TypeError, r"`amsgrad` must be True or False"),
     ({"sparse_mode": "sparse"}, ValueError, r"`sparse_mode`.*'dense', 'lazy'"),
     ({"clipnorm": 0.0}, ValueError, r"`clipnorm`.*> 0"),

@@ -187,6 +187,26 @@ def test_sum_duplicates_random_xla(seed):
   assert fn.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("row_shape", [(), (3,)], ids=["vector", "table"])
+def test_empty_indexed_slices(compiled, index_dtype, row_shape):
+  # A batch without ids for a table: every function returns empty results (and to_dense
+  # zeros) instead of failing on a length-1 mask or on entry 0.
+  def fn(values, indices):
+    grad = tf.IndexedSlices(values, indices, tf.constant((NUM_ROWS,) + row_shape))
+    summed = sparse.sum_duplicates(grad)
+    return (summed.values, summed.indices, sparse.first_entry_padding(summed),
+            sparse.to_dense(grad, NUM_ROWS))
+
+  if compiled:
+    fn = tf.function(fn, jit_compile=True)
+  values, indices, padded, dense = fn(tf.zeros((0,) + row_shape), tf.zeros([0], index_dtype))
+  assert values.shape == (0,) + row_shape and padded.shape == (0,) + row_shape
+  assert indices.shape == (0,) and indices.dtype == index_dtype
+  np.testing.assert_array_equal(dense.numpy(), np.zeros((NUM_ROWS,) + row_shape))
+
+
 # ---- first_entry_padding ------------------------------------------------------------------
 
 
