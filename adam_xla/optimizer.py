@@ -291,12 +291,11 @@ class Adam(tf.Module):
         self._apply_in_cross_replica, grads, variables, apply_if)
     return self.iterations
 
-  def _canonical_gradient(self, grad, var):
-    """Dense mode makes sparse gradients dense; lazy mode sums their repeated rows."""
+  def _canonical_gradient(self, grad, var):  # pylint: disable=unused-argument
+    """Sums the repeated rows of a sparse gradient (both modes): clipping then sees the dense
+    gradient's norms, and no table-sized dense gradient is ever built."""
     if not isinstance(grad, tf.IndexedSlices):
       return grad
-    if self.sparse_mode == "dense":
-      return sparse.to_dense(grad, var.shape[0])
     return sparse.sum_duplicates(grad)
 
   def _apply_in_cross_replica(self, strategy, grads, variables, apply_if):
@@ -332,11 +331,18 @@ class Adam(tf.Module):
 
   def _update_variable(self, var, grad, slots, apply_if, coefficients):
     """One variable's update; `var` and `slots` (m, v, vhat) are one device's copies."""
-    if isinstance(grad, tf.IndexedSlices):
+    if isinstance(grad, tf.IndexedSlices) and self.sparse_mode == "lazy":
       self._update_rows(var, grad, slots, apply_if, coefficients)
       return
-    new_var, moments = update_rule.adam_step(
-        var, grad, update_rule.Moments(*slots), coefficients)
+    if isinstance(grad, tf.IndexedSlices):
+      # Dense mode: the dense update without a dense gradient (duplicates are summed, with
+      # zero padding); apply_if is applied inside, where it adds no pass over the table.
+      new_var, moments = update_rule.adam_step_at_rows(
+          var, grad.indices, grad.values, update_rule.Moments(*slots), coefficients, apply_if)
+      apply_if = None
+    else:
+      new_var, moments = update_rule.adam_step(
+          var, grad, update_rule.Moments(*slots), coefficients)
     for target, value in zip((var,) + slots, (new_var,) + tuple(moments)):
       if target is not None:
         target.assign(_select(apply_if, value, target))

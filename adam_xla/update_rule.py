@@ -64,11 +64,49 @@ def _as_dtype(value, dtype):
 def adam_step(param, grad, moments, coefficients):
   """Returns (new_param, new_moments) for one Adam step; works on whole tensors or rows."""
   c = coefficients
-  if c.decay is not None:
-    param = param - c.decay * param
   m = c.beta_1 * moments.m + (1 - c.beta_1) * grad
   v = c.beta_2 * moments.v + (1 - c.beta_2) * tf.square(grad)
   vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)
-  second_moment = v if vhat is None else vhat
-  new_param = param - c.lr_t * m / (tf.sqrt(second_moment) + c.epsilon)
+  return _moved(param, m, v if vhat is None else vhat, c), Moments(m, v, vhat)
+
+
+def adam_step_at_rows(param, indices, row_grads, moments, coefficients, apply_if=None):
+  """`adam_step` of the dense gradient that is `row_grads` at rows `indices` and 0 elsewhere.
+
+  The dense gradient is never built, which saves a zero-fill and a pass over an embedding
+  table: the moments decay over the whole tensor with their gradient terms scatter-added at
+  the rows (beta_1 * m + (1 - beta_1) * g there, the dense formula), then `param` moves
+  everywhere. Each index must appear once, except entries whose gradient is zero (the padding
+  of `sparse.sum_duplicates`), as v needs the square of each row's whole gradient.
+
+  With `apply_if` (a boolean scalar) False the inputs come back unchanged, as with a select
+  of every output; for the moments it is folded into the decay (1) and the scattered terms
+  (-0.0, the exact additive identity), so that it adds no pass over the table.
+  """
+  c = coefficients
+  dtype = param.dtype
+
+  def applied(value, identity):
+    if apply_if is None:
+      return value
+    return tf.where(apply_if, value, tf.constant(identity, dtype))
+
+  positions = tf.expand_dims(indices, -1)
+  m = tf.tensor_scatter_nd_add(applied(c.beta_1, 1.0) * moments.m, positions,
+                               applied((1 - c.beta_1) * row_grads, -0.0))
+  v = tf.tensor_scatter_nd_add(applied(c.beta_2, 1.0) * moments.v, positions,
+                               applied((1 - c.beta_2) * tf.square(row_grads), -0.0))
+  vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)
+  if vhat is not None and apply_if is not None:
+    vhat = tf.where(apply_if, vhat, moments.vhat)
+  new_param = _moved(param, m, v if vhat is None else vhat, c)
+  if apply_if is not None:
+    new_param = tf.where(apply_if, new_param, param)
   return new_param, Moments(m, v, vhat)
+
+
+def _moved(param, m, second_moment, c):
+  """The variable after decoupled weight decay and the step of the new moments."""
+  if c.decay is not None:
+    param = param - c.decay * param
+  return param - c.lr_t * m / (tf.sqrt(second_moment) + c.epsilon)

@@ -1,5 +1,7 @@
 """Tests of trainers/image_classification/data.py on generated shards and on hand-made images."""
 
+import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -185,8 +187,219 @@ def test_train_augmentation_crops_and_flips(tmp_path):
 
 def test_labels_outside_num_classes_fail(shards):
   dataset = data.eval_dataset(_config(shards, label_offset=0))  # labels become 1..4
-  with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes=4"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"validation-0000[01]-of-00002:\d+: "
+                     r"image/class/label is 4: with label_offset=0 that is class 4, not in "
+                     r"\[0, num_classes=4\)"):
     _batches(dataset)
+
+
+# Bad data: small shards of 6 records (labels 1..6, 1-based, 8 classes) with one record spoilt.
+
+_GOOD_LABELS = [1, 2, 3, 4, 5, 6]
+
+
+def _example(jpeg, label):
+  feature = {}
+  if jpeg is not None:
+    feature["image/encoded"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg]))
+  if label is not None:
+    feature["image/class/label"] = tf.train.Feature(
+        int64_list=tf.train.Int64List(value=[label]))
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def good_jpegs():
+  rng = np.random.default_rng(0)
+  return [_jpeg(rng.integers(0, 256, (12 + i, 16, 3), dtype=np.uint8)) for i in range(6)]
+
+
+def _records(jpegs, labels=_GOOD_LABELS):
+  return [_example(j, label) for j, label in zip(jpegs, labels)]
+
+
+def _write_records(path, records):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for record in records:
+      writer.write(record)
+  return str(path)
+
+
+def _bad_config(data_dir, **overrides):
+  return _config(str(data_dir), num_classes=8, global_batch_size=1, **overrides)
+
+
+def _labels(dataset):
+  return sorted(int(y) for _, ys in _batches(dataset) for y in ys)
+
+
+def _spoil(jpegs, kind):
+  """The record that `kind` describes, and the problem the error should state."""
+  jpeg = jpegs[3]
+  return {
+      "not_an_example": (b"\xff\xfe not a proto", "the record is not a tf.train.Example"),
+      "garbage_jpeg": (_example(b"not a jpeg", 4), "image/encoded is not a JPEG: its 10 bytes "
+                       "start with 6e 6f 74 20 (a JPEG starts with ff d8)"),
+      "png": (_example(b"\x89PNG\r\n\x1a\n" + bytes(40), 4), "image/encoded is not a JPEG: "
+              "its 48 bytes start with 89 50 4e 47"),
+      "truncated_jpeg": (_example(jpeg[:len(jpeg) * 2 // 3], 4), f"image/encoded "
+                         f"({len(jpeg) * 2 // 3} bytes) is a corrupt or truncated JPEG: "
+                         f"decoding it fails"),
+      "empty_jpeg": (_example(b"", 4), "image/encoded is empty"),
+      "label_too_big": (_example(jpeg, 9), "image/class/label is 9: with label_offset=1 that "
+                        "is class 8, not in [0, num_classes=8)"),
+      "label_negative": (_example(jpeg, 0), "image/class/label is 0: with label_offset=1 that "
+                         "is class -1"),
+      "no_label": (_example(jpeg, None), "image/class/label is missing"),
+      "no_image": (_example(None, 4), "image/encoded is missing"),
+  }[kind]
+
+
+_KINDS = ["not_an_example", "garbage_jpeg", "png", "truncated_jpeg", "empty_jpeg",
+          "label_too_big", "label_negative", "no_label", "no_image"]
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_bad_record_names_file_record_and_problem(tmp_path, good_jpegs, kind):
+  records = _records(good_jpegs)
+  records[3], problem = _spoil(good_jpegs, kind)
+  path = _write_records(tmp_path / "validation-00000-of-00001", records)
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _batches(data.eval_dataset(_bad_config(tmp_path)))
+  message = str(error.value)
+  assert "ImageNet data: bad record" in message
+  assert f"{path}:3: {problem}" in message
+
+
+@pytest.mark.parametrize("where", [0, 5])
+def test_bad_first_or_last_record_is_found(tmp_path, good_jpegs, where):
+  records = _records(good_jpegs)
+  records[where] = _example(b"not a jpeg", 1)
+  path = _write_records(tmp_path / "validation-00000-of-00001", records)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=f"{path}:{where}: image/encoded is "
+                     "not a JPEG"):
+    _batches(data.eval_dataset(_bad_config(tmp_path)))
+
+
+def test_bad_record_stops_training_naming_it(tmp_path, good_jpegs):
+  records = _records(good_jpegs)
+  records[2] = _example(good_jpegs[2], 20)
+  _write_records(tmp_path / "train-00000-of-00002", _records(good_jpegs))
+  path = _write_records(tmp_path / "train-00001-of-00002", records)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"{path}:2: image/class/label is 20"):
+    _batches(data.train_dataset(_bad_config(tmp_path, shuffle_buffer=4)), 20)
+
+
+def _framing(records, how):
+  """Serialized shard of `records` spoilt as `how`; (bytes, record where it breaks, offset)."""
+  starts = np.cumsum([0] + [len(r) + 16 for r in records])
+  content = bytearray(open(_write_records("/dev/shm/shard" if os.path.isdir("/dev/shm")
+                                          else "/tmp/shard", records), "rb").read())
+  if how == "truncated":
+    return bytes(content[:starts[4] + 20]), 4, starts[4]
+  if how == "flipped_data":  # the data CRC of record 2 fails
+    content[starts[2] + 12 + 5] ^= 0xFF
+    return bytes(content), 2, starts[2]
+  content[1] ^= 0xFF  # "flipped_length": the length CRC of record 0 fails
+  return bytes(content), 0, 0
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped_data", "flipped_length"])
+def test_corrupt_shard_names_file_and_record(tmp_path, good_jpegs, how):
+  content, record, offset = _framing(_records(good_jpegs), how)
+  path = str(tmp_path / "validation-00001-of-00002")
+  with open(path, "wb") as f:
+    f.write(content)
+  _write_records(tmp_path / "validation-00000-of-00002", _records(good_jpegs))
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _batches(data.eval_dataset(_bad_config(tmp_path)))
+  assert (f"{path}:{record}: TFRecord framing breaks at byte {offset} of {len(content)}"
+          in str(error.value))
+  assert "corrupt or truncated" in str(error.value)
+
+
+def test_skip_bad_records_drops_exactly_the_bad_ones_and_counts(tmp_path, good_jpegs, capfd,
+                                                                  caplog):
+  first = _records(good_jpegs)
+  first[1], _ = _spoil(good_jpegs, "label_too_big")
+  first[5], _ = _spoil(good_jpegs, "not_an_example")  # the last record of a shard
+  second = _records(good_jpegs)
+  second[0], _ = _spoil(good_jpegs, "truncated_jpeg")
+  second[3], _ = _spoil(good_jpegs, "no_label")
+  broken, _, offset = _framing(_records(good_jpegs), "truncated")  # records 0-3 are whole
+  _write_records(tmp_path / "validation-00000-of-00004", first)
+  _write_records(tmp_path / "validation-00001-of-00004", second)
+  with open(tmp_path / "validation-00002-of-00004", "wb") as f:
+    f.write(broken)
+  _write_records(tmp_path / "validation-00003-of-00004", [])
+  config = _bad_config(tmp_path, skip_bad_records=True)
+  expected = [1, 3, 4, 5] + [2, 3, 5, 6] + [1, 2, 3, 4]
+  assert _labels(data.eval_dataset(config)) == sorted(label - 1 for label in expected)
+  assert ('skipping the rest of a shard: "' + str(tmp_path / "validation-00002-of-00004") +
+          f":4: TFRecord framing breaks at byte {offset}") in capfd.readouterr().err
+  # The images are exactly those of the good records.
+  (tmp_path / "good").mkdir()
+  _write_records(tmp_path / "good" / "validation-00000-of-00001",
+                 [r for i, r in enumerate(first) if i not in (1, 5)] +
+                 [r for i, r in enumerate(second) if i not in (0, 3)] + _records(good_jpegs)[:4])
+  assert _rows(_eval_images(config)) == _rows(_eval_images(
+      dataclasses.replace(config, data_dir=str(tmp_path / "good"))))
+
+  shard = lambda i: str(tmp_path / f"validation-0000{i}-of-00004")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert data.count_bad_records(config, "validation") == 5
+  logged = [r.getMessage() for r in caplog.records]
+  assert logged[0] == ("ImageNet data: skipping 1 empty validation shard(s) (0 bytes, no "
+                       f"records): {shard(3)}")
+  assert sorted(logged[1:]) == sorted(f"ImageNet data: skipping {m}" for m in [
+      f"{shard(0)}:1: image/class/label is 9: with label_offset=1 that is class 8, not in "
+      "[0, num_classes=8)",
+      f"{shard(0)}:5: the record is not a tf.train.Example with one bytes feature "
+      "image/encoded and one int64 feature image/class/label",
+      f"{shard(1)}:0: image/encoded ({len(good_jpegs[3]) * 2 // 3} bytes) is a corrupt or "
+      "truncated JPEG: decoding it fails",
+      f"{shard(1)}:3: image/class/label is missing",
+      f"{shard(2)}:4: TFRecord framing breaks at byte {offset} of {len(broken)} (a length or "
+      "CRC check or the read failed, see the warning before): the shard is corrupt or "
+      "truncated, and none of its records from here on can be read"])
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert data.count_bad_records(config, "validation", max_logged=2) == 5
+  assert len([r for r in caplog.records if ":" in r.getMessage().split()[3]]) == 2
+
+
+def test_count_bad_records_of_good_data(shards):
+  assert data.count_bad_records(_config(shards), "validation") == 0
+
+
+def test_skip_bad_records_in_training(tmp_path, good_jpegs):
+  records = _records(good_jpegs)
+  records[2], _ = _spoil(good_jpegs, "garbage_jpeg")
+  _write_records(tmp_path / "train-00000-of-00001", records)
+  labels = np.concatenate([y for _, y in _batches(
+      data.train_dataset(_bad_config(tmp_path, skip_bad_records=True)), 25)])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=8), [5, 5, 0, 5, 5, 5, 0, 0])
+
+
+def test_all_records_bad_fails_instead_of_spinning(tmp_path, good_jpegs):
+  _write_records(tmp_path / "train-00000-of-00001", [_example(b"not a jpeg", 1)] * 3)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"no usable record in the 1 train "
+                     r"shard\(s\).*every record is bad and skip_bad_records drops it"):
+    _batches(data.train_dataset(_bad_config(tmp_path, skip_bad_records=True)), 1)
+
+
+def test_empty_shards_are_skipped_with_a_warning(tmp_path, good_jpegs, caplog):
+  _write_records(tmp_path / "validation-00000-of-00002", [])
+  with pytest.raises(ValueError, match=r"all 1 validation shard\(s\).*are empty.*"
+                                       r"validation-00000-of-00002"):
+    data.eval_dataset(_bad_config(tmp_path))
+  _write_records(tmp_path / "validation-00001-of-00002", _records(good_jpegs))
+  with caplog.at_level(logging.WARNING):
+    assert _labels(data.eval_dataset(_bad_config(tmp_path))) == [0, 1, 2, 3, 4, 5]
+  assert (f"skipping 1 empty validation shard(s) (0 bytes, no records): "
+          f"{tmp_path}/validation-00000-of-00002") in caplog.text
 
 
 def test_missing_data_dir(tmp_path):
@@ -214,6 +427,7 @@ def test_no_shards(tmp_path, shards):
     (dict(data_dir=""), "data_dir"),
     (dict(image_size=0), "image_size"),
     (dict(global_batch_size=2.0), "global_batch_size"),
+    (dict(skip_bad_records="yes"), "skip_bad_records"),
 ])
 def test_bad_config(overrides, message):
   kwargs = dict(source="tfrecord", data_dir="/tmp", image_size=16, num_classes=4,

@@ -271,7 +271,7 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
     train_writer = eval_writer = tf.summary.create_noop_writer()
   progress = Progress(config.train_steps, config.global_batch_size, step)
   logging.info("compiling the first step ...")
-  eval_metrics = {}
+  eval_metrics, saved_step = {}, step
   while step < config.train_steps:
     metrics = {k: float(v) for k, v in train_step().items()}
     step = int(steps_done.assign_add(config.steps_per_loop).numpy())
@@ -289,8 +289,9 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
                    "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
       _write_scalars(eval_writer, step, eval_metrics)
       manager.save(checkpoint_number=step)
+      saved_step = step
     if agree(signals.received is not None):
-      if manager.latest_checkpoint != manager._checkpoint_prefix + f"-{step}":  # pylint: disable=protected-access
+      if saved_step != step:
         manager.save(checkpoint_number=step)
       name = signal.Signals(signals.received).name if signals.received else "another worker"
       logging.warning("stopped by %s at step %d of %d; checkpoint %s written. Rerun the same "

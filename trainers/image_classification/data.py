@@ -43,6 +43,9 @@ CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20
 _RECORD_FRAMING_BYTES = 16  # per TFRecord record: length (8 bytes), its CRC (4), data CRC (4)
+# Records checked per vectorized call: per-element tf.data functions cost more than the checks.
+_CHECK_BATCH = 128
+_SHARD_BATCH = 32  # smaller: up to _MAX_CYCLE_LENGTH shards hold a batch of encoded records
 _STAT_THREADS = 32  # shard sizes are read in parallel: one request per file on gs://
 _MAX_NAMED = 10  # empty shards named in the warning
 _FEATURES = {
@@ -177,81 +180,121 @@ def _dataset(config, split, input_context, training):
 def _checked_images(records, image, config, repeat, no_records):
   """(image, label) of the shard records, each checked; with `repeat`, endlessly.
 
-  A record that fails to parse or decode fails an op, and tf.data cannot catch that inside a
-  map; so the map's errors are dropped (ignore_errors) and found as gaps in the numbering of
-  the elements. Each element carries its predecessor, so the gap names the bad record's file
-  and record, and its problem is found by reading it again step by step. An end marker after
-  every pass gives a bad last record a successor, and stops a pass with no usable record from
-  repeating forever.
+  A record that fails to parse or decode fails an op, which tf.data cannot catch inside a map;
+  so the map's errors are dropped (ignore_errors) and found as gaps in the numbering of the
+  elements. Each element carries its predecessor's file and record, so a gap names the bad
+  record, whose problem is then found by reading it again step by step. An end marker after
+  every pass gives a bad last record a successor and stops a pass with no usable record from
+  repeating forever. The bookkeeping runs on small batches: per-element tf.data functions
+  would cost more than the decoding.
   """
-  end_marker = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
-                "serialized": tf.constant(b""), "end": tf.constant(True),
-                "problem": tf.constant("")}
-  records = records.concatenate(tf.data.Dataset.from_tensors(end_marker))
+  checking = not config.skip_bad_records
+  marker = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
+            "serialized": tf.constant(b""), "end": tf.constant(True),
+            "problem": tf.constant("")}
+  records = records.concatenate(tf.data.Dataset.from_tensors(marker))
   if repeat:
     records = records.repeat()
+  numbered = records.enumerate()
+  if checking:
+    none = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64)}
+    numbered = numbered.batch(_CHECK_BATCH).scan(none, _with_previous).unbatch()
 
-  def number(state, record):
-    position, previous = state
-    current = {"path": record["path"], "index": record["index"],
-               "serialized": record["serialized"]}
-    return (position + 1, current), (position, record, previous)
-
-  none = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
-          "serialized": tf.constant(b"")}
-  numbered = records.scan((tf.constant(0, tf.int64), none), number)
-
-  def read(position, record, previous):
+  def read(position, record, *previous):
     def decode():
       example = tf.io.parse_single_example(record["serialized"], _FEATURES)
       label = _check_label(example["image/class/label"] - config.label_offset, config)
       return image(example["image/encoded"], position), label
 
-    def marker():
+    def skip():
       return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
               tf.constant(0, tf.int64))
 
-    pixels, label = tf.cond(record["end"], marker, decode)
-    return position, record["end"], record["problem"], pixels, label, previous
+    pixels, label = tf.cond(record["end"], skip, decode)
+    return (position, record["end"], record["problem"], pixels, label) + previous
 
-  checking = not config.skip_bad_records
   decoded = numbered.map(read, num_parallel_calls=tf.data.AUTOTUNE,
                          deterministic=True if checking else None)
-  decoded = decoded.ignore_errors(log_warning=checking)
+  decoded = decoded.ignore_errors()
 
-  def check(state, element):
+  def check(state, batch):
     expected, usable = state
-    position, end, problem, pixels, label, previous = element
-    in_order = tf.equal(position, expected)
-    no_problem = tf.equal(problem, "")
-    pass_end = end & no_problem  # the marker after a pass, not a broken shard's
-    nonempty = ~pass_end | (usable > 0)
+    position, end, problem, pixels, label = batch[:5]
+    count = tf.size(position, out_type=tf.int64)
+    # Positions increase, so none is missing if the first and last are as expected.
+    complete = tf.equal(position[0], expected) & tf.equal(position[-1], expected + count - 1)
+    clean = (complete | config.skip_bad_records) & ~tf.reduce_any(end)
 
-    def fail():
-      bad_record = lambda: tf.strings.join([
-          previous["path"], ":", tf.strings.as_string(previous["index"]), ": ",
-          _diagnose(previous["serialized"], config)])
-      message = tf.cond(in_order, lambda: tf.cond(no_problem, lambda: tf.constant(""),
-                                                  lambda: problem), bad_record)
-      header = tf.where(tf.equal(message, ""), no_records, _BAD_RECORD)
-      return _raise([header, message])
+    def examine():
+      """Finds the first bad record or pass without usable record; drops the end markers."""
+      in_order = tf.equal(position, tf.concat([[expected], position[:-1] + 1], 0))
+      no_problem = tf.equal(problem, "")
+      bad = ~in_order | ~no_problem if checking else tf.zeros_like(end)
+      # Usable records between pass end markers (the first span goes on from the last batch).
+      pass_end = end & no_problem
+      span = tf.cumsum(tf.cast(pass_end, tf.int32), exclusive=True)
+      spans = tf.size(position) + 1
+      good = tf.math.unsorted_segment_sum(tf.cast(~end, tf.int64), span, spans)
+      good += tf.one_hot(0, spans, on_value=usable, off_value=tf.constant(0, tf.int64))
+      empty_pass = pass_end & tf.equal(tf.gather(good, span), 0)
+      first = tf.argmax(tf.cast(bad | empty_pass, tf.int32))
+      previous = batch[5] if checking else {"path": tf.fill([count], ""),
+                                             "index": tf.fill([count], tf.constant(-1, tf.int64))}
+      failure = {"failed": tf.reduce_any(bad | empty_pass), "gap": ~in_order[first],
+                 "header": tf.where(bad[first], _BAD_RECORD, no_records),
+                 "path": previous["path"][first], "index": previous["index"][first],
+                 "problem": problem[first]}
+      keep = ~end
+      return (tf.boolean_mask(pixels, keep), tf.boolean_mask(label, keep),
+              good[tf.reduce_sum(tf.cast(pass_end, tf.int32))], failure)
 
-    ok = nonempty & (in_order & no_problem if checking else True)
-    checked = tf.cond(ok, lambda: ok, fail)
-    with tf.control_dependencies([checked]):
-      keep = tf.logical_not(end)
-    usable = tf.where(pass_end, tf.constant(0, tf.int64), usable + tf.cast(~end, tf.int64))
-    return (position + 1, usable), (pixels, label, keep)
+    def fine():
+      return pixels, label, usable + count, no_failure
 
-  checked = decoded.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check)
-  checked = checked.filter(lambda pixels, label, keep: keep)
-  return checked.map(lambda pixels, label, keep: (pixels, label))
+    pixels, label, usable, failure = tf.cond(clean, fine, examine)
+    return (position[-1] + 1, usable), (pixels, label, failure)
+
+  no_failure = {"failed": tf.constant(False), "gap": tf.constant(False),
+                "header": tf.constant(""), "path": tf.constant(""),
+                "index": tf.constant(-1, tf.int64), "problem": tf.constant("")}
+
+  def report(failure):
+    """A dataset whose element raises the failure's error, the bad record diagnosed."""
+    record = tf.data.TFRecordDataset(failure["path"]).skip(failure["index"]).take(
+        tf.cast(failure["gap"], tf.int64))
+    diagnosed = _problems(record, config).map(lambda problem: tf.strings.join([
+        failure["path"], ":", tf.strings.as_string(failure["index"]), ": ", problem]))
+    known = tf.data.Dataset.from_tensors(failure["problem"]).take(
+        tf.cast(~failure["gap"], tf.int64))
+
+    def fail(message):
+      with tf.control_dependencies([tf.debugging.Assert(
+          tf.constant(False), [failure["header"], message], summarize=1)]):
+        return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+                tf.constant(0, tf.int64))
+
+    return diagnosed.concatenate(known).map(fail)
+
+  def expand(pixels, label, failure):
+    # Errors are raised from datasets rather than ops: reading a record again inside an op
+    # would make the iterator impossible to checkpoint.
+    images = tf.data.Dataset.from_tensor_slices((pixels, label))
+    images = images.take(tf.where(failure["failed"], tf.constant(0, tf.int64), -1))
+    errors = tf.data.Dataset.from_tensors(failure).take(tf.cast(failure["failed"], tf.int64))
+    return images.concatenate(errors.flat_map(report))
+
+  checked = decoded.batch(_CHECK_BATCH).scan(
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check)
+  return checked.flat_map(expand)
 
 
-def _raise(data):
-  """An op that raises InvalidArgumentError with `data` when run (in a failing branch)."""
-  with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), data, summarize=1)]):
-    return tf.constant(False)
+def _with_previous(last, batch):
+  """Adds to each numbered record the file and record of the one before it."""
+  position, record = batch
+  paths = tf.concat([[last["path"]], record["path"]], 0)
+  indices = tf.concat([[last["index"]], record["index"]], 0)
+  return ({"path": paths[-1], "index": indices[-1]},
+          (position, record, {"path": paths[:-1], "index": indices[:-1]}))
 
 
 def _check_label(label, config):
@@ -264,11 +307,11 @@ def _check_label(label, config):
     return tf.identity(label)
 
 
-def _diagnose(serialized, config):
-  """What is wrong with a serialized record, as text ("" if nothing is).
+def _problems(records, config):
+  """What is wrong with each of `records` (serialized), as a dataset of texts.
 
   Each step that could fail an op runs alone in a small dataset that drops its error, so this
-  works inside tf.data functions; it is slow, meant for bad records only.
+  works inside a pipeline that must stay checkpointable; it is slow, meant for bad records.
   """
 
   def fields(record):
@@ -278,43 +321,47 @@ def _diagnose(serialized, config):
     value = tf.concat([label, [0]], 0)[0]
     shifted = value - config.label_offset
     size = tf.strings.length(jpeg)
+    label_problem = tf.strings.join([
+        "image/class/label is ", tf.strings.as_string(value), ": with label_offset=",
+        str(config.label_offset), " that is class ", tf.strings.as_string(shifted),
+        f", not in [0, num_classes={config.num_classes})"])
+    jpeg_problem = tf.strings.join([
+        "image/encoded is not a JPEG: its ", tf.strings.as_string(size), " bytes start with ",
+        _hex(jpeg, 4), " (a JPEG starts with ff d8)"])
     problem = tf.where(
         tf.size(encoded) != 1, _count_problem("image/encoded", tf.size(encoded)),
         tf.where(tf.size(label) != 1, _count_problem("image/class/label", tf.size(label)),
-                 tf.where((shifted < 0) | (shifted >= config.num_classes), tf.strings.join([
-                     "image/class/label is ", tf.strings.as_string(value), ": with label_offset=",
-                     str(config.label_offset), " that is class ", tf.strings.as_string(shifted),
-                     f", not in [0, num_classes={config.num_classes})"]),
+                 tf.where((shifted < 0) | (shifted >= config.num_classes), label_problem,
                           tf.where(tf.equal(size, 0), "image/encoded is empty",
                                    tf.where(tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"),
-                                            "", tf.strings.join([
-                                                "image/encoded is not a JPEG: its ",
-                                                tf.strings.as_string(size),
-                                                " bytes start with ", _hex(jpeg, 4),
-                                                " (a JPEG starts with ff d8)"]))))))
+                                            "", jpeg_problem)))))
     return problem, jpeg
 
-  problem, jpeg = _first_success(fields, serialized, (tf.constant(_NOT_EXAMPLE),
-                                                      tf.constant(b"")))
+  def decoding(problem, jpeg):
+    known = tf.data.Dataset.from_tensors(problem).take(tf.cast(problem != "", tf.int64))
+    corrupt = tf.strings.join(["image/encoded (", tf.strings.as_string(tf.strings.length(jpeg)),
+                               " bytes) is a corrupt or truncated JPEG: decoding it fails"])
+    decoded = _attempt(lambda data: _empty_after(tf.io.decode_jpeg(data, channels=3)), jpeg,
+                       corrupt).take(tf.cast(problem == "", tf.int64))
+    return known.concatenate(decoded)
 
-  def decode(data):
-    with tf.control_dependencies([tf.io.decode_jpeg(data, channels=3)]):
-      return tf.constant("")
-
-  def decodes():
-    problem = _first_success(decode, jpeg, tf.strings.join([
-        "image/encoded (", tf.strings.as_string(tf.strings.length(jpeg)),
-        " bytes) is a corrupt or truncated JPEG: decoding it fails"]))
-    return tf.where(tf.equal(problem, ""), "no step fails when the record is read again "
-                    "(a transient read error?)", problem)
-
-  return tf.cond(tf.equal(problem, ""), decodes, lambda: problem)
+  found = records.flat_map(lambda record: _attempt(
+      fields, record, (tf.constant(_NOT_EXAMPLE), tf.constant(b""))))
+  return found.flat_map(decoding).map(lambda problem: tf.where(
+      tf.equal(problem, ""), "no step fails when the record is read again (a transient read "
+      "error?)", problem))
 
 
-def _first_success(fn, value, fallback):
-  """fn(value), or `fallback` if an op in fn fails."""
+def _attempt(fn, value, fallback):
+  """A dataset of fn(value), or of `fallback` if an op in fn fails."""
   attempt = tf.data.Dataset.from_tensors(value).map(fn).ignore_errors()
-  return attempt.reduce(fallback, lambda unused, result: result)
+  return attempt.concatenate(tf.data.Dataset.from_tensors(fallback)).take(1)
+
+
+def _empty_after(tensor):
+  """"" computed from `tensor`, so that the ops making it run (a control dependency on a
+  stateless op can be pruned away)."""
+  return tf.strings.substr(tf.strings.as_string(tf.size(tensor)), 0, 0)
 
 
 def _count_problem(name, count):
@@ -375,15 +422,10 @@ def _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed)
   dataset = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
   if training and shard_files:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-  skipping = config.skip_bad_records
-
-  def read(path, size):
-    records = _shard_records(path, size, log_breaks=skipping)
-    # A broken shard's end marker goes on, to fail the pipeline where it is checked.
-    return records.filter(lambda r: ~r["end"] if skipping else ~r["end"] | (r["problem"] != ""))
-
+  mode = "skip" if config.skip_bad_records else "check"
   dataset = dataset.interleave(
-      read, cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      lambda path, size: _shard_records(path, size, mode),
+      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE,
       # Sharding examples needs the same order on every pipeline.
       deterministic=None if shard_files else True)
@@ -392,41 +434,54 @@ def _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed)
   return dataset, files
 
 
-def _shard_records(path, size, log_breaks):
-  """One shard's records, then an end marker: dicts of path, index, serialized, end, problem.
+def _shard_records(path, size, mode):
+  """One shard's records as dicts of path, index, serialized, end (False) and problem ("").
 
   A failing length or CRC check (or read error) ends a TFRecordDataset with an error that does
-  not name the file. Here it ends the shard quietly, and the end marker compares the bytes
-  read with the file's size: if they differ, its `problem` says where the shard broke, and
-  with `log_breaks` that is printed (the rest of the shard cannot be read).
+  not name the file. Here it ends the shard quietly, and the bytes read are compared with the
+  file's size at the end: if they differ, the shard broke there. mode "check" then adds an
+  end element (end True) whose `problem` says so, "skip" prints it (the rest of the shard is
+  lost), "count" always adds the end element (problem "" if the shard is whole).
   """
   records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
-  records = tf.data.Dataset.zip(records.ignore_errors(log_warning=True),
+  batches = tf.data.Dataset.zip(records.ignore_errors(log_warning=True).batch(_SHARD_BATCH),
                                 tf.data.Dataset.from_tensors(False).repeat())
-  records = records.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+  batches = batches.concatenate(tf.data.Dataset.from_tensors(
+      (tf.zeros([0], tf.string), tf.constant(True))))
 
-  def number(state, record):
+  def number(state, batch):
     index, offset = state
-    serialized, end = record
+    serialized, end = batch
+    sizes = tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_FRAMING_BYTES
+    count = tf.size(serialized, out_type=tf.int64)
 
-    def broken():
+    def records():
+      return {"path": tf.fill([count], path), "index": index + tf.range(count),
+              "serialized": serialized, "end": tf.zeros([count], tf.bool),
+              "problem": tf.fill([count], "")}
+
+    def shard_end():
+      broken = tf.not_equal(offset, size)
       problem = tf.strings.join([
           path, ":", tf.strings.as_string(index), ": TFRecord framing breaks at byte ",
           tf.strings.as_string(offset), " of ", tf.strings.as_string(size), " (a length or CRC "
           "check or the read failed, see the warning before): the shard is corrupt or "
           "truncated, and none of its records from here on can be read"])
-      if not log_breaks:
-        return problem
-      with tf.control_dependencies([tf.print("ImageNet data: skipping the rest of a shard:",
-                                             problem, output_stream=sys.stderr)]):
-        return tf.identity(problem)
+      if mode == "skip":
+        printed = tf.cond(broken, lambda: tf.print(
+            "ImageNet data: skipping the rest of a shard:", problem, output_stream=sys.stderr),
+                          tf.no_op)
+        with tf.control_dependencies([printed]):
+          rows = tf.constant(0, tf.int64)
+      else:
+        rows = tf.cast(broken | (mode == "count"), tf.int64)
+      return {"path": tf.fill([rows], path), "index": tf.fill([rows], index),
+              "serialized": tf.fill([rows], ""), "end": tf.fill([rows], True),
+              "problem": tf.fill([rows], tf.where(broken, problem, ""))}
 
-    problem = tf.cond(end & tf.not_equal(offset, size), broken, lambda: tf.constant(""))
-    offset += tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_FRAMING_BYTES
-    return (index + 1, offset), {"path": path, "index": index, "serialized": serialized,
-                                 "end": end, "problem": problem}
+    return (index + count, offset + tf.reduce_sum(sizes)), tf.cond(end, shard_end, records)
 
-  return records.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), number)
+  return batches.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), number).unbatch()
 
 
 def count_bad_records(config, split, max_logged=10):
@@ -446,21 +501,20 @@ def count_bad_records(config, split, max_logged=10):
       example = tf.io.parse_single_example(record["serialized"], _FEATURES)
       label = _check_label(example["image/class/label"] - config.label_offset, config)
       pixels = tf.io.decode_jpeg(example["image/encoded"], channels=3)
-      with tf.control_dependencies([pixels, label]):
-        return tf.constant(True)
+      return tf.strings.join([_empty_after(pixels), _empty_after(label)])
 
-    ok = tf.cond(record["end"], lambda: tf.constant(True), decode)
-    with tf.control_dependencies([ok]):
-      return tf.nest.map_structure(tf.identity, record)
+    return tf.strings.join([tf.cond(record["end"], lambda: tf.constant(""), decode),
+                            record["problem"]]), record
 
   def events(path, size):
     """(path, first missing record, how many, problem) of the shard's bad records."""
 
-    def gaps(expected, record):
+    def gaps(expected, problem_and_record):
+      problem, record = problem_and_record
       return record["index"] + 1, (record["path"], expected, record["index"] - expected,
-                                   record["problem"])
+                                   problem)
 
-    checked = _shard_records(path, size, log_breaks=False).map(strict).ignore_errors()
+    checked = _shard_records(path, size, "count").map(strict).ignore_errors()
     return checked.scan(tf.constant(0, tf.int64), gaps).filter(
         lambda path, first, missing, problem: (missing > 0) | (problem != ""))
 
@@ -470,11 +524,12 @@ def count_bad_records(config, split, max_logged=10):
   count = 0
   for path, first, missing, problem in found.as_numpy_iterator():
     path = path.decode()
+    quota = max(0, max_logged - count)
     messages = [f"{path}:{index}: {_read_again(path, index, config)}"
-                for index in range(first, first + min(missing, max(0, max_logged - count)))]
+                for index in range(first, first + min(missing, quota))]
     if problem:
       messages.append(problem.decode())
-    for message in messages[:max(0, max_logged - count)]:
+    for message in messages[:quota]:
       logging.warning("ImageNet data: skipping %s", message)
     count += missing + bool(problem)
   return count
@@ -482,8 +537,8 @@ def count_bad_records(config, split, max_logged=10):
 
 def _read_again(path, index, config):
   """The problem of record `index` of `path`, read on its own."""
-  serialized = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
-  return _diagnose(serialized, config).numpy().decode()
+  record = tf.data.TFRecordDataset(path).skip(index).take(1)
+  return next(iter(_problems(record, config))).numpy().decode()
 
 
 def _tfds_records(config, split, input_context, training, seed):
