@@ -8,9 +8,10 @@ IndexedSlices (a batch without ids for a table) goes through as an empty one.
 
 Indices must lie in [0, rows). `Adam.apply_gradients` refuses others when it runs eagerly;
 inside a traced or compiled program they are not checked (that would cost a pass over the ids
-and, on TPU, a host round trip). Under XLA both modes then ignore them: the dense sum and the
-lazy update's scatter drop out-of-range rows (without XLA, TF drops negative ids in dense mode
-and raises for the others).
+and, on TPU, a host round trip). Under XLA both modes then ignore them: the scatters of their
+updates drop out-of-range rows (without XLA, TF raises for them). Dense mode also zeroes their
+values (`zero_out_of_range`), so that they are left out of clipping norms as they are left out
+of the dense gradient.
 """
 
 import tensorflow as tf
@@ -21,13 +22,23 @@ def to_dense(grad: tf.IndexedSlices, num_rows) -> tf.Tensor:
   return tf.math.unsorted_segment_sum(grad.values, grad.indices, num_rows)
 
 
+def zero_out_of_range(grad: tf.IndexedSlices, num_rows) -> tf.IndexedSlices:
+  """`grad` with zero values at indices outside [0, num_rows), which the dense gradient drops."""
+  indices = grad.indices
+  inside = tf.logical_and(indices >= 0, indices < tf.cast(num_rows, indices.dtype))
+  inside = tf.reshape(inside, [-1] + [1] * (grad.values.shape.rank - 1))  # one per row
+  values = tf.where(inside, grad.values, tf.zeros([], grad.values.dtype))
+  return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
 def sum_duplicates(grad: tf.IndexedSlices) -> tf.IndexedSlices:
   """Sums the values of repeated indices, keeping the static length of the input.
 
   The result has one entry per distinct index, followed by padding entries whose index is
   the first entry's index and whose value is zero. Zero padding leaves norms and clipping
-  exactly as for the dense gradient; `first_entry_padding` makes padded entries repeat the
-  first entry's row, so that a scatter writes that row's value twice rather than a wrong one.
+  exactly as for the dense gradient, and a scatter-add of the result (dense mode) adds nothing
+  there. For a scatter that overwrites rows (lazy mode), `first_entry_padding` makes padded
+  entries repeat the first entry's row, so that the row gets its value twice, not a wrong one.
   """
   indices = tf.reshape(grad.indices, [-1])
   values = tf.reshape(grad.values, tf.concat([[-1], tf.shape(grad.values)[1:]], 0))

@@ -84,18 +84,18 @@ def adam_step_at_rows(param, indices, row_grads, moments, coefficients, apply_if
   (-0.0, the exact additive identity), so that it adds no pass over the table.
   """
   c = coefficients
-  dtype = param.dtype
+  one = tf.ones([], param.dtype)
+  # Not tf.constant(-0.0): eagerly TF may hand back its cached scalar 0.0, which equals it.
+  minus_zero = -tf.zeros([], param.dtype)
 
   def applied(value, identity):
-    if apply_if is None:
-      return value
-    return tf.where(apply_if, value, tf.constant(identity, dtype))
+    return value if apply_if is None else tf.where(apply_if, value, identity)
 
   positions = tf.expand_dims(indices, -1)
-  m = tf.tensor_scatter_nd_add(applied(c.beta_1, 1.0) * moments.m, positions,
-                               applied((1 - c.beta_1) * row_grads, -0.0))
-  v = tf.tensor_scatter_nd_add(applied(c.beta_2, 1.0) * moments.v, positions,
-                               applied((1 - c.beta_2) * tf.square(row_grads), -0.0))
+  m = tf.tensor_scatter_nd_add(applied(c.beta_1, one) * moments.m, positions,
+                               applied((1 - c.beta_1) * row_grads, minus_zero))
+  v = tf.tensor_scatter_nd_add(applied(c.beta_2, one) * moments.v, positions,
+                               applied((1 - c.beta_2) * tf.square(row_grads), minus_zero))
   vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)
   if vhat is not None and apply_if is not None:
     vhat = tf.where(apply_if, vhat, moments.vhat)

@@ -315,11 +315,7 @@ def sparse_cases(draw):
   return hyper, mode, init, steps
 
 
-@_examples(50)
-@hypothesis.given(sparse_cases())
-def test_sparse_gradients_match_the_reference(case):
-  """IndexedSlices with duplicate indices: "dense" is the dense update of their sum, "lazy"
-  updates only the rows present (weight decay included) and leaves the others bit for bit."""
+def _run_sparse(case, where):
   hyper, mode, init, steps = case
   lazy = mode == "lazy"
   reference = _Reference(hyper, [init], lazy=lazy)
@@ -332,12 +328,29 @@ def test_sparse_gradients_match_the_reference(case):
   for indices, values in steps:
     grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices),
                             tf.constant(init.shape, tf.constant(indices).dtype))
-    opt.apply_gradients([(grad, var)])
+    _apply(opt, [(grad, var)], where)
   _assert_matches(opt, [var], reference)
-  if lazy:
+  return mode, init, steps, opt, var
+
+
+@_examples(50)
+@hypothesis.given(sparse_cases())
+def test_sparse_gradients_match_the_reference(case):
+  """IndexedSlices with duplicate indices: "dense" is the dense update of their sum, "lazy"
+  updates only the rows present (weight decay included) and leaves the others bit for bit."""
+  mode, init, steps, opt, var = _run_sparse(case, "eager")
+  if mode == "lazy":
     untouched = np.setdiff1d(np.arange(init.shape[0]), np.concatenate([i for i, _ in steps]))
     np.testing.assert_array_equal(var.numpy()[untouched], init[untouched])
     np.testing.assert_array_equal(opt.slot(var, "v").numpy()[untouched], 0)
+
+
+@_examples(8)
+@hypothesis.given(sparse_cases())
+def test_compiled_sparse_update_matches_the_reference(case):
+  """The same inside XLA-compiled steps (dense mode then never builds the dense gradient);
+  few examples, as each step compiles a program."""
+  _run_sparse(case, "xla")
 
 
 # ---- Non-finite gradients --------------------------------------------------------------------

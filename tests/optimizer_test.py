@@ -542,6 +542,17 @@ def test_out_of_range_indices_are_ignored_under_xla(sparse_mode, indices):
   np.testing.assert_array_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("clip", ["clipnorm", "global_clipnorm"])
+def test_out_of_range_indices_are_left_out_of_dense_mode_clipping_under_xla(clip):
+  """As the dense gradient drops them, so do its norms: the clipped step of the valid ids."""
+  results = []
+  for ids in ([1, 9, -4, 1], [1, 1]):
+    table = tf.Variable(np.arange(6.0, dtype=np.float32).reshape(3, 2), name="table")
+    _sparse_step(adam_xla.Adam(0.1, **{clip: 0.5}), table, ids, "xla")
+    results.append(table.numpy())
+  np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_gradient_of_the_variables_dtype_and_shape_is_passed_through_untouched():
   """No cast or copy is added for a gradient that is already right (the common case)."""
   from adam_xla import optimizer  # pylint: disable=import-outside-toplevel
@@ -570,6 +581,122 @@ def test_norm_clipping_adds_only_a_scalar_conditional_to_the_program(option):
   entry = hlo[hlo.index("ENTRY"):]
   conditionals = re.findall(r"= (\S+) conditional\(", entry)
   assert conditionals == ["(f32[])"], conditionals
+
+
+# ---- Dense mode without a dense gradient ---------------------------------------------------
+
+_DUPLICATES = [3, 7, 3, 3, 0, 7, 11]
+DENSE_MODE_CASES = {
+    "duplicates": (_DUPLICATES, {}),
+    "empty": ([], {}),
+    "amsgrad": (_DUPLICATES, {"amsgrad": True}),
+    "weight_decay": (_DUPLICATES, {"weight_decay": 0.1}),
+    "amsgrad_weight_decay_clipnorm": (
+        _DUPLICATES, {"amsgrad": True, "weight_decay": 0.1, "clipnorm": 0.5}),
+}
+
+
+@pytest.mark.parametrize("apply_if", [False, True], ids=["always", "apply_if"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(DENSE_MODE_CASES))
+def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, dtype,
+                                                                          apply_if):
+  """IndexedSlices in dense mode, compiled, against the same optimizer given the dense
+  gradient (TF's densification). With apply_if, the middle step is skipped by both."""
+  ids, kwargs = DENSE_MODE_CASES[case]
+  rng = np.random.default_rng(8)
+  table0 = rng.normal(size=[ROWS, DIM]).astype(dtype)
+  tables = [tf.Variable(table0), tf.Variable(table0)]
+  opts = [adam_xla.Adam(0.05, **kwargs) for _ in tables]
+  for opt, table in zip(opts, tables):
+    opt.build([table])
+  update = tf.function(lambda opt, grad, var, ok: opt.apply_gradients(
+      [(grad, var)], apply_if=ok), jit_compile=True)
+  for step in range(3):
+    grad = tf.IndexedSlices(tf.constant(rng.normal(size=[len(ids), DIM]).astype(dtype)),
+                            tf.constant(ids, tf.int32), tf.constant([ROWS, DIM]))
+    ok = tf.constant(step != 1) if apply_if else None
+    before = [t.numpy() for t in (tables[0], opts[0].slot(tables[0], "v"))]
+    update(opts[0], grad, tables[0], ok)
+    update(opts[1], tf.convert_to_tensor(grad), tables[1], ok)
+    if apply_if and step == 1:
+      np.testing.assert_array_equal(tables[0].numpy(), before[0])
+      np.testing.assert_array_equal(opts[0].slot(tables[0], "v").numpy(), before[1])
+    for name in ("var",) + opts[0].slot_names:
+      got, want = ((t if name == "var" else o.slot(t, name)).numpy()
+                   for t, o in zip(tables, opts))
+      # Duplicates are summed in another order than TF's densification: rounding only.
+      tolerance = {np.float32: (1e-6, 1e-7), np.float64: (1e-12, 1e-15)}[dtype]
+      np.testing.assert_allclose(got, want, *tolerance, err_msg=f"step {step}, {name}")
+  assert int(opts[0].iterations.numpy()) == (2 if apply_if else 3)
+  assert np.all(tables[0].numpy()[ids] != table0[ids])
+
+
+_HLO_ENTRY_LINE = re.compile(
+    r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([a-z][\w-]*)\(([^)]*)\)(.*)$")
+
+
+def _entry_kernels(hlo):
+  """(name, shape, opcode or fusion root, operand shapes, attributes) of each instruction of
+  the entry computation of optimized HLO text."""
+  roots, current, lines = {}, None, {}
+  for line in hlo.splitlines():
+    header = re.match(r"^(ENTRY )?%(\S+) .*\{$", line)
+    if header:
+      current = "ENTRY" if header.group(1) else header.group(2)
+      lines[current] = []
+      continue
+    match = _HLO_ENTRY_LINE.match(line)
+    if match and current:
+      lines[current].append(match.groups())
+      if line.lstrip().startswith("ROOT"):
+        roots[current] = match.group(3)
+  shapes = {name: shape for name, shape, *_ in lines["ENTRY"]}
+  kernels = []
+  for name, shape, opcode, operands, attributes in lines["ENTRY"]:
+    called = re.search(r"calls=%([\w.-]+)", attributes)
+    kind = roots.get(called.group(1), opcode) if called else opcode
+    operand_shapes = [shapes.get(o.strip().lstrip("%"), "") for o in operands.split(",")]
+    kernels.append((name, shape, kind, operand_shapes, attributes))
+  return kernels
+
+
+@pytest.mark.parametrize("kwargs,bytes_per_param", [
+    ({}, 32), ({"weight_decay": 0.1}, 32), ({"amsgrad": True}, 44)])
+def test_compiled_dense_mode_builds_no_dense_gradient(kwargs, bytes_per_param):
+  """The dense-mode update of an IndexedSlices gradient, as XLA compiles it: no table-sized
+  zero-filled gradient and no segment sum into one. The table-sized work is the moments'
+  decay (one read and one write each), the batch rows' terms scatter-added into them in
+  place, and the variable's step (reading the variable and the new moments): 32 bytes per
+  float32 parameter, against 44 for densifying first (amsgrad: one more pass, for vhat)."""
+  rows, dim = 1000, 16
+  table = tf.Variable(tf.zeros([rows, dim]))
+  opt = adam_xla.Adam(0.1, **kwargs)
+
+  @tf.function(jit_compile=True)
+  def step(values, ids, ok):
+    opt.apply_gradients([(tf.IndexedSlices(values, ids, tf.constant([rows, dim])), table)],
+                        apply_if=ok)
+
+  args = (tf.ones([64, dim]), tf.range(64) % 7, tf.constant(True))
+  step(*args)
+  table_shape = f"f32[{rows},{dim}]"
+  moved, scatters = 0, 0
+  for name, shape, kind, operand_shapes, attributes in _entry_kernels(
+      step.experimental_get_compiler_ir(*args)(stage="optimized_hlo")):
+    writes = shape.startswith(table_shape)
+    reads = sum(s.startswith(table_shape) for s in operand_shapes)
+    if kind in ("parameter", "constant", "bitcast", "tuple", "get-tuple-element") or not (
+        writes or reads):
+      continue
+    assert kind not in ("broadcast", "copy"), (name, kind)  # a zero-fill, a copy of a table
+    assert 'op_type="UnsortedSegmentSum"' not in attributes, name
+    if kind == "scatter":
+      scatters += 1  # in place: only the batch's rows
+    else:
+      moved += 4 * (reads + writes)
+  assert scatters == 2
+  assert moved == bytes_per_param
 
 
 # ---- Checkpoints and configuration ---------------------------------------------------------

@@ -101,6 +101,35 @@ def test_to_dense_equals_tf_convert_of_indexed_slices():
                              tf.convert_to_tensor(grad).numpy(), rtol=1e-6, atol=1e-7)
 
 
+# ---- zero_out_of_range --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("row_shape", [(), (3,)], ids=["vector", "table"])
+def test_zero_out_of_range_matches_what_the_dense_gradient_drops(compiled, index_dtype,
+                                                                 row_shape):
+  # Under XLA the dense sum drops ids outside [0, rows); zeroing their values (NaN ones too)
+  # keeps the norm of the summed slices equal to that dense gradient's.
+  indices = [3, -1, 9, 10, 3, -7, 0]
+  grad, values = make_grad(indices, index_dtype, row_shape)
+  values[1] = np.nan
+
+  def fn(v, i):
+    kept = sparse.zero_out_of_range(tf.IndexedSlices(v, i, grad.dense_shape), NUM_ROWS)
+    return _components(kept) + (sparse.sum_duplicates(kept).values,)
+
+  if compiled:
+    fn = tf.function(fn, jit_compile=True)
+  out_values, out_indices, summed = fn(tf.constant(values), grad.indices)
+  inside = np.array([0 <= i < NUM_ROWS for i in indices])
+  np.testing.assert_array_equal(out_indices.numpy(), indices)
+  np.testing.assert_array_equal(out_values.numpy()[inside], values[inside])
+  np.testing.assert_array_equal(out_values.numpy()[~inside], 0.0)
+  dense = np_dense(np.asarray(indices)[inside], values[inside])
+  np.testing.assert_allclose(np.linalg.norm(summed.numpy()), np.linalg.norm(dense), rtol=1e-6)
+
+
 # ---- sum_duplicates -----------------------------------------------------------------------
 
 

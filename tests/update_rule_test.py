@@ -272,5 +272,90 @@ def test_adam_step_on_gathered_rows():
   np.testing.assert_allclose(moments.vhat.numpy(), want[3], rtol=1e-6)
 
 
+
+# ---- adam_step_at_rows --------------------------------------------------------------------
+
+# (indices, rows of the gradient): distinct rows, then zero padding repeating the first index
+# (the form sparse.sum_duplicates gives), then no rows at all.
+ROW_CASES = {
+    "distinct": ([3, 0, 5], [[0.5, -1.0], [2.0, 0.25], [-0.75, 0.0]]),
+    "zero_padding": ([4, 1, 4, 4], [[1.5, -0.5], [-2.0, 3.0], [0.0, 0.0], [0.0, 0.0]]),
+    "empty": ([], np.zeros([0, 2])),
+}
+
+
+def np_decoupled_decay(param, lr, weight_decay):
+  return param - lr * weight_decay * param
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.25])
+@pytest.mark.parametrize("case", sorted(ROW_CASES))
+def test_adam_step_at_rows_is_the_dense_formula(compiled, dtype, amsgrad, weight_decay, case):
+  """The dense-mode sparse step equals the formula on the dense gradient (zero off the rows)."""
+  indices, rows = ROW_CASES[case]
+  rng = np.random.default_rng(5)
+  param, m = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+  v = rng.uniform(0.0, 2.0, size=(6, 2))
+  vhat = np.maximum(v, rng.uniform(0.0, 2.0, size=(6, 2))) if amsgrad else None
+  hyper = (0.05, 0.9, 0.999, 1e-3)
+  np_dtype = dtype.as_numpy_dtype
+  param, m, v, rows = (np.asarray(x, np_dtype) for x in (param, m, v, rows))
+  vhat = None if vhat is None else np.asarray(vhat, np_dtype)
+  grad = np.zeros_like(param, np.float64)
+  np.add.at(grad, np.asarray(indices, np.int64), rows)
+  lr, beta_1, beta_2, epsilon = rounded(hyper, dtype)
+  want = np_adam_step(np_decoupled_decay(np.float64(param), lr, weight_decay), grad, m, v,
+                      vhat, lr, beta_1, beta_2, epsilon, t=4)
+
+  def step(param, indices, rows, m, v, vhat):
+    c = update_rule.step_coefficients(*hyper, tf.constant(3, tf.int64), dtype,
+                                      weight_decay=weight_decay)
+    new_param, moments = update_rule.adam_step_at_rows(
+        param, indices, rows, update_rule.Moments(m, v, vhat), c)
+    return (new_param,) + tuple(moments)
+
+  step = tf.function(step, jit_compile=True) if compiled else step
+  got = step(tf.constant(param), tf.constant(indices, tf.int32), tf.constant(rows),
+             tf.constant(m), tf.constant(v), None if vhat is None else tf.constant(vhat))
+  for g, w, name in zip(got, want, ("param", "m", "v", "vhat")):
+    if w is None:
+      assert g is None, name
+      continue
+    np.testing.assert_allclose(g.numpy(), w, rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("apply", [False, True])
+def test_adam_step_at_rows_apply_if(compiled, apply):
+  """False returns every input bit for bit (negative zeros, NaN gradients and all); True is
+  the step without apply_if."""
+  param = tf.constant([[1.0, -0.0], [0.0, 2.0], [-3.0, 0.5]], tf.float64)
+  m = tf.constant([[-0.0, 0.5], [0.25, -0.0], [1.0, -2.0]], tf.float64)
+  v = tf.constant([[0.0, 1.0], [2.0, 0.5], [0.125, 3.0]], tf.float64)
+  vhat = v + 1.0
+  indices = tf.constant([2, 0, 2])
+  rows = tf.constant([[np.nan, 1.0], [np.inf, -1.0], [0.0, 0.0]], tf.float64)
+  if apply:
+    rows = tf.constant([[0.5, 1.0], [-2.0, -1.0], [0.0, 0.0]], tf.float64)
+
+  def step(apply_if):
+    c = update_rule.step_coefficients(0.1, 0.9, 0.999, 1e-7, tf.constant(0, tf.int64),
+                                      tf.float64, weight_decay=0.5)
+    moments = update_rule.Moments(m, v, vhat)
+    with_select = update_rule.adam_step_at_rows(param, indices, rows, moments, c, apply_if)
+    without = update_rule.adam_step_at_rows(param, indices, rows, moments, c)
+    return (with_select[0],) + tuple(with_select[1]), (without[0],) + tuple(without[1])
+
+  step = tf.function(step, jit_compile=True) if compiled else step
+  got, unselected = step(tf.constant(apply))
+  want = unselected if apply else (param, m, v, vhat)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g.numpy(), w.numpy())
+    np.testing.assert_array_equal(np.signbit(g.numpy()), np.signbit(w.numpy()))
+
+
 if __name__ == "__main__":
   pytest_main.main(__file__)
