@@ -60,6 +60,8 @@ BAD_CONFIGS = [
     ({"on_nonfinite": "ignore"}, "--on_nonfinite='ignore' is not valid: expected one of stop, "
                                  "skip"),
     ({"max_consecutive_nonfinite": 0}, "--max_consecutive_nonfinite=0 is not valid"),
+    ({"xla_cpu_max_isa": "avx2"}, "--xla_cpu_max_isa='avx2' is not valid: expected one of '', "
+                                  "'SSE4_2'"),
 ]
 
 

@@ -10,6 +10,7 @@ DATA_SOURCES = ("generated", "criteo")
 SPARSE_MODES = ("dense", "lazy")  # adam_xla.optimizer.SPARSE_MODES
 NUM_SPARSE = 26  # Criteo's categorical features
 MAX_TABLE_ROWS = 2**31 - 1  # ids are looked up as int32
+XLA_CPU_ISAS = ("", "SSE4_2", "AVX", "AVX2", "AVX512")  # "": XLA's own choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,9 @@ class EmbeddingConfig:
   deterministic: bool = False
   on_nonfinite: str = "stop"
   max_consecutive_nonfinite: int = 10
+  # XLA:CPU compiles the elementwise update of [rows, 16] tables to scalar code for its default
+  # AVX-512 target and to vector code for AVX2: 2.4x faster dense-mode updates (README).
+  xla_cpu_max_isa: str = "AVX2"
 
   def validate(self, num_replicas=None):
     """Raises ValueError naming the flag, its value and what is accepted."""
@@ -87,6 +91,8 @@ class EmbeddingConfig:
       check(value >= self.global_batch_size, name, value,
             f"at least one batch (--global_batch_size={self.global_batch_size})")
     common.check_run(self, num_replicas)
+    check(self.xla_cpu_max_isa in XLA_CPU_ISAS, "xla_cpu_max_isa", self.xla_cpu_max_isa,
+          "one of " + ", ".join(repr(isa) for isa in XLA_CPU_ISAS))
     if self.strategy == "tpu":  # what the TPU embedding API's Adam cannot do for the tables
       check(not self.amsgrad, "amsgrad", self.amsgrad, "False with --strategy=tpu")
       for name in ("clipnorm", "global_clipnorm"):
