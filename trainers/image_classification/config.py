@@ -44,6 +44,7 @@ class ImagenetConfig:
   data_source: str = "generated"
   data_dir: Optional[str] = None
   global_batch_size: int = 64
+  skip_bad_records: bool = False
   train_examples: Optional[int] = None  # examples per epoch, for train_epochs
   # Run.
   strategy: str = "default"

@@ -7,20 +7,23 @@ one directory, each record a `tf.train.Example` with `image/encoded` (JPEG bytes
 random-resized crop and flip for training, center crop for evaluation, then ImageNet
 mean/std normalization.
 
-Bad data stops the pipeline, when the bad record is reached, with an InvalidArgumentError
-"ImageNet data: bad record ..." followed by "<file>:<record>: <problem>" (records count from
-0, as in `tf.data.TFRecordDataset(file).skip(record)`): a record that is not a
-`tf.train.Example` with one bytes `image/encoded` and one int64 `image/class/label`, a label
-outside [0, num_classes) after `label_offset`, image bytes that are not a JPEG or do not decode,
-and a shard whose TFRecord framing breaks (a length or CRC check fails: the file is corrupt or
-truncated; the record is where reading stopped). Empty shards (0 bytes) are skipped with a
-warning naming them; all shards empty is a ValueError. With `skip_bad_records=True` bad records
-are dropped instead; a shard whose framing breaks is read up to the break (the rest of it
-cannot be found again), which is logged with its name on every pass. `count_bad_records(config,
-split)` scans a split once, returns how many records are bad and logs the first few with file,
-record and problem (the pipeline keeps no counter, which would be state in tf.data and would not
-survive checkpoints or several workers). TFDS data is checked by TFDS; with `skip_bad_records`
-its records that fail to decode or have a bad label are dropped (without a file name).
+Bad data stops the pipeline with an InvalidArgumentError "ImageNet data: bad record ..."
+followed by "<file>:<record>: <problem>" (records count from 0, as in
+`tf.data.TFRecordDataset(file).skip(record)`): a record that is not a `tf.train.Example` with one
+bytes `image/encoded` and one int64 `image/class/label`, a label outside [0, num_classes) after
+`label_offset`, image bytes that are not a JPEG or do not decode, or a shard whose TFRecord
+framing breaks (a length or CRC check or the read fails; the record is where reading stopped).
+The error comes when the bad record is reached (for a broken shard in training: when its end
+leaves the shuffle buffer). Empty shards (0 bytes) are left out with a warning naming them; all
+empty is a ValueError.
+
+With `skip_bad_records=True` bad records are dropped instead. A broken shard cannot be skipped
+record by record (the records after a framing error cannot be found), so it is read up to the
+break and the rest is dropped, printed with the file name on every pass. `count_bad_records(
+config, split)` scans a split once, returns how many records are bad and logs the first few
+with file, record and problem; the pipeline keeps no counter (state in tf.data that would not
+survive checkpoints or several workers). TFDS data is prepared and checked by TFDS; with
+`skip_bad_records` its records that fail to decode or have a bad label are dropped.
 """
 
 import concurrent.futures
@@ -162,14 +165,11 @@ def _dataset(config, split, input_context, training):
   else:
     records, files = _tfrecord_records(config, split, num_pipelines, pipeline_id, training,
                                        seed)
-    if training:
-      records = records.shuffle(config.shuffle_buffer, seed=seed,
-                                reshuffle_each_iteration=True)
     no_records = (f"ImageNet data: no usable record in the {len(files)} {split} shard(s) this "
                   f"input pipeline reads (e.g. '{files[0]}')" +
                   (": every record is bad and skip_bad_records drops it"
                    if config.skip_bad_records else ""))
-    dataset = _checked_images(records, image, config, repeat=training, no_records=no_records)
+    dataset = _checked_images(records, image, config, training, seed, no_records)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
@@ -177,28 +177,30 @@ def _dataset(config, split, input_context, training):
   return dataset.with_options(options)
 
 
-def _checked_images(records, image, config, repeat, no_records):
-  """(image, label) of the shard records, each checked; with `repeat`, endlessly.
+def _checked_images(records, image, config, training, seed, no_records):
+  """(image, label) of the shard records, each checked; for training shuffled, endlessly.
 
   A record that fails to parse or decode fails an op, which tf.data cannot catch inside a map;
   so the map's errors are dropped (ignore_errors) and found as gaps in the numbering of the
   elements. Each element carries its predecessor's file and record, so a gap names the bad
-  record, whose problem is then found by reading it again step by step. An end marker after
-  every pass gives a bad last record a successor and stops a pass with no usable record from
-  repeating forever. The bookkeeping runs on small batches: per-element tf.data functions
-  would cost more than the decoding.
+  record, whose problem is then found by reading it again step by step. A marker in every pass
+  (at its end for evaluation, anywhere for training) gives a bad last record a successor and
+  stops passes without usable records from repeating forever. The bookkeeping runs on batches:
+  per-element tf.data functions would cost more than the decoding.
   """
   checking = not config.skip_bad_records
-  marker = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
-            "serialized": tf.constant(b""), "end": tf.constant(True),
-            "problem": tf.constant("")}
-  records = records.concatenate(tf.data.Dataset.from_tensors(marker))
-  if repeat:
+  records = records.concatenate(tf.data.Dataset.from_tensors(
+      {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
+       "serialized": tf.constant(b""), "end": tf.constant(True), "problem": tf.constant("")}))
+  if training:
+    # The marker goes in before the shuffle: shuffle and repeat must be adjacent (fused), or
+    # the reshuffling of later passes is not restored from checkpoints.
+    records = records.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     records = records.repeat()
   numbered = records.enumerate()
   if checking:
-    none = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64)}
-    numbered = numbered.batch(_CHECK_BATCH).scan(none, _with_previous).unbatch()
+    first = {"path": tf.constant(""), "index": tf.constant(-1, tf.int64)}
+    numbered = numbered.batch(_CHECK_BATCH).scan(first, _with_previous).unbatch()
 
   def read(position, record, *previous):
     def decode():
@@ -206,74 +208,16 @@ def _checked_images(records, image, config, repeat, no_records):
       label = _check_label(example["image/class/label"] - config.label_offset, config)
       return image(example["image/encoded"], position), label
 
-    def skip():
-      return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
-              tf.constant(0, tf.int64))
-
-    pixels, label = tf.cond(record["end"], skip, decode)
+    pixels, label = tf.cond(record["end"], lambda: _no_image(config), decode)
     return (position, record["end"], record["problem"], pixels, label) + previous
 
-  decoded = numbered.map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                         deterministic=True if checking else None)
-  decoded = decoded.ignore_errors()
-
-  def check(state, batch):
-    expected, usable = state
-    position, end, problem, pixels, label = batch[:5]
-    count = tf.size(position, out_type=tf.int64)
-    # Positions increase, so none is missing if the first and last are as expected.
-    complete = tf.equal(position[0], expected) & tf.equal(position[-1], expected + count - 1)
-    clean = (complete | config.skip_bad_records) & ~tf.reduce_any(end)
-
-    def examine():
-      """Finds the first bad record or pass without usable record; drops the end markers."""
-      in_order = tf.equal(position, tf.concat([[expected], position[:-1] + 1], 0))
-      no_problem = tf.equal(problem, "")
-      bad = ~in_order | ~no_problem if checking else tf.zeros_like(end)
-      # Usable records between pass end markers (the first span goes on from the last batch).
-      pass_end = end & no_problem
-      span = tf.cumsum(tf.cast(pass_end, tf.int32), exclusive=True)
-      spans = tf.size(position) + 1
-      good = tf.math.unsorted_segment_sum(tf.cast(~end, tf.int64), span, spans)
-      good += tf.one_hot(0, spans, on_value=usable, off_value=tf.constant(0, tf.int64))
-      empty_pass = pass_end & tf.equal(tf.gather(good, span), 0)
-      first = tf.argmax(tf.cast(bad | empty_pass, tf.int32))
-      previous = batch[5] if checking else {"path": tf.fill([count], ""),
-                                             "index": tf.fill([count], tf.constant(-1, tf.int64))}
-      failure = {"failed": tf.reduce_any(bad | empty_pass), "gap": ~in_order[first],
-                 "header": tf.where(bad[first], _BAD_RECORD, no_records),
-                 "path": previous["path"][first], "index": previous["index"][first],
-                 "problem": problem[first]}
-      keep = ~end
-      return (tf.boolean_mask(pixels, keep), tf.boolean_mask(label, keep),
-              good[tf.reduce_sum(tf.cast(pass_end, tf.int32))], failure)
-
-    def fine():
-      return pixels, label, usable + count, no_failure
-
-    pixels, label, usable, failure = tf.cond(clean, fine, examine)
-    return (position[-1] + 1, usable), (pixels, label, failure)
-
-  no_failure = {"failed": tf.constant(False), "gap": tf.constant(False),
-                "header": tf.constant(""), "path": tf.constant(""),
-                "index": tf.constant(-1, tf.int64), "problem": tf.constant("")}
-
-  def report(failure):
-    """A dataset whose element raises the failure's error, the bad record diagnosed."""
-    record = tf.data.TFRecordDataset(failure["path"]).skip(failure["index"]).take(
-        tf.cast(failure["gap"], tf.int64))
-    diagnosed = _problems(record, config).map(lambda problem: tf.strings.join([
-        failure["path"], ":", tf.strings.as_string(failure["index"]), ": ", problem]))
-    known = tf.data.Dataset.from_tensors(failure["problem"]).take(
-        tf.cast(~failure["gap"], tf.int64))
-
-    def fail(message):
-      with tf.control_dependencies([tf.debugging.Assert(
-          tf.constant(False), [failure["header"], message], summarize=1)]):
-        return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
-                tf.constant(0, tf.int64))
-
-    return diagnosed.concatenate(known).map(fail)
+  # In order: gaps find bad records (and skipping measured faster so too).
+  decoded = numbered.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Usable records before the first marker: unknown in training (the marker may come first).
+  before_first = tf.constant(1 if training else 0, tf.int64)
+  checked = decoded.ignore_errors().batch(_CHECK_BATCH).scan(
+      (tf.constant(0, tf.int64), before_first, tf.constant(0, tf.int64)),
+      lambda state, batch: _check_batch(state, batch, checking, no_records))
 
   def expand(pixels, label, failure):
     # Errors are raised from datasets rather than ops: reading a record again inside an op
@@ -281,10 +225,8 @@ def _checked_images(records, image, config, repeat, no_records):
     images = tf.data.Dataset.from_tensor_slices((pixels, label))
     images = images.take(tf.where(failure["failed"], tf.constant(0, tf.int64), -1))
     errors = tf.data.Dataset.from_tensors(failure).take(tf.cast(failure["failed"], tf.int64))
-    return images.concatenate(errors.flat_map(report))
+    return images.concatenate(errors.flat_map(lambda failure: _report(failure, config)))
 
-  checked = decoded.batch(_CHECK_BATCH).scan(
-      (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), check)
   return checked.flat_map(expand)
 
 
@@ -297,13 +239,84 @@ def _with_previous(last, batch):
           (position, record, {"path": paths[:-1], "index": indices[:-1]}))
 
 
+def _no_image(config):
+  return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+          tf.constant(0, tf.int64))
+
+
+_NO_FAILURE = {"failed": False, "gap": False, "header": "", "path": "", "index": -1,
+               "problem": ""}
+
+
+def _check_batch(state, batch, checking, no_records):
+  """Scan step over decoded batches: (images, labels) without the markers, and a failure.
+
+  state: next position, usable records in the last span between markers and in the current
+  one. The failure is the first gap or shard problem (when `checking`) or two spans in a row
+  without a usable record (they hold a whole pass, wherever the markers are).
+  """
+  expected, usable_before, usable = state
+  position, end, problem, pixels, label = batch[:5]
+  count = tf.size(position, out_type=tf.int64)
+  # Positions increase, so none is missing if the first and last are as expected.
+  complete = tf.equal(position[0], expected) & tf.equal(position[-1], expected + count - 1)
+  clean = (complete | (not checking)) & ~tf.reduce_any(end)
+
+  def examine():
+    in_order = tf.equal(position, tf.concat([[expected], position[:-1] + 1], 0))
+    no_problem = tf.equal(problem, "")
+    bad = ~in_order | ~no_problem if checking else tf.zeros_like(end)
+    # Usable records per span between markers; the first span goes on from the last batch.
+    marker = end & no_problem
+    span = tf.cumsum(tf.cast(marker, tf.int32), exclusive=True)
+    spans = tf.size(position) + 1
+    good = tf.math.unsorted_segment_sum(tf.cast(~end, tf.int64), span, spans)
+    good += tf.one_hot(0, spans, on_value=usable, off_value=tf.constant(0, tf.int64))
+    good_before = tf.concat([[usable_before], good[:-1]], 0)
+    unusable = marker & tf.equal(tf.gather(good + good_before, span), 0)
+    first = tf.argmax(tf.cast(bad | unusable, tf.int32))
+    previous = batch[5] if checking else {"path": tf.fill([count], ""),
+                                           "index": tf.fill([count], tf.constant(-1, tf.int64))}
+    failure = {"failed": tf.reduce_any(bad | unusable),
+               "gap": bad[first] & ~in_order[first],
+               "header": tf.where(bad[first], _BAD_RECORD, no_records),
+               "path": previous["path"][first], "index": previous["index"][first],
+               "problem": problem[first]}
+    markers = tf.reduce_sum(tf.cast(marker, tf.int32))
+    return (tf.boolean_mask(pixels, ~end), tf.boolean_mask(label, ~end), good_before[markers],
+            good[markers], failure)
+
+  no_failure = {key: tf.constant(value, tf.int64 if key == "index" else None)
+                for key, value in _NO_FAILURE.items()}
+  pixels, label, usable_before, usable, failure = tf.cond(
+      clean, lambda: (pixels, label, usable_before, usable + count, no_failure), examine)
+  return (position[-1] + 1, usable_before, usable), (pixels, label, failure)
+
+
+def _report(failure, config):
+  """A dataset whose one element raises the failure's error, a missing record diagnosed."""
+  where = tf.strings.join([failure["path"], ":", tf.strings.as_string(failure["index"]), ": "])
+  record = tf.data.TFRecordDataset(failure["path"]).skip(failure["index"]).take(
+      tf.cast(failure["gap"], tf.int64))
+  diagnosed = _problems(record, config).map(lambda problem: where + problem)
+  known = tf.data.Dataset.from_tensors(failure["problem"]).take(
+      tf.cast(~failure["gap"], tf.int64))
+  unknown = tf.data.Dataset.from_tensors(where + "cannot be read again")
+
+  def fail(message):
+    with tf.control_dependencies([tf.debugging.Assert(
+        tf.constant(False), [failure["header"], message], summarize=1)]):
+      return _no_image(config)
+
+  return diagnosed.concatenate(known).concatenate(unknown).take(1).map(fail)
+
+
 def _check_label(label, config):
-  """`label` (after label_offset) as int64; an op error unless it is in [0, num_classes)."""
+  """`label` (0-based) as int64; an op error unless it is in [0, num_classes)."""
   label = tf.cast(label, tf.int64)
   in_range = (label >= 0) & (label < config.num_classes)
   with tf.control_dependencies([tf.debugging.Assert(in_range, [
-      f"ImageNet data: label outside [0, num_classes={config.num_classes}) after "
-      f"label_offset={config.label_offset}:", label])]):
+      f"ImageNet data: label outside [0, num_classes={config.num_classes}):", label])]):
     return tf.identity(label)
 
 
@@ -359,8 +372,8 @@ def _attempt(fn, value, fallback):
 
 
 def _empty_after(tensor):
-  """"" computed from `tensor`, so that the ops making it run (a control dependency on a
-  stateless op can be pruned away)."""
+  """An empty string computed from `tensor`, so that the ops making `tensor` run (a control
+  dependency on a stateless op can be pruned away)."""
   return tf.strings.substr(tf.strings.as_string(tf.size(tensor)), 0, 0)
 
 
@@ -455,7 +468,7 @@ def _shard_records(path, size, mode):
     sizes = tf.cast(tf.strings.length(serialized), tf.int64) + _RECORD_FRAMING_BYTES
     count = tf.size(serialized, out_type=tf.int64)
 
-    def records():
+    def in_shard():
       return {"path": tf.fill([count], path), "index": index + tf.range(count),
               "serialized": serialized, "end": tf.zeros([count], tf.bool),
               "problem": tf.fill([count], "")}
@@ -479,7 +492,7 @@ def _shard_records(path, size, mode):
               "serialized": tf.fill([rows], ""), "end": tf.fill([rows], True),
               "problem": tf.fill([rows], tf.where(broken, problem, ""))}
 
-    return (index + count, offset + tf.reduce_sum(sizes)), tf.cond(end, shard_end, records)
+    return (index + count, offset + tf.reduce_sum(sizes)), tf.cond(end, shard_end, in_shard)
 
   return batches.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), number).unbatch()
 
@@ -487,8 +500,8 @@ def _shard_records(path, size, mode):
 def count_bad_records(config, split, max_logged=10):
   """Number of bad records in `split` (one full scan, eager): those skip_bad_records drops.
 
-  Each record is parsed and fully decoded. The first `max_logged` bad ones are logged with
-  file, record and problem. A shard whose framing breaks counts as one bad record: the records
+  Each record is parsed and fully decoded (training decodes only a crop, so it may drop fewer
+  records). The first `max_logged` bad ones are logged with file, record and problem. A shard whose framing breaks counts as one bad record: the records
   after the break cannot be found.
   """
   if config.source == "tfds":

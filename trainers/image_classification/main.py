@@ -29,6 +29,8 @@ _HELP = {
     "data_source": f"Where the data comes from: {', '.join(config_lib.DATA_SOURCES)}.",
     "data_dir": "Directory of train-*/validation-* shards (local or gs://), the TFDS data "
                 "dir, or where to cache generated data.",
+    "skip_bad_records": "Drop records that fail to parse or decode or have a label out of "
+                        "range (logged with file and record) instead of stopping at the first.",
     "train_examples": "Examples per epoch for --train_epochs (default: the split's size).",
     "dtype": f"Compute dtype: {', '.join(config_lib.DTYPES)} (variables stay float32).",
     "train_steps": "Training steps (or --train_epochs).",

@@ -49,7 +49,7 @@ def _data_config(config, data_dir):
       source="tfds" if config.data_source == "tfds" else "tfrecord", data_dir=data_dir,
       image_size=config.image_size, num_classes=config.num_classes,
       global_batch_size=config.global_batch_size, seed=config.seed,
-      deterministic=config.deterministic)
+      deterministic=config.deterministic, skip_bad_records=config.skip_bad_records)
 
 
 def _prepare_data_dir(config):
