@@ -54,10 +54,9 @@ def _log_bad_records(data_config):
                len(paths))
 
 
-def _memory_estimate(table_sizes, embedding_dim, sparse_mode):
-  """Bytes of the tables, Adam's two slots, and in dense mode one dense gradient per table."""
-  copies = 4 if sparse_mode == "dense" else 3
-  return sum(table_sizes) * embedding_dim * 4 * copies
+def _memory_estimate(table_sizes, embedding_dim, amsgrad):
+  """Bytes of the tables and their Adam slots (sparse gradients are never made dense)."""
+  return sum(table_sizes) * embedding_dim * 4 * (4 if amsgrad else 3)
 
 
 def _tpu_step(config, table_sizes, optimizer, strategy):
@@ -119,7 +118,7 @@ def train_and_evaluate(config):
                "sparse_mode %s; %d steps of %d examples; strategy %s with %d replica(s)",
                sum(table_sizes) * config.embedding_dim, len(table_sizes),
                config.embedding_dim,
-               _memory_estimate(table_sizes, config.embedding_dim, config.sparse_mode) / 1e9,
+               _memory_estimate(table_sizes, config.embedding_dim, config.amsgrad) / 1e9,
                config.sparse_mode, config.train_steps, config.global_batch_size,
                type(strategy).__name__, strategy.num_replicas_in_sync)
 
