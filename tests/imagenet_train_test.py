@@ -4,6 +4,7 @@ They train on tiny generated data.
 """
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -60,6 +61,16 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_data):
   assert want.keys() == got.keys()
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_skip_bad_records_counts_them_before_training(tmp_path, tiny_data, caplog):
+  with caplog.at_level(logging.INFO):
+    metrics = train.train_and_evaluate(_config(tmp_path, tiny_data, train_steps=5,
+                                               steps_per_loop=5, eval_every=5, log_every=5,
+                                               skip_bad_records=True))
+  assert set(metrics) == {"top1", "top5"}
+  assert "--skip_bad_records: 0 bad train record(s) skipped in" in caplog.text
+  assert "--skip_bad_records: 0 bad validation record(s) skipped in" in caplog.text
 
 
 def test_resume_after_the_last_step_only_evaluates(tmp_path, tiny_data):

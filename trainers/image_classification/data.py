@@ -501,8 +501,8 @@ def count_bad_records(config, split, max_logged=10):
   """Number of bad records in `split` (one full scan, eager): those skip_bad_records drops.
 
   Each record is parsed and fully decoded (training decodes only a crop, so it may drop fewer
-  records). The first `max_logged` bad ones are logged with file, record and problem. A shard whose framing breaks counts as one bad record: the records
-  after the break cannot be found.
+  records). The first `max_logged` bad ones are logged with file, record and problem. A shard
+  whose framing breaks counts as one bad record: the records after the break cannot be found.
   """
   if config.source == "tfds":
     raise ValueError("ImageNet data: count_bad_records reads TFRecord shards; TFDS checks its "

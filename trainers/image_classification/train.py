@@ -52,6 +52,21 @@ def _data_config(config, data_dir):
       deterministic=config.deterministic, skip_bad_records=config.skip_bad_records)
 
 
+# Counting bad records with --skip_bad_records decodes every image once; beyond this size the
+# count is left out rather than reading a whole ImageNet twice.
+_COUNT_BAD_RECORDS_MAX_BYTES = 2 << 30
+
+
+def _log_bad_records(data_config, split):
+  _, sizes = data.usable_shards(data_config.data_dir, split)
+  if sum(sizes) > _COUNT_BAD_RECORDS_MAX_BYTES:
+    logging.info("--skip_bad_records: the %s shards (%.1f GB) are too large to count bad "
+                 "records up front; they are dropped without a count", split, sum(sizes) / 1e9)
+    return
+  logging.info("--skip_bad_records: %d bad %s record(s) skipped in %d shard(s)",
+               data.count_bad_records(data_config, split), split, len(sizes))
+
+
 def _prepare_data_dir(config):
   if config.data_source != "generated":
     return config.data_dir, None
@@ -72,6 +87,9 @@ def train_and_evaluate(config):
   keras.mixed_precision.set_global_policy(_POLICIES[config.dtype])
   data_dir, generated_examples = _prepare_data_dir(config)
   data_config = _data_config(config, data_dir)
+  if config.skip_bad_records and data_config.source != "tfds":
+    for split in ("train", "validation"):
+      _log_bad_records(data_config, split)
   total_steps = config.total_steps(generated_examples or 0)
 
   with strategy.scope():
