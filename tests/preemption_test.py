@@ -1,9 +1,13 @@
-"""A real trainer process (//trainers:embedding, tiny settings) stopped by SIGTERM and killed
-by SIGKILL at random moments: it always resumes from its last complete checkpoint, and with
---deterministic ends with exactly the weights of an uninterrupted run."""
+"""A real trainer process (//trainers:embedding, tiny settings) stopped by SIGTERM, killed by
+SIGKILL at random moments, losing its data files or running out of disk: it always stops with
+a clear message and resumes from its last complete checkpoint, and with --deterministic ends
+with exactly the weights of an uninterrupted run."""
 
 import os
+import glob
 import random
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,13 +41,19 @@ def data_dir(tmp_path_factory):
 class _Trainer:
   """The trainer in its own process, its log going to a file (a pipe could fill and stall it)."""
 
-  def __init__(self, model_dir, data_dir, extra_flags=(), env=None):
+  def __init__(self, model_dir, data_dir, extra_flags=(), env=None, max_file_bytes=None):
     self.log_path = f"{model_dir}.log.{time.time_ns()}"
+
+    def limit_file_size():  # in the child: writes past the limit fail as on a full disk
+      signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+      resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     with open(self.log_path, "w") as log:
       self.process = subprocess.Popen(
           [sys.executable, "-m", "trainers.ctr.main", *FLAGS, f"--model_dir={model_dir}",
            f"--data_dir={data_dir}", *extra_flags], env=env or local_cluster.base_env(),
-          cwd=ROOT, stderr=log, stdout=log)
+          cwd=ROOT, stderr=log, stdout=log,
+          preexec_fn=limit_file_size if max_file_bytes else None)
 
   def log(self):
     with open(self.log_path) as f:
@@ -142,6 +152,41 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, data_dir):
   assert want.keys() == got.keys()
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, data_dir):
+  first = _Trainer(tmp_path, data_dir, ["--train_steps=20"])
+  assert "final evaluation" in first.finish() and first.process.returncode == 0
+  checkpoint_bytes = max(os.path.getsize(p) for p in glob.glob(f"{tmp_path}/checkpoints/*data*"))
+  full = _Trainer(tmp_path, data_dir, max_file_bytes=checkpoint_bytes // 2)
+  log = full.finish()
+  assert full.process.returncode != 0
+  assert "resuming from" in log and "ckpt-20 at step 20" in log
+  assert "training stopped at step 30 by" in log
+  assert f"The last complete checkpoint is {tmp_path}/checkpoints/ckpt-20" in log
+  assert _latest_step(str(tmp_path)) == 20
+  tf.train.load_checkpoint(os.path.join(tmp_path, "checkpoints")).get_tensor(
+      "steps_done/.ATTRIBUTES/VARIABLE_VALUE")  # still loads
+
+
+def test_data_files_that_vanish_mid_run_are_named_and_the_checkpoint_kept(tmp_path, data_dir):
+  source = sorted(glob.glob(f"{data_dir}/*/train-*"))[0]  # one shard: an epoch of 32 steps
+  train_dir = tmp_path / "data"
+  train_dir.mkdir()
+  copy = str(train_dir / os.path.basename(source))
+  shutil.copy(source, copy)
+  evaluation = sorted(glob.glob(f"{data_dir}/*/eval-*"))[0]
+  trainer = _Trainer(tmp_path / "model", data_dir, [
+      "--data_source=criteo", "--table_sizes=1000", f"--train_files={copy}",
+      f"--eval_files={evaluation}"])
+  trainer.wait_for("step 10/120")
+  os.remove(copy)  # read again at the next epoch
+  log = trainer.finish()
+  assert trainer.process.returncode != 0
+  assert "training stopped at step" in log and "NotFoundError" in log and copy in log
+  stopped_at = _latest_step(str(tmp_path / "model"))
+  assert stopped_at >= 10 and "The last complete checkpoint is" in log
+  tf.train.load_checkpoint(os.path.join(tmp_path, "model", "checkpoints"))
 
 
 if __name__ == "__main__":
