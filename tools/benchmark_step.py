@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from tools import cpu_load
 
 MODELS = ("mlp16m", "resnet20")
 # Per-model defaults: timed steps per round per variant, batch size, and the number of
@@ -229,40 +230,6 @@ def make_variants(model_name, dataset):
 
 # ---- Benchmark ---------------------------------------------------------------------------
 
-class CpuMonitor:
-  """How busy the machine was with work other than this process during an interval.
-
-  Other processes (tests, builds) on a 2-core machine slow every variant they overlap with;
-  the tool reports their share so that a noisy round can be recognized.
-  """
-
-  def __init__(self):
-    self._tick = os.sysconf("SC_CLK_TCK")
-    self._cores = os.cpu_count() or 1
-
-  def _machine_busy_seconds(self):
-    try:
-      with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-      return None
-    user, nice, system, _, _, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / self._tick
-
-  def start(self):
-    times = os.times()
-    return time.perf_counter(), self._machine_busy_seconds(), times.user + times.system
-
-  def other_load(self, started):
-    """Fraction of the machine's cores busy with other work since `started` (None: unknown)."""
-    wall0, busy0, own0 = started
-    wall, busy, times = time.perf_counter() - wall0, self._machine_busy_seconds(), os.times()
-    if busy0 is None or busy is None or wall <= 0:
-      return None
-    other = (busy - busy0) - (times.user + times.system - own0)
-    return min(max(other / (wall * self._cores), 0.0), 1.0)
-
-
 def benchmark_model(model_name, rounds, steps, batch_size):
   """Builds, warms up and times every variant of one model; returns a result dict."""
   logging.info("[%s] generating data (batch %d) ...", model_name, batch_size)
@@ -298,18 +265,18 @@ def benchmark_model(model_name, rounds, steps, batch_size):
 
   timings = {v.name: [] for v in variants}
   other_loads = {v.name: [] for v in variants}
-  monitor = CpuMonitor()
+  meter = cpu_load.CpuMeter()
   executed = {}
   for r in range(rounds):
     order = variants[r % len(variants):] + variants[:r % len(variants)]
     for variant in order:
       calls = math.ceil(steps / variant.steps_per_call)
       executed[variant.name] = calls * variant.steps_per_call
-      started = monitor.start()
+      started = meter.start()
       start = time.perf_counter()
       loss = variant.run(calls)
       seconds = time.perf_counter() - start
-      other = monitor.other_load(started)
+      other = meter.stop(started)[2]
       timings[variant.name].append(seconds)
       other_loads[variant.name].append(other)
       logging.info("[%s] round %d/%d  %-24s %3d steps in %6.2f s = %6.2f steps/s  (loss %.4f; "
