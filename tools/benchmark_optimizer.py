@@ -1,0 +1,944 @@
+"""Times the Adam update alone (gradients given) of adam_xla beside Keras 3 and TensorFlow.
+
+    ./bazelw run //tools:benchmark_optimizer -- [--cases=16000000x50,1000000x200] [--quick]
+
+No model, no loss, no input pipeline: each case is PARAMS float32 parameters split into
+TENSORS equally sized 1-D variables of PARAMS/TENSORS elements each (PARAMS must be a multiple
+of TENSORS), and fixed gradients. The gradients are constant tensors drawn once from --seed
+(normal, scale 0.01) and the initial values too (normal, scale 0.05); every variant gets the
+same ones and holds its own copy of the variables. The variants (registry VARIANTS):
+
+  adam_xla              adam_xla.Adam(learning_rate=1e-3); build(vars); one
+                        tf.function(jit_compile=True) calling apply_gradients(zip(grads, vars))
+  keras jit             keras.optimizers.Adam(learning_rate=1e-3) over keras.Variables;
+                        build(vars); tf.function(jit_compile=True) calling apply(grads, vars)
+  keras no-jit          the same in a tf.function without XLA
+  tf ResourceApplyAdam  TensorFlow's fused C++ kernel (tf.raw_ops.ResourceApplyAdam) once per
+                        variable, with its own m and v variables and beta powers computed from
+                        its step count: the same math as Keras (epsilon hat), no XLA
+  jit Adam, one flat buffer   hand-written Adam (same formula) over one flat variable holding
+                        every tensor, with flat m and v: the layout a per-variable optimizer
+                        cannot use (a model's weights are separate variables); it shows the
+                        cost of the tensor count
+  bound: var -= grad per variable
+                        not Adam: each variable minus its gradient in one XLA program, the
+                        least any update of TENSORS separate variables does; a lower bound on
+                        time (checked against nothing)
+  bandwidth probe       v = v * 0.5 + 1 in place over --bandwidth_mb of float32, compiled with
+                        XLA: reads and writes 8 bytes per element. It is one of the timed
+                        variants, so the bandwidth is measured under the same conditions as
+                        the updates it is held against.
+
+All use the Keras defaults beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7. Adam must read the
+parameter, its gradient, m and v and write the parameter, m and v: 28 bytes per float32
+parameter. The floor of a case is 28 B x PARAMS / (probe bandwidth), and "x floor" is how far
+above it an update runs. A single-threaded NumPy `x += 1` bandwidth is measured once and
+reported beside the probe (it is not used for the floor: TensorFlow uses every core).
+
+Each variant is built and called once untimed (tracing, XLA compilation), then all of them run
+--warmup_rounds untimed rounds and --rounds timed rounds, every variant once per round (--steps
+updates; the probe as many passes as take about 0.2 s, counted once after compiling) in an
+order rotated from round to round, so that noise from other processes hits them alike. Each
+timed run ends by fetching a value, which waits for its work. Figures are medians over the
+rounds, with the range, and the largest share of the CPUs other processes used during a run.
+Cases run one after the other, each one's variables freed before the next.
+
+Checks (the issue's targets, module constants; each only when its case was run): at
+16,000,000 x 50, adam_xla within 1.4x of the floor and keras jit / adam_xla >= 1.6; at
+1,000,000 x 200 (per-variable overhead dominates), keras jit / adam_xla >= 5.
+
+A timing of different work is worthless, so after the rounds the tool checks that every
+optimizer variant applied the same number of steps and ends with the same parameters: each is
+compared with adam_xla over all tensors and, on the first tensor, with a float64 NumPy Adam
+(see `tolerance`). A disagreement stops the tool with a non-zero exit and the differences.
+"""
+
+import dataclasses
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+import adam_xla
+from tools import cpu_load
+
+LEARNING_RATE = 1e-3
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
+ADAM_BYTES_PER_PARAM = 28  # read var, grad, m, v; write var, m, v (float32)
+PROBE_BYTES_PER_ELEMENT = 8  # v = v * 0.5 + 1: read and write one float32
+_INITIAL_SCALE, _GRADIENT_SCALE = 0.05, 0.01
+# The probe runs whole passes per round, at least 3 and enough for about this long (like one
+# round of an update variant, and above the 0.1 s cpu_load.CpuMeter needs).
+_PROBE_SECONDS_PER_ROUND = 0.2
+_PROBE_MIN_PASSES = 3
+_NUMPY_PASSES = 5
+# Default updates per round: this many parameter-updates, within [_MIN_STEPS, _MAX_STEPS]
+# (20 at 16M parameters, 100 at 1M): a few tenths of a second per variant and round.
+_PARAMS_PER_ROUND = 320_000_000
+_MIN_STEPS, _MAX_STEPS = 5, 100
+
+REFERENCE = "adam_xla"  # what every other optimizer variant is compared with
+BASELINE = "keras jit"  # the "keras jit / this" column
+PROBE = "bandwidth probe"
+
+# The issue's targets. Each check is emitted only when its case (params, tensors) was run.
+FLOOR_RATIO_MAX_16M = 1.4  # adam_xla median / Adam floor at 16,000,000 x 50
+KERAS_OVER_ADAM_XLA_MIN_16M = 1.6  # keras jit / adam_xla at 16,000,000 x 50
+KERAS_OVER_ADAM_XLA_MIN_1M = 5.0  # keras jit / adam_xla at 1,000,000 x 200
+TARGETS = (
+    # (params, tensors, figure, comparison, threshold)
+    (16_000_000, 50, "x floor", "<=", FLOOR_RATIO_MAX_16M),
+    (16_000_000, 50, "keras jit / adam_xla", ">=", KERAS_OVER_ADAM_XLA_MIN_16M),
+    (1_000_000, 200, "keras jit / adam_xla", ">=", KERAS_OVER_ADAM_XLA_MIN_1M),
+)
+
+DEFAULT_CASES = ("16000000x50", "1000000x200")
+QUICK = {"cases": ("400000x20", "100000x50"), "rounds": 1, "warmup_rounds": 1, "steps": 5,
+         "bandwidth_mb": 64}
+# Environment variables that change how TensorFlow and XLA run on CPU; printed when set.
+_ENV_VARS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS",
+             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
+class ParameterMismatch(RuntimeError):
+  """Optimizer variants ended with different parameters (or step counts): timings invalid."""
+
+
+# ---- Configuration -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """PARAMS float32 parameters in TENSORS 1-D variables of PARAMS / TENSORS elements."""
+
+  params: int
+  tensors: int
+
+  @property
+  def size(self):
+    return self.params // self.tensors
+
+  @property
+  def label(self):
+    return f"{self.params:,} x {self.tensors}"
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything `run` needs; main() fills it from the flags, tests build it directly."""
+
+  cases: tuple = dataclasses.field(default_factory=lambda: parse_cases(DEFAULT_CASES))
+  rounds: int = 7
+  warmup_rounds: int = 1
+  steps: int | None = None  # None: default_steps(case)
+  bandwidth_mb: int = 512
+  seed: int = 0
+  variants: tuple = ()  # () means every registered variant
+  json_out: str | None = None
+  quick: bool = False
+  command: str | None = None  # for the report; None: this process's command line
+
+
+def parse_cases(values):
+  """["16000000x50", ...] -> (Case, ...); a UsageError naming --cases otherwise."""
+  cases = []
+  for value in values:
+    parts = value.strip().lower().split("x")
+    try:
+      params, tensors = (int(p) for p in parts)
+    except ValueError:
+      raise app.UsageError(f"--cases: {value!r} is not PARAMSxTENSORS (e.g. 16000000x50)."
+                           ) from None
+    if tensors < 1 or params < tensors or params % tensors:
+      raise app.UsageError(f"--cases: {value!r}: TENSORS must be >= 1 and PARAMS a positive "
+                           "multiple of it.")
+    cases.append(Case(params, tensors))
+  if not cases or len(set(cases)) < len(cases):
+    raise app.UsageError(f"--cases must list distinct cases; got {values}.")
+  return tuple(cases)
+
+
+def validate(config, registry):
+  """UsageErrors naming the flag, for configs from flags and from code alike."""
+  for name in ("rounds", "bandwidth_mb"):
+    if getattr(config, name) < 1:
+      raise app.UsageError(f"--{name} must be >= 1; got {getattr(config, name)}.")
+  if config.warmup_rounds < 0:
+    raise app.UsageError(f"--warmup_rounds must be >= 0; got {config.warmup_rounds}.")
+  if config.steps is not None and config.steps < 1:
+    raise app.UsageError(f"--steps must be >= 1; got {config.steps}.")
+  unknown = [v for v in config.variants if v not in registry]
+  if unknown or len(set(config.variants)) < len(config.variants):
+    raise app.UsageError(f"--variants must list distinct names from {list(registry)}; got "
+                         f"{list(config.variants)}.")
+  if not config.cases:
+    raise app.UsageError("--cases must not be empty.")
+
+
+def default_steps(case):
+  """Updates per round: about _PARAMS_PER_ROUND parameter-updates, i.e. 0.1-0.3 s per run."""
+  return min(max(_PARAMS_PER_ROUND // case.params, _MIN_STEPS), _MAX_STEPS)
+
+
+# ---- The problem and the variants --------------------------------------------------------
+
+@dataclasses.dataclass
+class Problem:
+  """What every variant of a case starts from: initial values, gradients, probe size."""
+
+  case: Case
+  initial: np.ndarray  # [tensors, size] float32; row i is variable i
+  grads: list  # tf.Tensor per variable, constant
+  bandwidth_mb: int
+
+
+def make_problem(case, seed, bandwidth_mb):
+  rng = np.random.default_rng(seed)
+  shape = (case.tensors, case.size)
+  initial = rng.standard_normal(shape, dtype=np.float32) * np.float32(_INITIAL_SCALE)
+  grads = rng.standard_normal(shape, dtype=np.float32) * np.float32(_GRADIENT_SCALE)
+  return Problem(case, initial, [tf.constant(g) for g in grads], bandwidth_mb)
+
+
+def _variables_bytes(variables):
+  """Bytes held by distinct variables (tf or Keras)."""
+  seen, total = set(), 0
+  for v in variables:
+    if id(v) not in seen:
+      seen.add(id(v))
+      total += int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+  return total
+
+
+class Variant:
+  """An optimizer variant: run(steps) -> its step count after them, params(), state_bytes().
+
+  run() ends by fetching a value, which waits for the work; params() returns the variables as
+  NumPy arrays (for the agreement check); state_bytes() the bytes of the optimizer's own
+  variables (m, v, step count, ...).
+  """
+
+  kind = "optimizer"
+
+  def __init__(self, problem):
+    self.params_count = problem.case.params
+
+  def bytes_per_step(self):
+    return ADAM_BYTES_PER_PARAM * self.params_count
+
+  def steps_per_round(self, update_steps):
+    """Runs per timed round: the case's updates per round."""
+    return update_steps
+
+  def run(self, steps):
+    raise NotImplementedError
+
+  def params(self):
+    return [v.numpy() for v in self._vars]
+
+  def state_bytes(self):
+    raise NotImplementedError
+
+
+class AdamXla(Variant):
+  """adam_xla.Adam, its apply_gradients in one tf.function(jit_compile=True)."""
+
+  def __init__(self, problem, learning_rate=LEARNING_RATE):
+    super().__init__(problem)
+    self._vars = [tf.Variable(row) for row in problem.initial]
+    self._opt = adam_xla.Adam(learning_rate=learning_rate, beta_1=BETA_1, beta_2=BETA_2,
+                              epsilon=EPSILON)
+    self._opt.build(self._vars)
+    pairs = list(zip(problem.grads, self._vars))
+    self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
+                               jit_compile=True)
+
+  def run(self, steps):
+    for _ in range(steps):
+      count = self._update()
+    return int(count.numpy())
+
+  def state_bytes(self):
+    extra = [self._opt.learning_rate] if isinstance(self._opt.learning_rate, tf.Variable) else []
+    return _variables_bytes(list(self._opt.variables) + extra)
+
+
+class KerasAdam(Variant):
+  """keras.optimizers.Adam over keras.Variables, its apply in a tf.function (XLA or not)."""
+
+  def __init__(self, problem, jit_compile, learning_rate=LEARNING_RATE):
+    super().__init__(problem)
+    self._vars = [keras.Variable(row) for row in problem.initial]
+    self._opt = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=BETA_1, beta_2=BETA_2,
+                                      epsilon=EPSILON)
+    self._opt.build(self._vars)
+    grads = list(problem.grads)
+
+    def update():
+      self._opt.apply(grads, self._vars)
+      return tf.convert_to_tensor(self._opt.iterations)
+
+    self._update = tf.function(update, jit_compile=jit_compile)
+
+  def run(self, steps):
+    for _ in range(steps):
+      count = self._update()
+    return int(count.numpy())
+
+  def state_bytes(self):
+    return _variables_bytes(self._opt.variables)
+
+
+class TfResourceApplyAdam(Variant):
+  """tf.raw_ops.ResourceApplyAdam per variable in one tf.function without XLA."""
+
+  def __init__(self, problem, learning_rate=LEARNING_RATE):
+    super().__init__(problem)
+    self._vars = [tf.Variable(row) for row in problem.initial]
+    self._m = [tf.Variable(tf.zeros([problem.case.size])) for _ in self._vars]
+    self._v = [tf.Variable(tf.zeros([problem.case.size])) for _ in self._vars]
+    self._step = tf.Variable(0, dtype=tf.int64)
+    grads = list(problem.grads)
+    f32 = lambda x: tf.constant(x, tf.float32)
+
+    @tf.function(jit_compile=False)
+    def update():
+      # The kernel takes beta^t and folds the bias correction into lr (epsilon hat), as Keras.
+      t = tf.cast(self._step + 1, tf.float32)
+      beta_1_power, beta_2_power = tf.pow(f32(BETA_1), t), tf.pow(f32(BETA_2), t)
+      for var, m, v, grad in zip(self._vars, self._m, self._v, grads):
+        tf.raw_ops.ResourceApplyAdam(
+            var=var.handle, m=m.handle, v=v.handle, beta1_power=beta_1_power,
+            beta2_power=beta_2_power, lr=f32(learning_rate), beta1=f32(BETA_1),
+            beta2=f32(BETA_2), epsilon=f32(EPSILON), grad=grad)
+      return self._step.assign_add(1)
+
+    self._update = update
+
+  def run(self, steps):
+    for _ in range(steps):
+      count = self._update()
+    return int(count.numpy())
+
+  def state_bytes(self):
+    return _variables_bytes(self._m + self._v + [self._step])
+
+
+class BandwidthProbe(Variant):
+  """v = v * 0.5 + 1 in place over bandwidth_mb of float32 under XLA: 8 B per element."""
+
+  kind = "probe"
+
+  def __init__(self, problem):  # pylint: disable=super-init-not-called
+    self.megabytes = problem.bandwidth_mb
+    self.elements = self.megabytes * 2**20 // 4
+    self._v = tf.Variable(tf.ones([self.elements], tf.float32))
+
+    @tf.function(jit_compile=True)
+    def update():
+      # Converges to 2.0: no overflow or denormals, however many passes.
+      self._v.assign(self._v * 0.5 + 1.0)
+
+    self._update = update
+    self.passes = self._passes_per_round()
+
+  def _passes_per_round(self):
+    """Passes for about _PROBE_SECONDS_PER_ROUND, from a short timing after compiling."""
+    self.run(1)
+    start = time.perf_counter()
+    self.run(_PROBE_MIN_PASSES)
+    seconds_per_pass = (time.perf_counter() - start) / _PROBE_MIN_PASSES
+    return max(_PROBE_MIN_PASSES, math.ceil(_PROBE_SECONDS_PER_ROUND / seconds_per_pass))
+
+  def bytes_per_step(self):
+    return PROBE_BYTES_PER_ELEMENT * self.elements
+
+  def steps_per_round(self, update_steps):
+    del update_steps  # passes take their own time, calibrated in __init__
+    return self.passes
+
+  def run(self, steps):
+    for _ in range(steps):
+      self._update()
+    self._v[0].numpy()
+    return None
+
+  def params(self):
+    return None
+
+  def state_bytes(self):
+    return 0
+
+
+class FlatBufferAdam(Variant):
+  """Hand-written Adam (same formula) over ONE flat variable holding every tensor, under XLA.
+
+  Not something a per-variable optimizer can do (a model's weights are separate variables):
+  it shows what the per-tensor cost is, next to the same work as one kernel chain.
+  """
+
+  def __init__(self, problem, learning_rate=LEARNING_RATE):
+    super().__init__(problem)
+    self._shape = problem.initial.shape
+    self._flat = tf.Variable(problem.initial.reshape(-1))
+    self._m = tf.Variable(tf.zeros_like(self._flat))
+    self._v = tf.Variable(tf.zeros_like(self._flat))
+    self._step = tf.Variable(0, dtype=tf.int64)
+    grad = tf.constant(np.concatenate([g.numpy() for g in problem.grads]))
+
+    @tf.function(jit_compile=True)
+    def update():
+      t = tf.cast(self._step + 1, tf.float32)
+      lr_t = learning_rate * tf.sqrt(1 - tf.pow(BETA_2, t)) / (1 - tf.pow(BETA_1, t))
+      m = BETA_1 * self._m + (1 - BETA_1) * grad
+      v = BETA_2 * self._v + (1 - BETA_2) * tf.square(grad)
+      self._m.assign(m)
+      self._v.assign(v)
+      self._flat.assign_sub(lr_t * m / (tf.sqrt(v) + EPSILON))
+      return self._step.assign_add(1)
+
+    self._update = update
+
+  def run(self, steps):
+    for _ in range(steps):
+      count = self._update()
+    return int(count.numpy())
+
+  def params(self):
+    return list(self._flat.numpy().reshape(self._shape))
+
+  def state_bytes(self):
+    return _variables_bytes([self._m, self._v, self._step])
+
+
+class PerVariableBound(Variant):
+  """var -= grad for each variable in one XLA program: the least any update of TENSORS
+  separate variables does (read each variable and gradient, write each variable). Not Adam:
+  a lower bound on time, so it is left out of the agreement check."""
+
+  kind = "bound"
+
+  def __init__(self, problem):
+    super().__init__(problem)
+    self._vars = [tf.Variable(row) for row in problem.initial]
+    grads = list(problem.grads)
+
+    @tf.function(jit_compile=True)
+    def update():
+      for var, grad in zip(self._vars, grads):
+        var.assign_sub(grad)
+      return self._vars[0][0]
+
+    self._update = update
+
+  def bytes_per_step(self):
+    return 12 * self.params_count  # read var and grad, write var
+
+  def run(self, steps):
+    for _ in range(steps):
+      last = self._update()
+    last.numpy()
+    return None
+
+  def params(self):
+    return None
+
+  def state_bytes(self):
+    return 0
+
+
+# Name -> constructor(problem). A new variant (say, another slot layout of adam_xla) is one line.
+VARIANTS = {
+    "adam_xla": AdamXla,
+    "keras jit": functools.partial(KerasAdam, jit_compile=True),
+    "keras no-jit": functools.partial(KerasAdam, jit_compile=False),
+    "tf ResourceApplyAdam": TfResourceApplyAdam,
+    "jit Adam, one flat buffer": FlatBufferAdam,
+    "bound: var -= grad per variable": PerVariableBound,
+    PROBE: BandwidthProbe,
+}
+
+
+# ---- Correctness of the comparison -------------------------------------------------------
+
+def numpy_adam(initial, grad, steps, learning_rate=LEARNING_RATE):
+  """The documented Adam (epsilon hat) in float64, `steps` times with the same gradient."""
+  var = np.asarray(initial, np.float64).copy()
+  g = np.asarray(grad, np.float64)
+  m, v = np.zeros_like(var), np.zeros_like(var)
+  for t in range(1, steps + 1):
+    lr_t = learning_rate * math.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
+    m = BETA_1 * m + (1 - BETA_1) * g
+    v = BETA_2 * v + (1 - BETA_2) * g * g
+    var -= lr_t * m / (np.sqrt(v) + EPSILON)
+  return var
+
+
+def tolerance(steps, max_abs_param, learning_rate=LEARNING_RATE):
+  """Largest honest |difference| between two float32 Adams after `steps` identical steps.
+
+  The gradients are fixed, so m and v do not depend on the parameters: errors do not feed
+  back, they only add up over the steps. Per step t, between two implementations (each side
+  contributes, hence 2^-23 = 2 x 2^-24, float32's unit roundoff):
+    * each rounds the new parameter: 2^-23 max|p|;
+    * the step is about learning_rate in size (bias-corrected m / sqrt(v) is 1 for a constant
+      gradient) and carries the relative error of its own few roundings and of m and v, whose
+      recurrences add a rounding per step (v's decays only after 1 / (1 - beta_2) = 1000
+      steps; m's stays below 10 roundings): below 2^-23 (t / 2 + 16) learning_rate;
+    * bias correction: beta^t is computed in float32 (within 4 ulps for tf.pow), and the
+      absolute error of 1 - beta^t is a large relative error while 1 - beta_2^t is small:
+      2^-21 learning_rate (1 / (2 (1 - beta_2^t)) + 1 / (1 - beta_1^t)).
+  (That Keras rounds beta_2 to float32 changes nothing here: with a constant gradient the
+  bias-corrected m and v do not depend on the betas.) Summed over the steps, worst case (no
+  cancellation); the float64 NumPy reference, exact by comparison, is within half of it.
+
+  After 11 steps (--quick) it is 1.1e-6, after 121 steps at 16M 7.5e-6, after 601 steps at 1M
+  7.3e-5. Measured (seed 0): Keras, which rounds most, within 0.14, 0.27 and 0.18 of it;
+  ResourceApplyAdam within 0.03; adam_xla within 0.1 of NumPy. A real difference is far
+  larger: a learning rate 1% off moves the parameters by 1e-5 per step, 80-160x the
+  tolerance in those cases.
+  """
+  t = np.arange(1, steps + 1, dtype=np.float64)
+  bias_correction = np.sum(0.5 / (1 - BETA_2**t) + 1 / (1 - BETA_1**t))
+  return float(2.0**-23 * (steps * max_abs_param + learning_rate * np.sum(t / 2 + 16)) +
+               2.0**-21 * learning_rate * bias_correction)
+
+
+def compare_parameters(variants, problem, steps_applied, steps_reported=None,
+                       learning_rate=LEARNING_RATE):
+  """Max |difference| of each optimizer variant from adam_xla and from NumPy Adam.
+
+  `variants`: {name: Variant}; `steps_applied`: the updates each was asked for;
+  `steps_reported`: the step counts the variants report themselves. Returns a dict with the
+  tolerance, the step count and per-variant figures; `agreement_failures` reads it.
+  """
+  steps_reported = steps_reported or steps_applied
+  optimizers = {n: v for n, v in variants.items() if v.kind == "optimizer"}
+  params = {n: v.params() for n, v in optimizers.items()}
+  steps = max(steps_applied[n] for n in optimizers) if optimizers else 0
+  expected = numpy_adam(problem.initial[0], problem.grads[0].numpy(), steps, learning_rate)
+  scale = max([float(np.max(np.abs(problem.initial))), float(np.max(np.abs(expected)))] +
+              [float(np.max(np.abs(p))) for ps in params.values() for p in ps])
+  reference = params.get(REFERENCE)
+  rows = {}
+  for name, ps in params.items():
+    rows[name] = {
+        "steps": steps_applied[name], "steps_reported_by_variant": steps_reported[name],
+        "max_abs_diff_vs_numpy_first_tensor": float(np.max(np.abs(ps[0] - expected))),
+        "max_abs_diff_vs_adam_xla": (None if reference is None else
+                                     max(float(np.max(np.abs(a - b)))
+                                         for a, b in zip(ps, reference)))}
+  return {"steps": steps, "max_abs_param": scale,
+          "tolerance": tolerance(steps, scale, learning_rate), "variants": rows}
+
+
+def agreement_failures(agreement):
+  """Human-readable reasons the variants did not do the same work; [] when they did."""
+  failures = []
+  for name, row in agreement["variants"].items():
+    if row["steps"] != agreement["steps"]:
+      failures.append(f"{name} applied {row['steps']} steps, others {agreement['steps']}")
+    if row["steps_reported_by_variant"] != row["steps"]:
+      failures.append(f"{name} counts {row['steps_reported_by_variant']} steps of the "
+                      f"{row['steps']} it was given")
+    for key, against in (("max_abs_diff_vs_adam_xla", REFERENCE),
+                         ("max_abs_diff_vs_numpy_first_tensor", "float64 NumPy Adam")):
+      diff = row[key]
+      if diff is not None and not diff <= agreement["tolerance"]:  # NaN fails too
+        failures.append(f"{name} differs from {against} by {diff:.3g} "
+                        f"(tolerance {agreement['tolerance']:.3g})")
+  return failures
+
+
+# ---- Timing ------------------------------------------------------------------------------
+
+def build_variants(problem, names, registry):
+  """Constructs each variant and calls it once (tracing, compiling); untimed."""
+  variants, setup = {}, {}
+  for name in names:
+    logging.info("[%s] %s: building and compiling ...", problem.case.label, name)
+    start = time.perf_counter()
+    variant = registry[name](problem)
+    variant.run(1)
+    setup[name] = {"first_call_seconds": time.perf_counter() - start,
+                   "state_bytes": variant.state_bytes()}
+    variants[name] = variant
+  return variants, setup
+
+
+def time_variants(label, variants, steps, rounds, warmup_rounds):
+  """Untimed warm-up rounds, then interleaved timed rounds with the order rotated.
+
+  `steps`: {name: updates (or probe passes) per run}. Returns ({name: per-round records},
+  {name: steps applied in total, the first call included}, {name: step count reported}).
+  """
+  names = list(variants)
+  applied = {name: 1 for name in names}  # the untimed first call
+  reported = {}
+
+  def run(name):
+    applied[name] += steps[name]
+    reported[name] = variants[name].run(steps[name])
+
+  for r in range(warmup_rounds):
+    logging.info("[%s] untimed warm-up round %d/%d ...", label, r + 1, warmup_rounds)
+    for name in names:
+      run(name)
+  meter = cpu_load.CpuMeter()
+  records = {name: [] for name in names}
+  for r in range(rounds):
+    shift = r % len(names)
+    for name in names[shift:] + names[:shift]:
+      started = meter.start()
+      run(name)
+      wall, cores, other = meter.stop(started)
+      records[name].append({"seconds": wall, "steps": steps[name],
+                            "ms_per_step": 1000 * wall / steps[name], "cores": cores,
+                            "other_load": other})
+      logging.info("[%s] round %d/%d  %-22s %4d steps in %6.3f s = %8.3f ms/step "
+                   "(other processes %s)", label, r + 1, rounds, name, steps[name], wall,
+                   1000 * wall / steps[name], _load(other))
+  return records, applied, reported
+
+
+def summarize(records):
+  ms = [r["ms_per_step"] for r in records]
+  loads = [r["other_load"] for r in records if r["other_load"] is not None]
+  return {"median_ms": statistics.median(ms), "min_ms": min(ms), "max_ms": max(ms),
+          "max_other_load": max(loads) if loads else None, "rounds": records}
+
+
+def numpy_bandwidth(megabytes, passes=_NUMPY_PASSES):
+  """Single-threaded NumPy `x += 1` in place: GB/s at 8 B per element (median of passes)."""
+  x = np.ones(megabytes * 2**20 // 4, np.float32)
+  x += 1  # touch every page first
+  times = []
+  for _ in range(passes):
+    start = time.perf_counter()
+    x += 1
+    times.append(time.perf_counter() - start)
+  return {"megabytes": megabytes, "passes": passes,
+          "gbps": PROBE_BYTES_PER_ELEMENT * x.size / (statistics.median(times) * 1e9),
+          "seconds_per_pass": times}
+
+
+# ---- One case ----------------------------------------------------------------------------
+
+def benchmark_case(case, config, registry):
+  """Builds, times and cross-checks every variant on one case; returns its report row."""
+  names = list(config.variants) or list(registry)
+  problem = make_problem(case, config.seed, config.bandwidth_mb)
+  variants, setup = build_variants(problem, names, registry)
+  update_steps = config.steps or default_steps(case)
+  steps = {n: v.steps_per_round(update_steps) for n, v in variants.items()}
+  records, applied, reported = time_variants(case.label, variants, steps, config.rounds,
+                                             config.warmup_rounds)
+  logging.info("[%s] comparing parameters ...", case.label)
+  agreement = compare_parameters(variants, problem, applied, reported)
+  results = {n: {"kind": v.kind, "steps_per_round": steps[n], "bytes_per_step":
+                 v.bytes_per_step(), **setup[n], **summarize(records[n])}
+             for n, v in variants.items()}
+  for n, v in variants.items():
+    if v.kind == "probe":
+      results[n]["megabytes"] = v.megabytes
+  del variants, problem
+  gc.collect()
+  row = {"params": case.params, "tensors": case.tensors, "tensor_size": case.size,
+         "steps_per_round": update_steps, "agreement": agreement, "variants": results}
+  add_derived_figures(row)
+  failures = agreement_failures(agreement)
+  if failures:
+    print(format_agreement([row]))
+    raise ParameterMismatch(f"[{case.label}] the variants did not do the same work, so their "
+                            "timings cannot be compared:\n  " + "\n  ".join(failures))
+  return row
+
+
+def add_derived_figures(row):
+  """Probe bandwidth, Adam floor, and per variant: GB/s, x floor, keras jit / this."""
+  results = row["variants"]
+  probe = results.get(PROBE)
+  floor_ms = None
+  if probe:
+    probe["gbps"] = probe["bytes_per_step"] / (probe["median_ms"] * 1e6)
+    floor_ms = ADAM_BYTES_PER_PARAM * row["params"] / (probe["gbps"] * 1e6)
+  row["bandwidth_gbps"] = probe["gbps"] if probe else None
+  row["adam_floor_ms"] = floor_ms
+  baseline = results.get(BASELINE)
+  for result in results.values():
+    if result["kind"] == "probe":
+      continue
+    result["gbps"] = result["bytes_per_step"] / (result["median_ms"] * 1e6)
+    # A bound moves other bytes than Adam; its time is what the ratio column is for.
+    result["x_floor"] = (result["median_ms"] / floor_ms
+                         if floor_ms and result["kind"] == "optimizer" else None)
+    result["keras_jit_over_this"] = (baseline["median_ms"] / result["median_ms"]
+                                     if baseline else None)
+
+
+# ---- Checks and reporting ----------------------------------------------------------------
+
+def compute_checks(case_rows):
+  """The issue's targets (TARGETS) for the cases that were run, as JSON-ready dicts."""
+  checks = []
+  for params, tensors, figure, comparison, threshold in TARGETS:
+    row = next((r for r in case_rows if (r["params"], r["tensors"]) == (params, tensors)),
+               None)
+    adam = row["variants"].get(REFERENCE) if row else None
+    if adam is None:
+      continue
+    value = adam["x_floor"] if figure == "x floor" else adam["keras_jit_over_this"]
+    if value is None:  # the probe or keras jit was not among --variants
+      continue
+    passed = value <= threshold if comparison == "<=" else value >= threshold
+    checks.append({"name": f"{figure} at {params:,} x {tensors}", "value": value,
+                   "target": f"{comparison} {threshold:g}x", "passed": bool(passed),
+                   "unit": "x"})
+  return checks
+
+
+def _table(header, lines, left=2):
+  widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
+  fmt = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths)))
+  return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(line) for line in lines])
+
+
+def _load(value):
+  return "?" if value is None else f"{value:.0%}"
+
+
+def _fixed(value, digits=2, suffix=""):
+  return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def format_results(case_rows):
+  lines = []
+  for row in case_rows:
+    label = f"{row['params']:,} x {row['tensors']}"
+    for name, r in row["variants"].items():
+      if r["kind"] == "probe":
+        lines.append((label, f"{name} {r['megabytes']} MB", f"{r['median_ms']:.2f}",
+                      f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}", "", "", f"{r['gbps']:.1f}", "",
+                      _load(r["max_other_load"])))
+        continue
+      lines.append((label, name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
+                    f"{r['max_ms']:.2f}", _fixed(r["keras_jit_over_this"], suffix="x"),
+                    _fixed(r["x_floor"], suffix="x"), f"{r['gbps']:.1f}",
+                    f"{r['state_bytes'] / 2**20:.1f}", _load(r["max_other_load"])))
+    if row["adam_floor_ms"]:
+      lines.append((label, "Adam floor (28 B/param)", f"{row['adam_floor_ms']:.2f}", "", "", "",
+                    "1.00x", f"{row['bandwidth_gbps']:.1f}", "", ""))
+  return _table(("case", "variant", "median ms", "min", "max", "keras jit/this", "x floor",
+                 "GB/s", "state MB", "other load"), lines)
+
+
+def format_agreement(case_rows):
+  lines = []
+  for row in case_rows:
+    agreement = row["agreement"]
+    for name, a in agreement["variants"].items():
+      lines.append((f"{row['params']:,} x {row['tensors']}", name, a["steps"],
+                    "-" if a["max_abs_diff_vs_adam_xla"] is None else
+                    f"{a['max_abs_diff_vs_adam_xla']:.2e}",
+                    f"{a['max_abs_diff_vs_numpy_first_tensor']:.2e}",
+                    f"{agreement['tolerance']:.2e}"))
+  return _table(("case", "variant", "steps", "max |diff| vs adam_xla",
+                 "vs NumPy (1st tensor)", "tolerance"), lines)
+
+
+def format_checks(checks):
+  if not checks:
+    return "Checks: none (no case of the issue's targets was run)."
+  return "Checks (the issue's targets):\n" + _table(
+      ("check", "figure", "target", "result"),
+      [(c["name"], f"{c['value']:.2f}{c['unit']}", c["target"],
+        "PASS" if c["passed"] else "FAIL") for c in checks], left=1)
+
+
+def machine_info():
+  def read(path, default="unknown"):
+    try:
+      with open(path) as f:
+        return f.read().strip()
+    except OSError:
+      return default
+  cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo", "").splitlines()
+              if line.startswith("model name")), "unknown")
+  mem = next((line.split()[1] for line in read("/proc/meminfo", "").splitlines()
+              if line.startswith("MemTotal:")), None)
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+          "last_level_cache": read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
+          "memory_gib": round(int(mem) / 2**20, 1) if mem else None,
+          "python": platform.python_version(), "tensorflow": tf.__version__,
+          "keras": keras.__version__, "numpy": np.__version__,
+          "environment": {k: os.environ[k] for k in _ENV_VARS if k in os.environ}}
+
+
+def print_header(command, info):
+  print(f"command: {command}")
+  print(f"machine: {info['cpu']}, {info['logical_cores']} logical cores ({info['usable_cores']} "
+        f"usable), last-level cache {info['last_level_cache']}, {info['memory_gib']} GiB; "
+        f"Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}, "
+        f"NumPy {info['numpy']}")
+  env = info["environment"]
+  print("environment (one process: applies to every variant alike): " +
+        (", ".join(f"{k}={v}" for k, v in env.items()) if env else
+         f"none of {', '.join(_ENV_VARS)} set"), flush=True)
+
+
+def print_report(report):
+  config = report["config"]
+  print()
+  for row in report["cases"]:
+    print(f"{row['params']:,} x {row['tensors']}: {row['tensors']} variables of "
+          f"{row['tensor_size']:,} float32 ({row['params'] * 4 / 2**20:.0f} MB); "
+          f"{config['warmup_rounds']} untimed + {config['rounds']} timed round(s) of "
+          f"{row['steps_per_round']} updates per variant; {row['agreement']['steps']} updates "
+          "applied in all")
+  nb = report["numpy_bandwidth"]
+  print(f"NumPy x += 1 over {nb['megabytes']} MB (single-threaded, not used for the floor): "
+        f"{nb['gbps']:.1f} GB/s")
+  print()
+  print("Adam update alone, ms/update:")
+  print(format_results(report["cases"]))
+  print()
+  print("Parameters after all rounds (every optimizer variant, same start, same gradients):")
+  print(format_agreement(report["cases"]))
+  print()
+  print(format_checks(report["checks"]))
+  print()
+  print("keras jit/this: median of keras jit over this variant's (> 1: faster than Keras jit). "
+        "x floor: median / Adam floor,\n  the floor being 28 B x params / probe bandwidth "
+        "(probe: 8 B x elements per pass, median over the same rounds).\n  GB/s: bytes moved "
+        "/ median (28 B x params for Adam, 12 B for the bound; 10^9 B/s).\n  state MB: the "
+        "optimizer's own variables (m, v, step count, ...), MB = 2^20 B.\n  other load: the "
+        "largest share of the CPUs used by other processes during a timed run (from "
+        "/proc/stat; ? for runs under 0.1 s).")
+  noisy = sorted({f"{row['params']:,} x {row['tensors']}/{name}" for row in report["cases"]
+                  for name, r in row["variants"].items()
+                  if r["max_other_load"] is not None and r["max_other_load"] > 0.1})
+  if noisy:
+    print(f"WARNING: other processes used more than 10% of the CPUs during timed runs of "
+          f"{', '.join(noisy)}; the machine was not quiet, so the numbers are noisy.")
+  print(f"wall time: {report['wall_seconds']:.0f} s")
+
+
+def write_json(report, path):
+  # `bazel run` starts the tool in its runfiles tree; a relative path means the user's.
+  path = os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", ""), path)
+  with open(path, "w") as f:
+    json.dump(report, f, indent=2)
+  print(f"wrote {path}")
+
+
+def command_line():
+  return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
+
+
+def run(config, registry=None):
+  """Runs every case of `config`; prints the report and returns it (the JSON dict).
+
+  Raises ParameterMismatch when the variants of a case end with different parameters.
+  """
+  registry = VARIANTS if registry is None else registry
+  validate(config, registry)
+  command = config.command or command_line()
+  info = machine_info()
+  print_header(command, info)
+  start = time.perf_counter()
+  nb = numpy_bandwidth(config.bandwidth_mb)
+  case_rows = []
+  for case in config.cases:
+    case_rows.append(benchmark_case(case, config, registry))
+    keras.backend.clear_session()
+    gc.collect()
+  checks = compute_checks(case_rows)
+  config_dict = dataclasses.asdict(config)
+  config_dict.update(cases=[f"{c.params}x{c.tensors}" for c in config.cases],
+                     variants=list(config.variants) or list(registry),
+                     learning_rate=LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON,
+                     command=command)
+  report = {"suite": "optimizer", "command": command, "machine": info, "config": config_dict,
+            "numpy_bandwidth": nb, "cases": case_rows, "checks": checks,
+            "wall_seconds": time.perf_counter() - start}
+  print_report(report)
+  if config.json_out:
+    write_json(report, config.json_out)
+  return report
+
+
+# ---- Flags -------------------------------------------------------------------------------
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the tool's flags on `flag_values`.
+
+  Not at import: other tools define --rounds, --seed, --quick too, and tests of several tools
+  may share one process (the tests give each tool its own flags.FlagValues).
+  """
+  define = lambda kind, name, default, text: kind(name, default, text, flag_values=flag_values)
+  define(flags.DEFINE_list, "cases", list(DEFAULT_CASES),
+         "Cases PARAMSxTENSORS: PARAMS float32 parameters in TENSORS 1-D variables of "
+         "PARAMS/TENSORS each (PARAMS a multiple of TENSORS), benchmarked one after the other.")
+  define(flags.DEFINE_integer, "rounds", 7, "Timed interleaved rounds (every variant once).")
+  define(flags.DEFINE_integer, "warmup_rounds", 1,
+         "Untimed rounds of every variant after the first (compiling) calls.")
+  define(flags.DEFINE_integer, "steps", None,
+         f"Updates per round per variant (default per case: {_PARAMS_PER_ROUND:,} / PARAMS "
+         f"within [{_MIN_STEPS}, {_MAX_STEPS}]: 20 at 16M, 100 at 1M).")
+  define(flags.DEFINE_integer, "bandwidth_mb", 512,
+         "Size of the bandwidth probe's array (MB = 2^20 B); keep it far above the last-level "
+         "cache.")
+  define(flags.DEFINE_integer, "seed", 0, "Seed of the initial values and the gradients.")
+  define(flags.DEFINE_list, "variants", None,
+         f"Variants to time (default all): {', '.join(VARIANTS)}.")
+  define(flags.DEFINE_string, "json_out", None,
+         "Write the report (raw per-round times, machine, config, checks) as JSON here; a "
+         "relative path is taken from the directory `bazel run` was called in.")
+  define(flags.DEFINE_bool, "quick", False,
+         f"Smoke test: {QUICK}; flags given explicitly win.")
+
+
+def config_from_flags(flag_values=flags.FLAGS):
+  """The parsed flags as a Config (--quick values for flags not given explicitly)."""
+  def setting(name):
+    flag = flag_values[name]
+    if flag_values.quick and not flag.present and name in QUICK:
+      return QUICK[name]
+    return flag.value
+  return Config(cases=parse_cases(setting("cases")), rounds=setting("rounds"),
+                warmup_rounds=setting("warmup_rounds"), steps=setting("steps"),
+                bandwidth_mb=setting("bandwidth_mb"), seed=flag_values.seed,
+                variants=tuple(v.strip() for v in flag_values.variants or ()),
+                json_out=flag_values.json_out, quick=flag_values.quick, command=command_line())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = config_from_flags()
+  try:
+    run(config)
+  except ParameterMismatch as e:
+    sys.exit(f"FAILED: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
