@@ -328,10 +328,16 @@ class Adam(tf.Module):
         step, dtype, weight_decay=self._settings.weight_decay)
 
   def _update_variables(self, variables, per_variable, coefficients):
-    """The update of `variables` on one device (compiled as one XLA program per device)."""
-    for var, grad, slots, apply_if, decays in zip(variables, *per_variable):
-      c = coefficients[var.dtype.base_dtype.name]
-      self._update_variable(var, grad, slots, apply_if, c if decays else c._replace(decay=None))
+    """The update of `variables` on one device (compiled as one XLA program per device).
+
+    Its ops are named under the optimizer's name, so that profiles and XLA dumps (op_name
+    metadata) tell the update's kernels from the model's.
+    """
+    with tf.name_scope(self.name):
+      for var, grad, slots, apply_if, decays in zip(variables, *per_variable):
+        c = coefficients[var.dtype.base_dtype.name]
+        self._update_variable(var, grad, slots, apply_if,
+                              c if decays else c._replace(decay=None))
 
   def _update_variable(self, var, grad, slots, apply_if, coefficients):
     """One variable's update; `var` and `slots` (m, v, vhat) are one device's copies."""

@@ -2,6 +2,7 @@
 bad value with a message naming the flag, and table sizes resolve per feature."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -95,6 +96,21 @@ def test_table_sizes_resolve_per_feature():
   assert dataclasses.replace(GOOD, table_sizes=sizes).feature_table_sizes() == sizes
   with pytest.raises(ValueError, match="--table_sizes is needed"):
     GOOD.feature_table_sizes()
+
+
+@pytest.mark.parametrize("before,isa,after", [
+    (None, "AVX2", "--xla_cpu_max_isa=AVX2"),
+    ("--xla_dump_to=/d", "AVX2", "--xla_dump_to=/d --xla_cpu_max_isa=AVX2"),
+    ("--xla_cpu_max_isa=AVX512", "AVX2", "--xla_cpu_max_isa=AVX512"),  # the user's wins
+    (None, "", None),
+])
+def test_apply_xla_cpu_isa_goes_into_xla_flags_unless_set(monkeypatch, before, isa, after):
+  if before is None:
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+  else:
+    monkeypatch.setenv("XLA_FLAGS", before)
+  config_lib.apply_xla_cpu_isa(isa)
+  assert os.environ.get("XLA_FLAGS") == after
 
 
 if __name__ == "__main__":

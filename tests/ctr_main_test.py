@@ -59,21 +59,5 @@ def test_missing_criteo_files_are_named(tmp_path):
   assert f"no file matches '{missing}'" in result.stderr
 
 
-@pytest.mark.parametrize("before,isa,after", [
-    (None, "AVX2", "--xla_cpu_max_isa=AVX2"),
-    ("--xla_dump_to=/d", "AVX2", "--xla_dump_to=/d --xla_cpu_max_isa=AVX2"),
-    ("--xla_cpu_max_isa=AVX512", "AVX2", "--xla_cpu_max_isa=AVX512"),  # the user's wins
-    (None, "", None),
-])
-def test_xla_cpu_isa_goes_into_xla_flags_unless_set(monkeypatch, before, isa, after):
-  from trainers.ctr import main  # pylint: disable=g-import-not-at-top
-  if before is None:
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-  else:
-    monkeypatch.setenv("XLA_FLAGS", before)
-  main._set_xla_cpu_isa(isa)  # pylint: disable=protected-access
-  assert os.environ.get("XLA_FLAGS") == after
-
-
 if __name__ == "__main__":
   pytest_main.main(__file__)

@@ -79,6 +79,7 @@ import tensorflow as tf
 
 import adam_xla
 from tools import cpu_load
+from trainers.ctr import config as ctr_config
 from trainers.ctr import models
 
 _LEARNING_RATE = 1e-3
@@ -131,6 +132,11 @@ _PROFILE_CALLS = flags.DEFINE_integer("profile_calls", 5, "Dense updates run und
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the data and the initial weights.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write raw timings, medians, machine info "
                                 "and the checks as JSON here.")
+_XLA_CPU_MAX_ISA = flags.DEFINE_enum(
+    "xla_cpu_max_isa", ctr_config.EmbeddingConfig.xla_cpu_max_isa, ctr_config.XLA_CPU_ISAS,
+    "XLA:CPU's highest instruction set, as //trainers:embedding sets it (same default; '' = "
+    "XLA's own choice, AVX-512 where the CPU has it). Applies to every variant alike; a value "
+    "already in XLA_FLAGS wins.")
 _QUICK_FLAG = flags.DEFINE_bool(
     "quick", False, f"Smoke test: tiny tables and few steps ({_QUICK}); flags given "
     "explicitly win.")
@@ -743,6 +749,7 @@ def main(argv):
 
 def run():
   """Runs the benchmark with the parsed flags; prints the report and returns the JSON dict."""
+  ctr_config.apply_xla_cpu_isa(_XLA_CPU_MAX_ISA.value)  # before anything compiles
   try:
     rows_list = [int(r) for r in _setting("rows")]
   except ValueError as e:

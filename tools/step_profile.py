@@ -8,6 +8,9 @@ event is put in one category:
                      by the TensorFlow op a kernel comes from (its type for TensorFlow ops,
                      oneDNN's _Mkl* variants included; for an XLA kernel, the op_type recorded
                      in the metadata of the optimized HLO instruction of that name)
+  layout copies      XLA kernels that transpose or copy an array into another layout (HLO
+                     names transpose*/copy*, e.g. activations laid out batch-minor for XLA's
+                     convolution filter gradients), whatever they recompute on the way
   optimizer update   kernels of the optimizer's ops (op names under the optimizer's name scope,
                      adam_xla's compiled update, or TF's ResourceApply* kernels)
   other              everything else: elementwise fusions, batch norm, reductions, copies
@@ -27,7 +30,7 @@ import time
 import tensorflow as tf
 
 CATEGORIES = ("conv forward", "conv input gradient", "conv filter gradient", "matmul",
-              "optimizer update", "other")
+              "layout copies", "optimizer update", "other")
 
 _OP_TYPE_CATEGORY = {
     "Conv2D": "conv forward",
@@ -43,7 +46,8 @@ _WRAPPERS = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|_XlaRun|XlaLa
                        r"__inference_.*|While|If|StatelessIf|StatelessWhile|IteratorGetNext.*|"
                        r"MultiDeviceIteratorGetNextFromShard|RemoteCall|OptionalGetValue)$")
 _OPTIMIZER_NAME = re.compile(r"(^|/)(adam|Adam)(_\d+)?/|update_variables|ResourceApply")
-_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{([^}]*)\}")
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S+\s")
+_HLO_METADATA = re.compile(r"metadata=\{([^}]*)\}")
 _METADATA_FIELD = re.compile(r'(op_type|op_name)="([^"]*)"')
 
 
@@ -53,7 +57,8 @@ def hlo_kernels(hlo_text):
   for line in hlo_text.splitlines():
     match = _HLO_INSTRUCTION.match(line)
     if match:
-      fields = dict(_METADATA_FIELD.findall(match.group(2)))
+      metadata = _HLO_METADATA.search(line)
+      fields = dict(_METADATA_FIELD.findall(metadata.group(1))) if metadata else {}
       kernels[match.group(1)] = (fields.get("op_type", ""), fields.get("op_name", ""))
   return kernels
 
@@ -83,7 +88,11 @@ def classify_event(name, hlo):
   """
   if name in hlo:
     op_type, op_name = hlo[name]
-    return categorize(op_type, op_name), f"XLA {name} ({op_type or 'no op_type'})"
+    if name.startswith(("transpose", "copy")):
+      category = "layout copies"
+    else:
+      category = categorize(op_type, op_name)
+    return category, f"XLA {name} ({op_type or 'no op_type'})"
   if (":" not in name or "::" in name  # "::": runtime events (ExecutorState::Process, ...)
       or name.startswith(("end:", "EagerLocalExecute", "__inference"))):
     return None
@@ -111,8 +120,7 @@ def profile(run, calls, hlo=None):
     finally:
       wall = time.perf_counter() - start
       tf.profiler.experimental.stop()
-    by_label = collections.Counter()
-    category_of = {}
+    by_kernel = collections.Counter()  # (category, label) -> ms per call
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
       space = xplane_pb2.XSpace()
       with open(path, "rb") as f:
@@ -123,14 +131,13 @@ def profile(run, calls, hlo=None):
           for event in line.events:
             kind = classify_event(names.get(event.metadata_id, ""), hlo)
             if kind:
-              category_of[kind[1]] = kind[0]
-              by_label[kind[1]] += event.duration_ps * 1e-9 / calls
+              by_kernel[kind] += event.duration_ps * 1e-9 / calls
   finally:
     shutil.rmtree(logdir, ignore_errors=True)
   categories = {category: 0.0 for category in CATEGORIES}
-  for label, ms in by_label.items():
-    categories[category_of[label]] += ms
-  kernels = sorted(((label, category_of[label], ms) for label, ms in by_label.items()),
+  for (category, _), ms in by_kernel.items():
+    categories[category] += ms
+  kernels = sorted(((label, category, ms) for (category, label), ms in by_kernel.items()),
                    key=lambda item: -item[2])
   return {"wall_ms": 1000 * wall / calls, "categories": categories, "kernels": kernels}
 

@@ -1,6 +1,7 @@
 """The embedding (CTR) trainer's settings: one frozen, validated object built from the flags."""
 
 import dataclasses
+import os
 from typing import Optional, Tuple
 
 from trainers.common import config as common
@@ -110,3 +111,13 @@ class EmbeddingConfig:
     if generated_sizes is None:
       raise ValueError("--table_sizes is needed unless the data is generated")
     return tuple(generated_sizes)
+
+
+def apply_xla_cpu_isa(isa):
+  """Adds --xla_cpu_max_isa=`isa` to XLA_FLAGS, which XLA reads when it first compiles.
+
+  Nothing when `isa` is "" (XLA's own choice) or XLA_FLAGS already names an ISA.
+  """
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  if isa and "xla_cpu_max_isa" not in xla_flags:
+    os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_cpu_max_isa={isa}".strip()

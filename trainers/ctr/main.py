@@ -8,7 +8,6 @@ logistic model whose own AUC is the ceiling) under --model_dir and trains on it;
 turned into an `EmbeddingConfig` and validated before any work starts.
 """
 
-import os
 
 from absl import app
 
@@ -40,13 +39,6 @@ _HELP = {
 common_config.define_flags(config_lib.EmbeddingConfig, _HELP)
 
 
-def _set_xla_cpu_isa(isa):
-  """Adds --xla_cpu_max_isa to XLA_FLAGS, which XLA reads when it first compiles."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if isa and "xla_cpu_max_isa" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa={isa}".strip()
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -54,7 +46,7 @@ def main(argv):
     config = common_config.from_flags(config_lib.EmbeddingConfig).validate()
   except ValueError as error:
     raise app.UsageError(str(error)) from None
-  _set_xla_cpu_isa(config.xla_cpu_max_isa)
+  config_lib.apply_xla_cpu_isa(config.xla_cpu_max_isa)
   if config.num_logical_cpus:
     from adam_xla import distribution  # pylint: disable=g-import-not-at-top
     distribution.split_cpu(config.num_logical_cpus)
