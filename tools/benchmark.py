@@ -34,7 +34,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -47,6 +46,7 @@ from absl import app
 from absl import flags
 
 from tools import benchmark_chart
+from tools import run_info
 
 # Suite name -> module run as `python -m`; "all" runs them in this order.
 SUITES = {
@@ -197,27 +197,6 @@ def merge_checks(suite_results):
   return merged
 
 
-def machine_info():
-  """CPU, cores and memory without importing TensorFlow (each suite records its own too)."""
-  def lines(path):
-    try:
-      with open(path) as f:
-        return f.read().splitlines()
-    except OSError:
-      return []
-  cpu = next((line.split(":", 1)[1].strip() for line in lines("/proc/cpuinfo")
-              if line.startswith("model name")), platform.processor() or platform.machine())
-  memory_kib = next((line.split()[1] for line in lines("/proc/meminfo")
-                     if line.startswith("MemTotal:")), None)
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {"cpu": cpu or "unknown", "logical_cores": os.cpu_count(), "usable_cores": usable,
-          "memory_gib": round(int(memory_kib) / 2**20, 1) if memory_kib else None,
-          "python": platform.python_version(), "platform": platform.platform()}
-
-
 def chart_title(machine, date, quick):
   cores = machine.get("logical_cores")
   usable = machine.get("usable_cores")
@@ -316,7 +295,7 @@ def run(config, suites=None):
   if unknown:
     raise ValueError(f"unknown suites {unknown}; known: {', '.join(suites)}")
   date = datetime.datetime.now().astimezone()
-  machine = machine_info()
+  machine = run_info.machine_info(libraries=False)
   print(f"benchmark suites: {', '.join(config.suites)}{' (--quick)' if config.quick else ''}; "
         f"machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
         f"({machine['usable_cores']} usable); output: {config.out_dir}", flush=True)

@@ -60,13 +60,10 @@ import glob
 import json
 import math
 import os
-import platform
 import re
 import resource
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -79,6 +76,7 @@ import tensorflow as tf
 
 import adam_xla
 from tools import cpu_load
+from tools import run_info
 from trainers.ctr import config as ctr_config
 from trainers.ctr import models
 
@@ -95,8 +93,6 @@ _BANDWIDTH_FRACTION_MIN = 0.5
 _QUICK = {"rows": [20000, 80000], "batch_size": 256, "rounds": 1, "warmup_rounds": 1,
           "steps": 5, "optimizer_steps": 5, "bandwidth_mb": 64, "bandwidth_repeats": 3,
           "data_batches": 8, "profile_calls": 1, "lazy_growth_steps": 5}
-_ENV_VARS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS",
-             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 _ROWS = flags.DEFINE_list("rows", ["1000000", "4000000"],
                           "Table sizes (rows) to benchmark, one after the other.")
@@ -623,29 +619,6 @@ def compute_checks(sizes, lazy_growth):
   return checks
 
 
-def machine_info():
-  def read(path, default="unknown"):
-    try:
-      with open(path) as f:
-        return f.read().strip()
-    except OSError:
-      return default
-  cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo", "").splitlines()
-              if line.startswith("model name")), "unknown")
-  mem = next((line.split()[1] for line in read("/proc/meminfo", "").splitlines()
-              if line.startswith("MemTotal:")), None)
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-          "last_level_cache": read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
-          "memory_gib": round(int(mem) / 2**20, 1) if mem else None,
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "keras": keras.__version__, "numpy": np.__version__,
-          "environment": {k: os.environ[k] for k in _ENV_VARS if k in os.environ}}
-
-
 def _table(header, lines, left=2):
   widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
   fmt = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
@@ -737,10 +710,6 @@ def format_report(sizes, checks, lazy_growth=()):
   return "\n".join(out)
 
 
-def command_line():
-  return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -763,14 +732,14 @@ def run():
   if not rows_list or min(rows_list) < 2 or len(set(rows_list)) < len(rows_list):
     raise app.UsageError(f"--rows must list distinct table sizes >= 2; got {rows_list}.")
 
-  info = machine_info()
-  print(f"command: {command_line()}")
+  info = run_info.machine_info()
+  print(f"command: {run_info.command_line()}")
   print(f"machine: {info['cpu']}, {info['logical_cores']} logical cores ({info['usable_cores']} "
         f"usable), last-level cache {info['last_level_cache']}, {info['memory_gib']} GiB; "
         f"Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}")
   env = info["environment"]
   print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
-                           f"none of {', '.join(_ENV_VARS)} set"), flush=True)
+                           f"none of {', '.join(run_info.ENV_VARS)} set"), flush=True)
   batch_size = _setting("batch_size")
   print(f"model: DLRM, 1 table of --rows x {_EMBEDDING_DIM.value}, {_NUM_DENSE} dense features, "
         f"bottom MLP {','.join(_BOTTOM_MLP.value)},{_EMBEDDING_DIM.value}, top MLP "
@@ -825,7 +794,7 @@ def run():
                 zipf_exponent=_ZIPF_EXPONENT.value, bottom_mlp=_BOTTOM_MLP.value,
                 top_mlp=_TOP_MLP.value, learning_rate=_LEARNING_RATE, seed=_SEED.value,
                 quick=_QUICK_FLAG.value, prefetch=_PREFETCH)
-  report = {"command": command_line(), "machine": info, "config": config,
+  report = {"command": run_info.command_line(), "machine": info, "config": config,
             "wall_seconds": wall, "sizes": sizes, "lazy_growth": lazy_growth,
             "checks": checks}
   if _JSON_OUT.value:

@@ -59,8 +59,6 @@ import gc
 import json
 import math
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -74,6 +72,7 @@ import tensorflow as tf
 
 import adam_xla
 from tools import cpu_load
+from tools import run_info
 
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
@@ -108,9 +107,6 @@ TARGETS = (
 DEFAULT_CASES = ("16000000x50", "1000000x200")
 QUICK = {"cases": ("400000x20", "100000x50"), "rounds": 1, "warmup_rounds": 1, "steps": 5,
          "bandwidth_mb": 64}
-# Environment variables that change how TensorFlow and XLA run on CPU; printed when set.
-_ENV_VARS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS",
-             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 
 
 class ParameterMismatch(RuntimeError):
@@ -768,29 +764,6 @@ def format_checks(checks):
         "PASS" if c["passed"] else "FAIL") for c in checks], left=1)
 
 
-def machine_info():
-  def read(path, default="unknown"):
-    try:
-      with open(path) as f:
-        return f.read().strip()
-    except OSError:
-      return default
-  cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo", "").splitlines()
-              if line.startswith("model name")), "unknown")
-  mem = next((line.split()[1] for line in read("/proc/meminfo", "").splitlines()
-              if line.startswith("MemTotal:")), None)
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-          "last_level_cache": read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
-          "memory_gib": round(int(mem) / 2**20, 1) if mem else None,
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "keras": keras.__version__, "numpy": np.__version__,
-          "environment": {k: os.environ[k] for k in _ENV_VARS if k in os.environ}}
-
-
 def print_header(command, info):
   print(f"command: {command}")
   print(f"machine: {info['cpu']}, {info['logical_cores']} logical cores ({info['usable_cores']} "
@@ -800,7 +773,7 @@ def print_header(command, info):
   env = info["environment"]
   print("environment (one process: applies to every variant alike): " +
         (", ".join(f"{k}={v}" for k, v in env.items()) if env else
-         f"none of {', '.join(_ENV_VARS)} set"), flush=True)
+         f"none of {', '.join(run_info.ENV_VARS)} set"), flush=True)
 
 
 def print_report(report):
@@ -848,10 +821,6 @@ def write_json(report, path):
   print(f"wrote {path}")
 
 
-def command_line():
-  return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
-
-
 def run(config, registry=None):
   """Runs every case of `config`; prints the report and returns it (the JSON dict).
 
@@ -859,8 +828,8 @@ def run(config, registry=None):
   """
   registry = VARIANTS if registry is None else registry
   validate(config, registry)
-  command = config.command or command_line()
-  info = machine_info()
+  command = config.command or run_info.command_line()
+  info = run_info.machine_info()
   print_header(command, info)
   start = time.perf_counter()
   nb = numpy_bandwidth(config.bandwidth_mb)
@@ -926,7 +895,7 @@ def config_from_flags(flag_values=flags.FLAGS):
                 warmup_rounds=setting("warmup_rounds"), steps=setting("steps"),
                 bandwidth_mb=setting("bandwidth_mb"), seed=flag_values.seed,
                 variants=tuple(v.strip() for v in flag_values.variants or ()),
-                json_out=flag_values.json_out, quick=flag_values.quick, command=command_line())
+                json_out=flag_values.json_out, quick=flag_values.quick, command=run_info.command_line())
 
 
 def main(argv):

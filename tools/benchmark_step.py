@@ -63,10 +63,8 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -83,6 +81,7 @@ import tensorflow as tf
 import adam_xla
 from adam_xla import distribution
 from tools import cpu_load
+from tools import run_info
 
 MODELS = ("mlp16m", "resnet20")
 STRATEGIES = ("default", "mirrored")
@@ -106,10 +105,6 @@ _BASELINE = "keras fit jit"
 _MEMORY_PROBE_CALLS = 5  # calls after the warm-up call(s) in a memory probe
 _MEMORY_PROBE_TIMEOUT = 1200  # seconds per child process
 _MEMORY_PROBE_TAG = "memory_probe_result"
-# Environment variables that change how TensorFlow/XLA run on CPU; printed when set.
-_ENV_VARS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_ENABLE_ONEDNN_OPTS",
-             "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
-             "TF_CPP_MIN_LOG_LEVEL")
 
 _flags_defined = False
 
@@ -739,28 +734,6 @@ def measure_memory(config, results):
 
 # ---- Reporting ---------------------------------------------------------------------------
 
-def machine_info():
-  cpu = "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f
-                  if line.startswith("model name")), cpu)
-  except OSError:
-    pass
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "keras": keras.__version__, "numpy": np.__version__,
-          "environment": {k: os.environ[k] for k in _ENV_VARS if k in os.environ}}
-
-
-def command_line():
-  return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
-
-
 def _ratio(value):
   return "n/a" if value is None else f"{value:.2f}x"
 
@@ -824,14 +797,14 @@ def _noisy_rows(results, limit=0.1):
 
 
 def _print_header(config, info):
-  print(f"command: {command_line()}")
+  print(f"command: {run_info.command_line()}")
   print(f"machine: {info['cpu']}, {info['logical_cores']} logical cores "
         f"({info['usable_cores']} usable); Python {info['python']}, TensorFlow "
         f"{info['tensorflow']}, Keras {info['keras']}, NumPy {info['numpy']}")
   env = info["environment"]
   print("environment (one process: applies to every variant alike): " +
         (", ".join(f"{k}={v}" for k, v in env.items()) if env else "none of "
-         f"{', '.join(_ENV_VARS)} set (TensorFlow's default CPU allocator)"))
+         f"{', '.join(run_info.ENV_VARS)} set (TensorFlow's default CPU allocator)"))
   if "mirrored" in config.strategies:
     print(f"devices: the CPU is split into {MIRRORED_DEVICES} logical devices for "
           "MirroredStrategy (same cores); default-strategy variants run on /CPU:0")
@@ -892,7 +865,7 @@ def _print_report(config, results, checks, wall):
 def run(config):
   """Runs the benchmark of `config`; prints the tables and returns the report (JSON dict)."""
   prepare_devices(config.strategies)
-  info = machine_info()
+  info = run_info.machine_info()
   _print_header(config, info)
   start = time.perf_counter()
   results = []
@@ -918,7 +891,7 @@ def run(config):
   for model_name, sums in mismatched.items():
     print(f"WARNING: {model_name}: the strategies' models started from different weights "
           f"(|w| sums {sums}); compare ratios within a strategy only.")
-  report = {"suite": "step", "command": command_line(), "machine": info,
+  report = {"suite": "step", "command": run_info.command_line(), "machine": info,
             "config": dataclasses.asdict(config), "wall_seconds": wall,
             "learning_rate": _LEARNING_RATE, "prefetch": _PREFETCH, "seed": config.seed,
             "tf_data_autotune": config.tf_data_autotune,

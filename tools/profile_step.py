@@ -21,12 +21,16 @@ time goes, not for speed ratios; those come from //tools:benchmark.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 from absl import app
 from absl import flags
+
+from tools import benchmark_step
+from tools import step_profile
 
 VARIANTS = ("adam_xla step", "adam_xla xla_scope=update", "keras fit jit", "keras fit no-jit")
 MODELS = ("mlp16m", "resnet20")
@@ -50,12 +54,13 @@ class Config:
 
 def profile_variant(model_name, variant_name, calls, warmup_calls):
   """In this process: builds one variant, warms it up and profiles `calls` one-step calls."""
+  if variant_name not in VARIANTS or model_name not in MODELS:
+    raise ValueError(f"unknown model or variant {model_name!r}:{variant_name!r}; models "
+                     f"{MODELS}, variants {VARIANTS}.")
   dump_dir = tempfile.mkdtemp(prefix="adam_xla_profile_hlo_")
-  # XLA reads XLA_FLAGS when it first compiles, which is after this point.
+  # XLA reads XLA_FLAGS when it first compiles (not when TensorFlow is imported): after this.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_dump_to={dump_dir} --xla_dump_hlo_as_text").strip()
-  from tools import benchmark_step  # pylint: disable=g-import-not-at-top
-  from tools import step_profile  # pylint: disable=g-import-not-at-top
   config = benchmark_step.Config()
   batch_size = benchmark_step._DEFAULT_BATCH[model_name]  # pylint: disable=protected-access
   x, y = benchmark_step.make_data(model_name, batch_size, config.seed)
@@ -67,11 +72,10 @@ def profile_variant(model_name, variant_name, calls, warmup_calls):
   else:
     variant = benchmark_step.KerasFitVariant(variant_name, model, dataset,
                                              "no-jit" not in variant_name, 1)
-  variant.run(warmup_calls)
-  result = step_profile.profile(lambda: variant.run(1), calls)
+  variant.run(max(warmup_calls, 1))  # compiles, so the dump now names every kernel
   hlo = step_profile.optimized_hlo_kernels(dump_dir)
-  if hlo:  # the kernels' names are known only now: classify again with the HLO
-    result = step_profile.profile(lambda: variant.run(1), calls, hlo)
+  shutil.rmtree(dump_dir, ignore_errors=True)
+  result = step_profile.profile(lambda: variant.run(1), calls, hlo)
   result["kernels"] = result["kernels"][:50]
   return {"model": model_name, "variant": variant_name, "params": model.count_params(),
           "batch_size": batch_size, **result}
@@ -92,7 +96,6 @@ def run_child(config, model_name, variant_name):
 
 def format_profiles(profiles, top):
   """One table of ms per step by category for every variant, then each one's top kernels."""
-  from tools import step_profile  # pylint: disable=g-import-not-at-top
   header = ["model", "variant", "wall ms"] + list(step_profile.CATEGORIES) + ["in kernels"]
   rows = []
   for p in profiles:
