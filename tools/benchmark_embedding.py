@@ -56,15 +56,12 @@ TensorFlow profiler, giving each one's own effective bandwidth.
 """
 
 import gc
-import glob
 import json
 import math
 import os
 import re
 import resource
-import shutil
 import statistics
-import tempfile
 import time
 
 from absl import app
@@ -77,6 +74,8 @@ import tensorflow as tf
 import adam_xla
 from tools import cpu_load
 from tools import run_info
+from tools import text_table
+from tools import step_profile
 from trainers.ctr import config as ctr_config
 from trainers.ctr import models
 
@@ -336,7 +335,7 @@ def time_variants(label, variants, rounds, warmup_rounds):
       logging.info("[%s] round %d/%d  %-20s %4d steps in %6.2f s = %8.3f ms/step (%s "
                    "cores; other processes %s)", label, r + 1, rounds, variant.name,
                    variant.steps, wall, 1000 * wall / variant.steps, _cores(cores),
-                   _load(other))
+                   cpu_load.format_share(other))
   return records
 
 
@@ -428,38 +427,12 @@ def table_passes(hlo_text, table_elements):
 def profile_kernels(fn, calls, names):
   """ms per call of each named XLA kernel while `fn` runs `calls` times (None if unavailable)."""
   try:
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  logdir = tempfile.mkdtemp(prefix="benchmark_embedding_profile_")
-  try:
-    tf.profiler.experimental.start(logdir)
-    start = time.perf_counter()
-    try:
-      for _ in range(calls):
-        fn()
-    finally:
-      wall = time.perf_counter() - start
-      tf.profiler.experimental.stop()
-    totals = {name: 0.0 for name in names}
-    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-      space = xplane_pb2.XSpace()
-      with open(path, "rb") as f:
-        space.ParseFromString(f.read())
-      for plane in space.planes:
-        metadata = {key: value.name for key, value in plane.event_metadata.items()}
-        for line in plane.lines:
-          for event in line.events:
-            name = metadata.get(event.metadata_id)
-            if name in totals:
-              totals[name] += event.duration_ps * 1e-9
-    return {"wall_ms_per_call": 1000 * wall / calls,
-            "kernel_ms_per_call": {name: total / calls for name, total in totals.items()}}
+    wall_ms, times = step_profile.event_times(fn, calls)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("kernel profile failed: %s", e)
     return None
-  finally:
-    shutil.rmtree(logdir, ignore_errors=True)
+  return {"wall_ms_per_call": wall_ms,
+          "kernel_ms_per_call": {name: times.get(name, 0.0) for name in names}}
 
 
 def analyze_dense_update(variant, table_elements, probe_gbps):
@@ -619,17 +592,6 @@ def compute_checks(sizes, lazy_growth):
   return checks
 
 
-def _table(header, lines, left=2):
-  widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                                for i, (c, w) in enumerate(zip(cells, widths)))
-  return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(line) for line in lines])
-
-
-def _load(value):
-  return "?" if value is None else f"{value:.0%}"
-
-
 def _cores(value):
   return "?" if value is None else f"{value:.1f}"
 
@@ -641,11 +603,11 @@ def _growth_table(lazy_growth):
     lines.append((f"{g['rows']:,}", f"{g['median_ms']:.2f}", f"{g['min_ms']:.2f}",
                   f"{g['max_ms']:.2f}", f"{statistics.median(paired):.2f}x",
                   f"{min(paired):.2f}-{max(paired):.2f}", _cores(g["median_cores"]),
-                  _load(g["max_other_load"])))
+                  cpu_load.format_share(g["max_other_load"])))
   return [f"Lazy step of every table size in the same interleaved rounds "
           f"({_setting('lazy_growth_steps')} steps per round each), ms/step; growth = median "
           "of the per-round ratios:",
-          _table(("rows", "median ms", "min", "max", "growth", "per-round range", "cores",
+          text_table.table(("rows", "median ms", "min", "max", "growth", "per-round range", "cores",
                   "other load"), lines, left=1), ""]
 
 
@@ -657,7 +619,7 @@ def format_report(sizes, checks, lazy_growth=()):
       if "keras_best_over_this" in r:
         step_lines.append((rows, name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
                            f"{r['max_ms']:.2f}", f"{r['keras_best_over_this']:.2f}x",
-                           _cores(r["median_cores"]), _load(r["max_other_load"]),
+                           _cores(r["median_cores"]), cpu_load.format_share(r["max_other_load"]),
                            f"{r['first_call_seconds']:.1f}"))
     for name in ("optimizer dense", "optimizer lazy"):
       r = size["variants"][name]
@@ -666,23 +628,23 @@ def format_report(sizes, checks, lazy_growth=()):
       update_lines.append((rows, name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
                            f"{r['max_ms']:.2f}", f"{r['gbps_at_28_bytes']:.1f}" if dense else "-",
                            f"{r['fraction_of_bandwidth']:.2f}" if dense else "-",
-                           _cores(r["median_cores"]), _load(r["max_other_load"])))
+                           _cores(r["median_cores"]), cpu_load.format_share(r["max_other_load"])))
     p = size["variants"]["memory bandwidth probe"]
     update_lines.append((rows, f"bandwidth probe {p['megabytes']} MB", f"{p['median_ms']:.2f}",
                          f"{p['min_ms']:.2f}", f"{p['max_ms']:.2f}", f"{p['gbps']:.1f}", "1.00",
-                         _cores(p["median_cores"]), _load(p["max_other_load"])))
+                         _cores(p["median_cores"]), cpu_load.format_share(p["max_other_load"])))
     update_lines.append((rows, "Adam floor (28 B/param)", f"{size['adam_floor_ms']:.2f}", "",
                          "", f"{size['bandwidth_gbps']:.1f}", "1.00", "", ""))
   out = ["Full train step (forward, backward, Adam), ms/step:",
-         _table(("rows", "variant", "median ms", "min", "max", "keras best/this", "cores",
+         text_table.table(("rows", "variant", "median ms", "min", "max", "keras best/this", "cores",
                  "other load", "1st call s"), step_lines), "",
          "Adam update of the table alone (one XLA program, fixed gradient of the batch's rows) "
          "and memory bandwidth:",
-         _table(("rows", "variant", "median ms", "min", "max", "GB/s", "of BW", "cores",
+         text_table.table(("rows", "variant", "median ms", "min", "max", "GB/s", "of BW", "cores",
                  "other load"), update_lines), "",
          *(_growth_table(lazy_growth) if lazy_growth else []),
          "Checks (the issue's targets):",
-         _table(("check", "figure", "target", "result"),
+         text_table.table(("check", "figure", "target", "result"),
                 [(c["name"], f"{c['value']:.2f}{c['unit']}", c["target"],
                   "PASS" if c["passed"] else "FAIL") for c in checks], left=1)]
   for size in sizes:
@@ -705,7 +667,7 @@ def format_report(sizes, checks, lazy_growth=()):
                     "" if p["gbps"] is None else f"{p['gbps']:.1f}",
                     "" if p["fraction_of_bandwidth"] is None else
                     f"{p['fraction_of_bandwidth']:.2f}"))
-    out.append(_table(("kernel", "root op", "table-sized traffic", "B/param", "ms", "GB/s",
+    out.append(text_table.table(("kernel", "root op", "table-sized traffic", "B/param", "ms", "GB/s",
                        "of BW"), lines, left=3))
   return "\n".join(out)
 

@@ -73,6 +73,7 @@ import tensorflow as tf
 import adam_xla
 from tools import cpu_load
 from tools import run_info
+from tools import text_table
 
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
@@ -605,7 +606,7 @@ def time_variants(label, variants, steps, rounds, warmup_rounds):
                             "other_load": other})
       logging.info("[%s] round %d/%d  %-22s %4d steps in %6.3f s = %8.3f ms/step "
                    "(other processes %s)", label, r + 1, rounds, name, steps[name], wall,
-                   1000 * wall / steps[name], _load(other))
+                   1000 * wall / steps[name], cpu_load.format_share(other))
   return records, applied, reported
 
 
@@ -705,17 +706,6 @@ def compute_checks(case_rows):
   return checks
 
 
-def _table(header, lines, left=2):
-  widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                                for i, (c, w) in enumerate(zip(cells, widths)))
-  return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(line) for line in lines])
-
-
-def _load(value):
-  return "?" if value is None else f"{value:.0%}"
-
-
 def _fixed(value, digits=2, suffix=""):
   return "-" if value is None else f"{value:.{digits}f}{suffix}"
 
@@ -728,16 +718,16 @@ def format_results(case_rows):
       if r["kind"] == "probe":
         lines.append((label, f"{name} {r['megabytes']} MB", f"{r['median_ms']:.2f}",
                       f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}", "", "", f"{r['gbps']:.1f}", "",
-                      _load(r["max_other_load"])))
+                      cpu_load.format_share(r["max_other_load"])))
         continue
       lines.append((label, name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
                     f"{r['max_ms']:.2f}", _fixed(r["keras_jit_over_this"], suffix="x"),
                     _fixed(r["x_floor"], suffix="x"), f"{r['gbps']:.1f}",
-                    f"{r['state_bytes'] / 2**20:.1f}", _load(r["max_other_load"])))
+                    f"{r['state_bytes'] / 2**20:.1f}", cpu_load.format_share(r["max_other_load"])))
     if row["adam_floor_ms"]:
       lines.append((label, "Adam floor (28 B/param)", f"{row['adam_floor_ms']:.2f}", "", "", "",
                     "1.00x", f"{row['bandwidth_gbps']:.1f}", "", ""))
-  return _table(("case", "variant", "median ms", "min", "max", "keras jit/this", "x floor",
+  return text_table.table(("case", "variant", "median ms", "min", "max", "keras jit/this", "x floor",
                  "GB/s", "state MB", "other load"), lines)
 
 
@@ -751,14 +741,14 @@ def format_agreement(case_rows):
                     f"{a['max_abs_diff_vs_adam_xla']:.2e}",
                     f"{a['max_abs_diff_vs_numpy_first_tensor']:.2e}",
                     f"{agreement['tolerance']:.2e}"))
-  return _table(("case", "variant", "steps", "max |diff| vs adam_xla",
+  return text_table.table(("case", "variant", "steps", "max |diff| vs adam_xla",
                  "vs NumPy (1st tensor)", "tolerance"), lines)
 
 
 def format_checks(checks):
   if not checks:
     return "Checks: none (no case of the issue's targets was run)."
-  return "Checks (the issue's targets):\n" + _table(
+  return "Checks (the issue's targets):\n" + text_table.table(
       ("check", "figure", "target", "result"),
       [(c["name"], f"{c['value']:.2f}{c['unit']}", c["target"],
         "PASS" if c["passed"] else "FAIL") for c in checks], left=1)

@@ -82,6 +82,7 @@ import adam_xla
 from adam_xla import distribution
 from tools import cpu_load
 from tools import run_info
+from tools import text_table
 
 MODELS = ("mlp16m", "resnet20")
 STRATEGIES = ("default", "mirrored")
@@ -761,22 +762,15 @@ def format_table(results):
                     _load_summary(row["other_cpu_load_per_round"]),
                     f"{row['warmup_seconds']:.1f}", f"{row['warmup_loss']:.4f}",
                     _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb"))))
-  return _table(header, lines, left=3)
+  return text_table.table(header, lines, left=3)
 
 
 def format_checks(checks):
   figure = lambda value, unit: "n/a" if value is None else f"{value:.2f}{unit}"
-  return _table(("check", "figure", "target", "result", "with fit teardown"),
+  return text_table.table(("check", "figure", "target", "result", "with fit teardown"),
                 [(c["name"], figure(c["value"], c["unit"]), c["target"],
                   "PASS" if c["passed"] else "FAIL",
                   figure(c.get("value_whole_fit_calls"), c["unit"])) for c in checks], left=1)
-
-
-def _table(header, lines, left):
-  widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                                for i, (c, w) in enumerate(zip(cells, widths)))
-  return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(line) for line in lines])
 
 
 def _teardown_summary(seconds):

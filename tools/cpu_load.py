@@ -44,3 +44,8 @@ class CpuMeter:
     if busy is not None and busy0 is not None:
       other = min(max(((busy - busy0) - own) / (wall * self._cores), 0.0), 1.0)
     return wall, own / wall, other
+
+
+def format_share(share):
+  """A share of the CPUs as a percentage; "?" when it was not measured (runs under 0.1 s)."""
+  return "?" if share is None else f"{share:.0%}"

@@ -102,15 +102,13 @@ def classify_event(name, hlo):
   return categorize(op_type, op_name), f"TF {op_type}"
 
 
-def profile(run, calls, hlo=None):
-  """Runs `run()` `calls` times under the profiler; returns ms per call by category and label.
+def event_times(run, calls):
+  """Runs `run()` `calls` times under the profiler.
 
-  Returns {"wall_ms": .., "categories": {category: ms}, "kernels": [(label, category, ms)]}
-  with kernels sorted by time, largest first.
+  Returns (wall ms per call, {event name: ms per call}) over every event of every thread.
   """
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  hlo = hlo or {}
-  logdir = tempfile.mkdtemp(prefix="adam_xla_step_profile_")
+  logdir = tempfile.mkdtemp(prefix="adam_xla_profile_")
   try:
     tf.profiler.experimental.start(logdir)
     start = time.perf_counter()
@@ -120,7 +118,7 @@ def profile(run, calls, hlo=None):
     finally:
       wall = time.perf_counter() - start
       tf.profiler.experimental.stop()
-    by_kernel = collections.Counter()  # (category, label) -> ms per call
+    totals = collections.Counter()
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
       space = xplane_pb2.XSpace()
       with open(path, "rb") as f:
@@ -129,17 +127,30 @@ def profile(run, calls, hlo=None):
         names = {key: value.name for key, value in plane.event_metadata.items()}
         for line in plane.lines:
           for event in line.events:
-            kind = classify_event(names.get(event.metadata_id, ""), hlo)
-            if kind:
-              by_kernel[kind] += event.duration_ps * 1e-9 / calls
+            totals[names.get(event.metadata_id, "")] += event.duration_ps * 1e-9 / calls
   finally:
     shutil.rmtree(logdir, ignore_errors=True)
+  return 1000 * wall / calls, dict(totals)
+
+
+def profile(run, calls, hlo=None):
+  """Runs `run()` `calls` times under the profiler; returns ms per call by category and label.
+
+  Returns {"wall_ms": .., "categories": {category: ms}, "kernels": [(label, category, ms)]}
+  with kernels sorted by time, largest first.
+  """
+  wall_ms, times = event_times(run, calls)
+  by_kernel = collections.Counter()  # (category, label) -> ms per call
+  for name, ms in times.items():
+    kind = classify_event(name, hlo or {})
+    if kind:
+      by_kernel[kind] += ms
   categories = {category: 0.0 for category in CATEGORIES}
   for (category, _), ms in by_kernel.items():
     categories[category] += ms
   kernels = sorted(((label, category, ms) for (category, label), ms in by_kernel.items()),
                    key=lambda item: -item[2])
-  return {"wall_ms": 1000 * wall / calls, "categories": categories, "kernels": kernels}
+  return {"wall_ms": wall_ms, "categories": categories, "kernels": kernels}
 
 
 def optimized_hlo_kernels(dump_dir):
