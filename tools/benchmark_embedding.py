@@ -60,7 +60,6 @@ import json
 import math
 import os
 import re
-import resource
 import statistics
 import time
 
@@ -72,7 +71,9 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from tools import bandwidth_probe
 from tools import cpu_load
+from tools import process_memory
 from tools import run_info
 from tools import text_table
 from tools import step_profile
@@ -83,7 +84,6 @@ _LEARNING_RATE = 1e-3
 _NUM_DENSE = 13
 _PREFETCH = 2  # batches; a fixed buffer (not AUTOTUNE) so every variant gets the same one
 _ADAM_BYTES_PER_PARAM = 28  # read var, m, v, grad; write var, m, v (float32)
-_PROBE_BYTES_PER_ELEMENT = 8  # v = v * a + b: read and write one float32
 _CLICK_RATE = 0.25
 # Targets of the issue.
 _LAZY_GROWTH_LIMIT = 1.3
@@ -276,44 +276,17 @@ class OptimizerOnly:
     return self.update.experimental_get_compiler_ir()(stage="optimized_hlo")
 
 
-class BandwidthProbe:
-  """v = v * a + b in place over `megabytes` of float32, compiled with XLA: 8 B per element."""
+class BandwidthProbe(bandwidth_probe.InPlaceProbe):
+  """The bandwidth probe (tools/bandwidth_probe.py) as one of the timed variants."""
 
   kind = "probe"
 
   def __init__(self, megabytes, repeats):
+    super().__init__(megabytes)
     self.name, self.steps = "memory bandwidth probe", repeats
-    self.elements = megabytes * 2**20 // 4
-    self.bytes_per_pass = _PROBE_BYTES_PER_ELEMENT * self.elements
-    self._v = tf.Variable(tf.ones([self.elements], tf.float32), name="bandwidth_probe")
-
-    @tf.function(jit_compile=True)
-    def update():
-      # Converges to 2.0: no overflow, no denormals, whatever the number of passes.
-      self._v.assign(self._v * 0.5 + 1.0)
-
-    self._update = update
-
-  def run(self, steps):
-    for _ in range(steps):
-      self._update()
-    self._v[0].numpy()
-    return None
 
 
 # ---- Timing ------------------------------------------------------------------------------
-
-def rss_mb():
-  try:
-    with open("/proc/self/statm") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-  except (OSError, ValueError, IndexError):
-    return None
-
-
-def peak_rss_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
 
 def time_variants(label, variants, rounds, warmup_rounds):
   """Warm-up rounds, then interleaved timed rounds; returns {name: [per-round records]}."""
@@ -538,7 +511,8 @@ def benchmark_size(rows, seed):
           "unique_ids_per_batch": unique_per_batch, "bandwidth_gbps": probe_gbps,
           "adam_floor_ms": _ADAM_BYTES_PER_PARAM * params / (probe_gbps * 1e6),
           "keras_best": keras_best, "variants": results, "dense_update_analysis": analysis,
-          "rss_mb_after": rss_mb(), "peak_rss_mb": peak_rss_mb()}
+          "rss_mb_after": process_memory.current_rss_mb(),
+          "peak_rss_mb": process_memory.peak_rss_mb()}
 
 
 def benchmark_lazy_growth(lazy_by_rows):
@@ -607,8 +581,8 @@ def _growth_table(lazy_growth):
   return [f"Lazy step of every table size in the same interleaved rounds "
           f"({_setting('lazy_growth_steps')} steps per round each), ms/step; growth = median "
           "of the per-round ratios:",
-          text_table.table(("rows", "median ms", "min", "max", "growth", "per-round range", "cores",
-                  "other load"), lines, left=1), ""]
+          text_table.table(("rows", "median ms", "min", "max", "growth", "per-round range",
+                            "cores", "other load"), lines, left=1), ""]
 
 
 def format_report(sizes, checks, lazy_growth=()):
@@ -636,17 +610,17 @@ def format_report(sizes, checks, lazy_growth=()):
     update_lines.append((rows, "Adam floor (28 B/param)", f"{size['adam_floor_ms']:.2f}", "",
                          "", f"{size['bandwidth_gbps']:.1f}", "1.00", "", ""))
   out = ["Full train step (forward, backward, Adam), ms/step:",
-         text_table.table(("rows", "variant", "median ms", "min", "max", "keras best/this", "cores",
-                 "other load", "1st call s"), step_lines), "",
+         text_table.table(("rows", "variant", "median ms", "min", "max", "keras best/this",
+                           "cores", "other load", "1st call s"), step_lines), "",
          "Adam update of the table alone (one XLA program, fixed gradient of the batch's rows) "
          "and memory bandwidth:",
-         text_table.table(("rows", "variant", "median ms", "min", "max", "GB/s", "of BW", "cores",
-                 "other load"), update_lines), "",
+         text_table.table(("rows", "variant", "median ms", "min", "max", "GB/s", "of BW",
+                           "cores", "other load"), update_lines), "",
          *(_growth_table(lazy_growth) if lazy_growth else []),
          "Checks (the issue's targets):",
          text_table.table(("check", "figure", "target", "result"),
-                [(c["name"], f"{c['value']:.2f}{c['unit']}", c["target"],
-                  "PASS" if c["passed"] else "FAIL") for c in checks], left=1)]
+                          [(c["name"], f"{c['value']:.2f}{c['unit']}", c["target"],
+                            "PASS" if c["passed"] else "FAIL") for c in checks], left=1)]
   for size in sizes:
     analysis = size["dense_update_analysis"]
     passes = analysis["passes"]
@@ -667,8 +641,8 @@ def format_report(sizes, checks, lazy_growth=()):
                     "" if p["gbps"] is None else f"{p['gbps']:.1f}",
                     "" if p["fraction_of_bandwidth"] is None else
                     f"{p['fraction_of_bandwidth']:.2f}"))
-    out.append(text_table.table(("kernel", "root op", "table-sized traffic", "B/param", "ms", "GB/s",
-                       "of BW"), lines, left=3))
+    out.append(text_table.table(("kernel", "root op", "table-sized traffic", "B/param", "ms",
+                                 "GB/s", "of BW"), lines, left=3))
   return "\n".join(out)
 
 

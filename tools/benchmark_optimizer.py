@@ -71,6 +71,7 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from tools import bandwidth_probe
 from tools import cpu_load
 from tools import run_info
 from tools import text_table
@@ -78,7 +79,6 @@ from tools import text_table
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
 ADAM_BYTES_PER_PARAM = 28  # read var, grad, m, v; write var, m, v (float32)
-PROBE_BYTES_PER_ELEMENT = 8  # v = v * 0.5 + 1: read and write one float32
 _INITIAL_SCALE, _GRADIENT_SCALE = 0.05, 0.01
 # The probe runs whole passes per round, at least 3 and enough for about this long (like one
 # round of an update variant, and above the 0.1 s cpu_load.CpuMeter needs).
@@ -240,7 +240,11 @@ class Variant:
     return update_steps
 
   def run(self, steps):
-    raise NotImplementedError
+    """Calls the variant's compiled update (`self._update`, which returns its step count)
+    `steps` times; fetching the count waits for the work."""
+    for _ in range(steps):
+      count = self._update()
+    return int(count.numpy())
 
   def params(self):
     return [v.numpy() for v in self._vars]
@@ -261,11 +265,6 @@ class AdamXla(Variant):
     pairs = list(zip(problem.grads, self._vars))
     self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
                                jit_compile=True)
-
-  def run(self, steps):
-    for _ in range(steps):
-      count = self._update()
-    return int(count.numpy())
 
   def state_bytes(self):
     extra = [self._opt.learning_rate] if isinstance(self._opt.learning_rate, tf.Variable) else []
@@ -288,11 +287,6 @@ class KerasAdam(Variant):
       return tf.convert_to_tensor(self._opt.iterations)
 
     self._update = tf.function(update, jit_compile=jit_compile)
-
-  def run(self, steps):
-    for _ in range(steps):
-      count = self._update()
-    return int(count.numpy())
 
   def state_bytes(self):
     return _variables_bytes(self._opt.variables)
@@ -324,31 +318,18 @@ class TfResourceApplyAdam(Variant):
 
     self._update = update
 
-  def run(self, steps):
-    for _ in range(steps):
-      count = self._update()
-    return int(count.numpy())
-
   def state_bytes(self):
     return _variables_bytes(self._m + self._v + [self._step])
 
 
 class BandwidthProbe(Variant):
-  """v = v * 0.5 + 1 in place over bandwidth_mb of float32 under XLA: 8 B per element."""
+  """The bandwidth probe (tools/bandwidth_probe.py) over bandwidth_mb, as a timed variant."""
 
   kind = "probe"
 
   def __init__(self, problem):  # pylint: disable=super-init-not-called
+    self._probe = bandwidth_probe.InPlaceProbe(problem.bandwidth_mb)
     self.megabytes = problem.bandwidth_mb
-    self.elements = self.megabytes * 2**20 // 4
-    self._v = tf.Variable(tf.ones([self.elements], tf.float32))
-
-    @tf.function(jit_compile=True)
-    def update():
-      # Converges to 2.0: no overflow or denormals, however many passes.
-      self._v.assign(self._v * 0.5 + 1.0)
-
-    self._update = update
     self.passes = self._passes_per_round()
 
   def _passes_per_round(self):
@@ -360,16 +341,14 @@ class BandwidthProbe(Variant):
     return max(_PROBE_MIN_PASSES, math.ceil(_PROBE_SECONDS_PER_ROUND / seconds_per_pass))
 
   def bytes_per_step(self):
-    return PROBE_BYTES_PER_ELEMENT * self.elements
+    return self._probe.bytes_per_pass
 
   def steps_per_round(self, update_steps):
     del update_steps  # passes take their own time, calibrated in __init__
     return self.passes
 
   def run(self, steps):
-    for _ in range(steps):
-      self._update()
-    self._v[0].numpy()
+    self._probe.run(steps)
     return None
 
   def params(self):
@@ -407,11 +386,6 @@ class FlatBufferAdam(Variant):
       return self._step.assign_add(1)
 
     self._update = update
-
-  def run(self, steps):
-    for _ in range(steps):
-      count = self._update()
-    return int(count.numpy())
 
   def params(self):
     return list(self._flat.numpy().reshape(self._shape))
@@ -627,7 +601,7 @@ def numpy_bandwidth(megabytes, passes=_NUMPY_PASSES):
     x += 1
     times.append(time.perf_counter() - start)
   return {"megabytes": megabytes, "passes": passes,
-          "gbps": PROBE_BYTES_PER_ELEMENT * x.size / (statistics.median(times) * 1e9),
+          "gbps": bandwidth_probe.BYTES_PER_ELEMENT * x.size / (statistics.median(times) * 1e9),
           "seconds_per_pass": times}
 
 
@@ -727,8 +701,8 @@ def format_results(case_rows):
     if row["adam_floor_ms"]:
       lines.append((label, "Adam floor (28 B/param)", f"{row['adam_floor_ms']:.2f}", "", "", "",
                     "1.00x", f"{row['bandwidth_gbps']:.1f}", "", ""))
-  return text_table.table(("case", "variant", "median ms", "min", "max", "keras jit/this", "x floor",
-                 "GB/s", "state MB", "other load"), lines)
+  return text_table.table(("case", "variant", "median ms", "min", "max", "keras jit/this",
+                           "x floor", "GB/s", "state MB", "other load"), lines)
 
 
 def format_agreement(case_rows):
@@ -742,7 +716,7 @@ def format_agreement(case_rows):
                     f"{a['max_abs_diff_vs_numpy_first_tensor']:.2e}",
                     f"{agreement['tolerance']:.2e}"))
   return text_table.table(("case", "variant", "steps", "max |diff| vs adam_xla",
-                 "vs NumPy (1st tensor)", "tolerance"), lines)
+                           "vs NumPy (1st tensor)", "tolerance"), lines)
 
 
 def format_checks(checks):
@@ -885,7 +859,8 @@ def config_from_flags(flag_values=flags.FLAGS):
                 warmup_rounds=setting("warmup_rounds"), steps=setting("steps"),
                 bandwidth_mb=setting("bandwidth_mb"), seed=flag_values.seed,
                 variants=tuple(v.strip() for v in flag_values.variants or ()),
-                json_out=flag_values.json_out, quick=flag_values.quick, command=run_info.command_line())
+                json_out=flag_values.json_out, quick=flag_values.quick,
+                command=run_info.command_line())
 
 
 def main(argv):

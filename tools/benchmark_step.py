@@ -64,7 +64,6 @@ import json
 import math
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -81,6 +80,7 @@ import tensorflow as tf
 import adam_xla
 from adam_xla import distribution
 from tools import cpu_load
+from tools import process_memory
 from tools import run_info
 from tools import text_table
 
@@ -628,37 +628,6 @@ def compute_checks(results):
 
 # ---- Peak memory, one child process per variant --------------------------------------------
 
-def current_rss_mb():
-  """This process's resident set now (Linux /proc), else its peak so far."""
-  try:
-    with open("/proc/self/statm") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-  except (OSError, ValueError, IndexError):
-    return ru_maxrss_mb()
-
-
-def peak_rss_mb():
-  """This process's peak resident set: VmHWM (Linux /proc), else getrusage's ru_maxrss.
-
-  VmHWM belongs to the process's own address space. ru_maxrss does not start afresh in a
-  child that was forked and exec'd: Linux carries the parent's resident size at the fork
-  over, so a probe started by a large benchmark process would report the parent's size.
-  """
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 2**10  # kB
-  except (OSError, ValueError, IndexError):
-    pass
-  return ru_maxrss_mb()
-
-
-def ru_maxrss_mb():
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB here
-
-
 def memory_probe(config, strategy_name, model_name, variant_name):
   """Builds and runs one variant in this (fresh) process; returns its RSS figures in MB."""
   prepare_devices((strategy_name,))
@@ -673,15 +642,15 @@ def memory_probe(config, strategy_name, model_name, variant_name):
                          f"{model_name}; variants: {sorted(specs)}.")
   tf.constant(0.0).numpy()  # TensorFlow's runtime and devices are up before the baseline
   gc.collect()
-  baseline = current_rss_mb()
+  baseline = process_memory.current_rss_mb()
   variant = specs[variant_name].construct(variant_name)
   warmup = _warmup_calls(variant)
   variant.run(warmup)
   for _ in range(_MEMORY_PROBE_CALLS):
     variant.run(1)
   return {"strategy": strategy_name, "model": model_name, "variant": variant_name,
-          "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
-          "ru_maxrss_mb": ru_maxrss_mb(),
+          "baseline_rss_mb": baseline, "peak_rss_mb": process_memory.peak_rss_mb(),
+          "ru_maxrss_mb": process_memory.ru_maxrss_mb(),
           "steps": (warmup + _MEMORY_PROBE_CALLS) * variant.steps_per_call}
 
 
@@ -768,9 +737,10 @@ def format_table(results):
 def format_checks(checks):
   figure = lambda value, unit: "n/a" if value is None else f"{value:.2f}{unit}"
   return text_table.table(("check", "figure", "target", "result", "with fit teardown"),
-                [(c["name"], figure(c["value"], c["unit"]), c["target"],
-                  "PASS" if c["passed"] else "FAIL",
-                  figure(c.get("value_whole_fit_calls"), c["unit"])) for c in checks], left=1)
+                          [(c["name"], figure(c["value"], c["unit"]), c["target"],
+                            "PASS" if c["passed"] else "FAIL",
+                            figure(c.get("value_whole_fit_calls"), c["unit"]))
+                           for c in checks], left=1)
 
 
 def _teardown_summary(seconds):

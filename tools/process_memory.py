@@ -1,0 +1,36 @@
+"""This process's resident memory, for the benchmarks' memory figures (MB = 2^20 bytes)."""
+
+import os
+import resource
+import sys
+
+
+def current_rss_mb():
+  """This process's resident set now (Linux /proc), else its peak so far."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except (OSError, ValueError, IndexError):
+    return ru_maxrss_mb()
+
+
+def peak_rss_mb():
+  """This process's peak resident set: VmHWM (Linux /proc), else getrusage's ru_maxrss.
+
+  VmHWM belongs to the process's own address space. ru_maxrss does not start afresh in a
+  child that was forked and exec'd: Linux carries the parent's resident size at the fork
+  over, so a probe started by a large benchmark process would report the parent's size.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 2**10  # kB
+  except (OSError, ValueError, IndexError):
+    pass
+  return ru_maxrss_mb()
+
+
+def ru_maxrss_mb():
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes there, KiB here
