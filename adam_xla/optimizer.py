@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from adam_xla import clipping
+from adam_xla import cpu_kernel
 from adam_xla import distribution
 from adam_xla import hyperparameters
 from adam_xla import sparse
@@ -350,6 +351,13 @@ class Adam(tf.Module):
       new_var, moments = update_rule.adam_step_at_rows(
           var, grad.indices, grad.values, update_rule.Moments(*slots), coefficients, apply_if)
       apply_if = None
+    elif self.jit_compile and cpu_kernel.applies(var, grad, slots[2]):
+      # One pass over memory instead of XLA:CPU's three loops (see cpu_kernel.py).
+      new_var, new_m, new_v = cpu_kernel.adam_step(
+          var, grad, slots[0], slots[1], coefficients, apply_if)
+      for target, value in ((var, new_var), (slots[0], new_m), (slots[1], new_v)):
+        target.assign(value)
+      return
     else:
       new_var, moments = update_rule.adam_step(
           var, grad, update_rule.Moments(*slots), coefficients)

@@ -4,17 +4,19 @@ import contextlib
 import io
 import json
 import math
+import os
 
 from absl import app
 from absl import flags
 import numpy as np
 import pytest
 
+from adam_xla import cpu_kernel
 from tests import pytest_main
 from tools import benchmark_optimizer as bo
 
-_OPTIMIZERS = ("adam_xla", "keras jit", "keras no-jit", "tf ResourceApplyAdam",
-               "jit Adam, one flat buffer")
+_OPTIMIZERS = ("adam_xla", "adam_xla, XLA loops", "keras jit", "keras no-jit",
+               "tf ResourceApplyAdam", "jit Adam, one flat buffer")
 _QUICK_CASES = bo.parse_cases(bo.QUICK["cases"])
 
 
@@ -104,6 +106,16 @@ def _registry_with_wrong_learning_rate():
   registry["adam_xla lr +1%"] = lambda problem: bo.AdamXla(
       problem, learning_rate=1.01 * bo.LEARNING_RATE)
   return registry
+
+
+def test_xla_loops_variant_is_traced_without_the_cpu_kernel():
+  problem = bo.make_problem(bo.parse_cases(["4000x4"])[0], seed=0, bandwidth_mb=1)
+  before = os.environ.get(cpu_kernel.ENV_SWITCH)
+  hlo = {name: bo.VARIANTS[name](problem)._update.experimental_get_compiler_ir()(stage="hlo")
+         for name in ("adam_xla", "adam_xla, XLA loops")}
+  assert hlo["adam_xla"].count(cpu_kernel.TARGET) == 4  # one call per tensor
+  assert cpu_kernel.TARGET not in hlo["adam_xla, XLA loops"]
+  assert os.environ.get(cpu_kernel.ENV_SWITCH) == before
 
 
 def test_a_variant_doing_different_work_is_detected():

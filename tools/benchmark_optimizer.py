@@ -9,7 +9,10 @@ of TENSORS), and fixed gradients. The gradients are constant tensors drawn once 
 same ones and holds its own copy of the variables. The variants (registry VARIANTS):
 
   adam_xla              adam_xla.Adam(learning_rate=1e-3); build(vars); one
-                        tf.function(jit_compile=True) calling apply_gradients(zip(grads, vars))
+                        tf.function(jit_compile=True) calling apply_gradients(zip(grads, vars));
+                        on CPU its update is adam_xla's one-pass kernel (adam_xla/cpu_kernel.py)
+  adam_xla, XLA loops   the same traced with ADAM_XLA_CPU_KERNEL=0: XLA's own loops, three per
+                        tensor (what adam_xla did before the kernel, and does on GPU and TPU)
   keras jit             keras.optimizers.Adam(learning_rate=1e-3) over keras.Variables;
                         build(vars); tf.function(jit_compile=True) calling apply(grads, vars)
   keras no-jit          the same in a tf.function without XLA
@@ -53,6 +56,7 @@ compared with adam_xla over all tensors and, on the first tensor, with a float64
 (see `tolerance`). A disagreement stops the tool with a non-zero exit and the differences.
 """
 
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -71,6 +75,7 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from adam_xla import cpu_kernel
 from tools import bandwidth_probe
 from tools import cpu_load
 from tools import run_info
@@ -254,9 +259,13 @@ class Variant:
 
 
 class AdamXla(Variant):
-  """adam_xla.Adam, its apply_gradients in one tf.function(jit_compile=True)."""
+  """adam_xla.Adam, its apply_gradients in one tf.function(jit_compile=True).
 
-  def __init__(self, problem, learning_rate=LEARNING_RATE):
+  With cpu_kernel=False the function is traced with ADAM_XLA_CPU_KERNEL=0, so that the update
+  is XLA's own loops rather than adam_xla's one-pass CPU kernel.
+  """
+
+  def __init__(self, problem, learning_rate=LEARNING_RATE, use_cpu_kernel=True):
     super().__init__(problem)
     self._vars = [tf.Variable(row) for row in problem.initial]
     self._opt = adam_xla.Adam(learning_rate=learning_rate, beta_1=BETA_1, beta_2=BETA_2,
@@ -265,10 +274,26 @@ class AdamXla(Variant):
     pairs = list(zip(problem.grads, self._vars))
     self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
                                jit_compile=True)
+    with _cpu_kernel_switch(use_cpu_kernel):
+      self._update.get_concrete_function()  # traces now; later calls reuse this trace
 
   def state_bytes(self):
     extra = [self._opt.learning_rate] if isinstance(self._opt.learning_rate, tf.Variable) else []
     return _variables_bytes(list(self._opt.variables) + extra)
+
+
+@contextlib.contextmanager
+def _cpu_kernel_switch(on):
+  """Sets ADAM_XLA_CPU_KERNEL for the duration (read by adam_xla while it traces)."""
+  saved = os.environ.get(cpu_kernel.ENV_SWITCH)
+  os.environ[cpu_kernel.ENV_SWITCH] = "1" if on else "0"
+  try:
+    yield
+  finally:
+    if saved is None:
+      del os.environ[cpu_kernel.ENV_SWITCH]
+    else:
+      os.environ[cpu_kernel.ENV_SWITCH] = saved
 
 
 class KerasAdam(Variant):
@@ -433,6 +458,7 @@ class PerVariableBound(Variant):
 # Name -> constructor(problem). A new variant (say, another slot layout of adam_xla) is one line.
 VARIANTS = {
     "adam_xla": AdamXla,
+    "adam_xla, XLA loops": functools.partial(AdamXla, use_cpu_kernel=False),
     "keras jit": functools.partial(KerasAdam, jit_compile=True),
     "keras no-jit": functools.partial(KerasAdam, jit_compile=False),
     "tf ResourceApplyAdam": TfResourceApplyAdam,

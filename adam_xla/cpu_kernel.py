@@ -1,0 +1,190 @@
+"""The dense float32 Adam update on CPU as one pass over memory, inside the XLA program.
+
+XLA:CPU compiles `update_rule.adam_step` into three loops per tensor (m, v, then the variable
+from the new m and v): 40 bytes of memory traffic per parameter where 28 are needed, and the
+update is memory-bound. cpu_kernel.cc does it in one loop. It is compiled here on first use
+with the machine's C++ compiler (a few seconds, cached), registered as an XLA:CPU custom call
+target, and called through an `XlaCallModule` op whose StableHLO custom call aliases its
+outputs to the param, m and v inputs, so that XLA updates the variables' buffers in place (the
+plain `XlaCustomCallV2` op cannot alias, and XLA then copies every result).
+
+Used only where it computes what `adam_step` computes: float32, dense gradient, no amsgrad,
+in the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU device. Everywhere else (GPU, TPU, no compiler,
+ADAM_XLA_CPU_KERNEL=0) the update is `update_rule.adam_step`, which XLA fuses well on
+accelerators. The arithmetic is the same operation for operation, without fused multiply-adds,
+so both paths agree to within a rounding.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+from absl import logging
+import tensorflow as tf
+# XlaCallModule is not in tf.raw_ops; this is the generated wrapper TensorFlow's own jax2tf uses.
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+TARGET = "adam_xla_adam_update_f32"
+ENV_SWITCH = "ADAM_XLA_CPU_KERNEL"  # "0" turns the kernel off
+ENV_CACHE_DIR = "ADAM_XLA_CACHE_DIR"
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel.cc")
+_COEFFICIENTS = 6  # lr_t, beta_1, beta_2, epsilon, decay, apply
+_XLA_CALL_MODULE_VERSION = 9
+
+_lock = threading.Lock()
+_state = {"loaded": None, "reason": None}
+
+
+def enabled():
+  """False when ADAM_XLA_CPU_KERNEL=0 asks for XLA's own loops."""
+  return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compile_flags():
+  flags = ["-O3", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
+  if _cpu_has("avx2"):
+    flags.append("-mavx2")
+  return flags
+
+
+def _cpu_has(feature):
+  try:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("flags"):
+          return feature in line.split()
+  except OSError:
+    pass
+  return False
+
+
+def _cache_dir():
+  if os.environ.get(ENV_CACHE_DIR):
+    return os.environ[ENV_CACHE_DIR]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "adam_xla")
+
+
+def library_path(compiler, flags):
+  """Where the kernel built from this source, compiler, flags and TensorFlow is cached."""
+  with open(_SOURCE, "rb") as source:
+    key = hashlib.sha256(source.read())
+  for part in [compiler, tf.__version__, tf.sysconfig.get_lib(), platform.machine()] + flags:
+    key.update(part.encode())
+  return os.path.join(_cache_dir(), f"cpu_kernel-{key.hexdigest()[:16]}.so")
+
+
+def _build(compiler, flags, path):
+  """Compiles to a temporary file and renames it, so that concurrent builds never see half."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  lib_dir = tf.sysconfig.get_lib()
+  fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+  os.close(fd)
+  command = ([compiler] + flags + [_SOURCE, "-o", partial, f"-L{lib_dir}",
+                                   "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{lib_dir}"])
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+      raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+def load():
+  """Builds (once per machine) and registers the kernel; returns whether it can be used."""
+  with _lock:
+    if _state["loaded"] is None:
+      _state["loaded"], _state["reason"] = _load()
+      if not _state["loaded"]:
+        logging.warning("adam_xla: the one-pass CPU Adam kernel is not used (%s); the update "
+                        "runs as XLA's own loops, which is correct but slower on CPU.",
+                        _state["reason"])
+    return _state["loaded"]
+
+
+def _load():
+  if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+    return False, f"not built for {platform.system()} {platform.machine()}"
+  compiler = shutil.which(os.environ.get("CXX", "")) or shutil.which("g++") or shutil.which(
+      "c++")
+  if compiler is None:
+    return False, "no C++ compiler found (set CXX, or install g++)"
+  flags = _compile_flags()
+  path = library_path(compiler, flags)
+  try:
+    if not os.path.exists(path):
+      logging.info("adam_xla: compiling the CPU Adam kernel into %s", path)
+      _build(compiler, flags, path)
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # its static initializer registers TARGET
+  except (OSError, RuntimeError) as error:
+    return False, str(error)
+  return True, None
+
+
+@tf.autograph.experimental.do_not_convert  # plain Python, run while tracing
+def applies(var, grad, vhat):
+  """Whether the update of `var` (one device's copy) can use the kernel.
+
+  Call only while tracing a function compiled with XLA (jit_compile=True): the op it emits
+  has no kernel outside XLA.
+  """
+  if not enabled() or vhat is not None or isinstance(grad, tf.IndexedSlices):
+    return False
+  if var.dtype.base_dtype != tf.float32 or tf.executing_eagerly() or not _on_cpu(var):
+    return False
+  if var.shape.num_elements() is None or var.shape.num_elements() == 0:
+    return False
+  return load()
+
+
+def _on_cpu(var):
+  device = var.device
+  if device:
+    return tf.DeviceSpec.from_string(device).device_type == "CPU"
+  return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _module_text(num_elements):
+  tensor = f"tensor<{num_elements}xf32>"
+  coefficients = f"tensor<{_COEFFICIENTS}xf32>"
+  alias = ("#stablehlo.output_operand_alias<output_tuple_indices = [{}], operand_index = {}, "
+           "operand_tuple_indices = []>")
+  aliases = ", ".join(alias.format(out, operand) for out, operand in ((0, 0), (1, 2), (2, 3)))
+  return (
+      "module @adam_update {\n"
+      f"  func.func public @main(%param: {tensor}, %grad: {tensor}, %m: {tensor}, "
+      f"%v: {tensor}, %c: {coefficients}) -> ({tensor}, {tensor}, {tensor}) {{\n"
+      f"    %0:3 = stablehlo.custom_call @{TARGET}(%param, %grad, %m, %v, %c) "
+      f"{{api_version = 3 : i32, backend_config = \"{num_elements}\", "
+      f"output_operand_aliases = [{aliases}]}} : ({tensor}, {tensor}, {tensor}, {tensor}, "
+      f"{coefficients}) -> ({tensor}, {tensor}, {tensor})\n"
+      f"    return %0#0, %0#1, %0#2 : {tensor}, {tensor}, {tensor}\n"
+      "  }\n"
+      "}\n")
+
+
+def adam_step(param, grad, m, v, coefficients, apply_if=None):
+  """`update_rule.adam_step` (without amsgrad) by the kernel: returns (param, m, v).
+
+  Call only where `applies` is true. With `apply_if` False the inputs come back unchanged.
+  """
+  c = coefficients
+  zero = tf.zeros([], tf.float32)
+  apply = tf.ones([], tf.float32) if apply_if is None else tf.cast(apply_if, tf.float32)
+  scalars = tf.stack([c.lr_t, c.beta_1, c.beta_2, c.epsilon,
+                      zero if c.decay is None else c.decay, apply])
+  shape = param.shape
+  count = shape.num_elements()
+  flat = lambda t: tf.reshape(t, [count])
+  outputs = gen_xla_ops.xla_call_module(
+      [flat(param), flat(grad), flat(m), flat(v), scalars], version=_XLA_CALL_MODULE_VERSION,
+      module=_module_text(count), Sout=[[count]] * 3, Tout=[tf.float32] * 3,
+      platforms=["CPU"])
+  return tuple(tf.reshape(t, shape) for t in outputs)

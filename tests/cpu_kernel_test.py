@@ -1,0 +1,176 @@
+"""Tests for adam_xla/cpu_kernel.py (and cpu_kernel.cc): the one-pass CPU update.
+
+It must compute what update_rule.adam_step computes (the same operations in the same order,
+so within float32 roundings), agree with the float64 NumPy reference, update the variables in place inside the XLA program, and be used only where
+it applies, with XLA's own loops everywhere else.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import adam_xla
+from adam_xla import cpu_kernel
+from adam_xla import update_rule
+from tests import numpy_adam
+from tests import pytest_main
+
+# Sizes around the vector widths (8 and 16 floats) and the kernel's tail loop, and 2-D shapes.
+SHAPES = [(), (1,), (7,), (8,), (17,), (1001,), (64, 33)]
+STEPS = 6
+# Both compute in float32 with the same operations; XLA may order or fuse a multiply-add
+# differently, so elements can differ by a rounding or two (of the array's largest value).
+RTOL = 2e-6
+
+
+def _problem(shape, seed):
+  rng = np.random.default_rng(seed)
+  init = rng.normal(size=shape).astype(np.float32)
+  grads = [rng.normal(size=shape).astype(np.float32) for _ in range(STEPS)]
+  return init, grads
+
+
+def _run_rule(init, grads, hyper, weight_decay, use_kernel):
+  """STEPS steps of one variable in a jit function, by the kernel or by update_rule.adam_step."""
+  learning_rate, beta_1, beta_2, epsilon = hyper
+  param = tf.Variable(init)
+  m = tf.Variable(tf.zeros_like(init))
+  v = tf.Variable(tf.zeros_like(init))
+
+  @tf.function(jit_compile=True)
+  def step(grad, iterations):
+    c = update_rule.step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations,
+                                      tf.float32, weight_decay=weight_decay)
+    if use_kernel:
+      values = cpu_kernel.adam_step(param, grad, m, v, c)
+    else:
+      new_param, moments = update_rule.adam_step(param, grad, update_rule.Moments(m, v), c)
+      values = (new_param, moments.m, moments.v)
+    for target, value in zip((param, m, v), values):
+      target.assign(value)
+
+  for iterations, grad in enumerate(grads):
+    step(tf.constant(grad), tf.constant(iterations, tf.int64))
+  return param.numpy(), m.numpy(), v.numpy()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_built():
+  assert cpu_kernel.load(), cpu_kernel._state["reason"]  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("hyper", [(0.001, 0.9, 0.999, 1e-7), (0.05, 0.5, 0.9, 1.0)])
+def test_matches_update_rule_within_rounding(shape, weight_decay, hyper):
+  init, grads = _problem(shape, seed=len(shape) + int(weight_decay * 100))
+  by_kernel = _run_rule(init, grads, hyper, weight_decay, use_kernel=True)
+  by_xla = _run_rule(init, grads, hyper, weight_decay, use_kernel=False)
+  for kernel_value, xla_value in zip(by_kernel, by_xla):
+    scale = np.max(np.abs(xla_value))
+    np.testing.assert_allclose(kernel_value, xla_value, rtol=RTOL, atol=RTOL * scale)
+  assert not np.array_equal(by_kernel[0], init)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_optimizer_agrees_with_numpy_reference(weight_decay):
+  init, grads = _problem((1001,), seed=3)
+  var = tf.Variable(init)
+  optimizer = adam_xla.Adam(learning_rate=0.01, weight_decay=weight_decay)
+  reference = numpy_adam.NumpyAdam(learning_rate=0.01, weight_decay=weight_decay)
+  params = [init.astype(np.float64)]
+  for grad in grads:
+    optimizer.apply_gradients([(tf.constant(grad), var)])
+    reference.step(params, [grad])
+  np.testing.assert_allclose(var.numpy(), params[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(optimizer.slot(var, "m").numpy(), reference.m[0], rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(optimizer.slot(var, "v").numpy(), reference.v[0], rtol=1e-4,
+                             atol=1e-9)
+
+
+def test_apply_if_false_changes_nothing():
+  init, grads = _problem((17,), seed=5)
+  var = tf.Variable(init)
+  optimizer = adam_xla.Adam(learning_rate=0.01)
+  optimizer.apply_gradients([(tf.constant(grads[0]), var)])
+  before = [t.numpy() for t in (var, optimizer.slot(var, "m"), optimizer.slot(var, "v"))]
+  optimizer.apply_gradients([(tf.constant(grads[1]), var)], apply_if=tf.constant(False))
+  after = [t.numpy() for t in (var, optimizer.slot(var, "m"), optimizer.slot(var, "v"))]
+  for old, new in zip(before, after):
+    np.testing.assert_array_equal(old, new)
+  assert int(optimizer.iterations.numpy()) == 1
+
+
+def _optimized_hlo(optimizer, var, grad):
+  @tf.function(jit_compile=True)
+  def step(grad):
+    optimizer.apply_gradients([(grad, var)])
+  return step.experimental_get_compiler_ir(grad)(stage="optimized_hlo")
+
+
+def test_update_is_one_in_place_custom_call():
+  var = tf.Variable(np.ones([1000], np.float32))
+  optimizer = adam_xla.Adam()
+  hlo = _optimized_hlo(optimizer, var, tf.ones([1000]))
+  calls = [line for line in hlo.splitlines() if f'custom_call_target="{cpu_kernel.TARGET}"' in line]
+  assert len(calls) == 1
+  assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (2, {}), {2}: (3, {})}" in calls[0]
+  # No full-size copy: the kernel writes straight into the variables' buffers.
+  assert not [line for line in hlo.splitlines() if "f32[1000]{0} copy(" in line]
+
+
+@pytest.mark.parametrize("case", ["amsgrad", "float64", "sparse", "no_jit", "switched_off"])
+def test_not_used_where_it_does_not_apply(case, monkeypatch):
+  dtype = np.float64 if case == "float64" else np.float32
+  var = tf.Variable(np.ones([10, 4], dtype))
+  grad = tf.ones([10, 4], dtype)
+  if case == "sparse":
+    grad = tf.IndexedSlices(tf.ones([2, 4]), tf.constant([1, 3]), tf.constant([10, 4]))
+  if case == "switched_off":
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
+  optimizer = adam_xla.Adam(amsgrad=case == "amsgrad", jit_compile=case != "no_jit")
+  hlo = _optimized_hlo(optimizer, var, grad)
+  assert cpu_kernel.TARGET not in hlo
+  assert "custom-call" not in hlo
+
+
+def test_used_in_default_case_through_optimizer():
+  var = tf.Variable(np.ones([10, 4], np.float32))
+  hlo = _optimized_hlo(adam_xla.Adam(), var, tf.ones([10, 4]))
+  assert cpu_kernel.TARGET in hlo
+
+
+def test_enabled_reads_switch(monkeypatch):
+  for value, expected in (("0", False), ("off", False), ("1", True), ("", True)):
+    monkeypatch.setenv(cpu_kernel.ENV_SWITCH, value)
+    assert cpu_kernel.enabled() is expected
+
+
+def test_without_compiler_reports_reason(monkeypatch):
+  monkeypatch.setattr(cpu_kernel.shutil, "which", lambda name: None)
+  loaded, reason = cpu_kernel._load()  # pylint: disable=protected-access
+  assert not loaded
+  assert "no C++ compiler" in reason
+
+
+def test_build_failure_leaves_no_library(tmp_path, monkeypatch):
+  monkeypatch.setenv(cpu_kernel.ENV_CACHE_DIR, str(tmp_path))
+  path = str(tmp_path / "kernel.so")
+  with pytest.raises(RuntimeError, match="failed"):
+    cpu_kernel._build("g++", ["--no-such-option-for-adam-xla"], path)  # pylint: disable=protected-access
+  assert os.listdir(tmp_path) == []
+
+
+def test_library_path_depends_on_flags(tmp_path, monkeypatch):
+  monkeypatch.setenv(cpu_kernel.ENV_CACHE_DIR, str(tmp_path))
+  first = cpu_kernel.library_path("g++", ["-O3"])
+  assert first.startswith(str(tmp_path))
+  assert first == cpu_kernel.library_path("g++", ["-O3"])
+  assert first != cpu_kernel.library_path("g++", ["-O2"])
+
+
+if __name__ == "__main__":
+  pytest_main.main(__file__)
