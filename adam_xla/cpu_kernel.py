@@ -8,11 +8,11 @@ target, and called through an `XlaCallModule` op whose StableHLO custom call ali
 outputs to the param, m and v inputs, so that XLA updates the variables' buffers in place (the
 plain `XlaCustomCallV2` op cannot alias, and XLA then copies every result).
 
-Used only where it computes what `adam_step` computes: float32, dense gradient, no amsgrad,
-in the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU device. Everywhere else (GPU, TPU, no compiler,
-ADAM_XLA_CPU_KERNEL=0) the update is `update_rule.adam_step`, which XLA fuses well on
-accelerators. The arithmetic is the same operation for operation, without fused multiply-adds,
-so both paths agree to within a rounding.
+Used only where it computes what `adam_step` computes: float32, dense gradient, no amsgrad, in
+the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU device. Everywhere
+else (GPU, TPU, no compiler, ADAM_XLA_CPU_KERNEL=0) the update is `update_rule.adam_step`, which
+XLA fuses well on accelerators. The arithmetic is the same operation for operation, without
+fused multiply-adds, so both paths agree to within a rounding.
 """
 
 import ctypes

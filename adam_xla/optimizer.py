@@ -352,12 +352,12 @@ class Adam(tf.Module):
           var, grad.indices, grad.values, update_rule.Moments(*slots), coefficients, apply_if)
       apply_if = None
     elif self.jit_compile and cpu_kernel.applies(var, grad, slots[2]):
-      # One pass over memory instead of XLA:CPU's three loops (see cpu_kernel.py).
+      # One pass over memory instead of XLA:CPU's three loops (see cpu_kernel.py); apply_if is
+      # applied inside, in place.
       new_var, new_m, new_v = cpu_kernel.adam_step(
           var, grad, slots[0], slots[1], coefficients, apply_if)
-      for target, value in ((var, new_var), (slots[0], new_m), (slots[1], new_v)):
-        target.assign(value)
-      return
+      moments = update_rule.Moments(new_m, new_v)
+      apply_if = None
     else:
       new_var, moments = update_rule.adam_step(
           var, grad, update_rule.Moments(*slots), coefficients)

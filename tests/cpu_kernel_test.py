@@ -1,8 +1,9 @@
 """Tests for adam_xla/cpu_kernel.py (and cpu_kernel.cc): the one-pass CPU update.
 
 It must compute what update_rule.adam_step computes (the same operations in the same order,
-so within float32 roundings), agree with the float64 NumPy reference, update the variables in place inside the XLA program, and be used only where
-it applies, with XLA's own loops everywhere else.
+so within float32 roundings), agree with the float64 NumPy reference, update the variables in
+place inside the XLA program, and be used only where it applies, with XLA's own loops
+everywhere else.
 """
 
 import os
@@ -58,7 +59,11 @@ def _run_rule(init, grads, hyper, weight_decay, use_kernel):
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernel_built():
-  assert cpu_kernel.load(), cpu_kernel._state["reason"]  # pylint: disable=protected-access
+  if not cpu_kernel.load():
+    reason = cpu_kernel._state["reason"]  # pylint: disable=protected-access
+    if reason.startswith("no C++ compiler"):
+      pytest.skip(f"the kernel cannot be built here: {reason}")  # the documented fallback
+    pytest.fail(f"the kernel did not build or load: {reason}")
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -160,7 +165,8 @@ def test_build_failure_leaves_no_library(tmp_path, monkeypatch):
   monkeypatch.setenv(cpu_kernel.ENV_CACHE_DIR, str(tmp_path))
   path = str(tmp_path / "kernel.so")
   with pytest.raises(RuntimeError, match="failed"):
-    cpu_kernel._build("g++", ["--no-such-option-for-adam-xla"], path)  # pylint: disable=protected-access
+    cpu_kernel._build(  # pylint: disable=protected-access
+        "g++", ["--no-such-option-for-adam-xla"], path)
   assert os.listdir(tmp_path) == []
 
 
