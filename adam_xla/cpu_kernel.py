@@ -63,20 +63,24 @@ def _cpu_has(feature):
   return False
 
 
-def _cache_dir():
+def _cache_dirs():
+  """Where to keep the built kernel: the user's cache, else (read-only home, sandboxes such as
+  Bazel's tests) the temporary directory."""
   if os.environ.get(ENV_CACHE_DIR):
-    return os.environ[ENV_CACHE_DIR]
+    return [os.environ[ENV_CACHE_DIR]]
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "adam_xla")
+  return [os.path.join(base, "adam_xla"),
+          os.path.join(tempfile.gettempdir(), f"adam_xla-{os.getuid()}")]
 
 
-def library_path(compiler, flags):
+def library_path(compiler, flags, cache_dir=None):
   """Where the kernel built from this source, compiler, flags and TensorFlow is cached."""
   with open(_SOURCE, "rb") as source:
     key = hashlib.sha256(source.read())
   for part in [compiler, tf.__version__, tf.sysconfig.get_lib(), platform.machine()] + flags:
     key.update(part.encode())
-  return os.path.join(_cache_dir(), f"cpu_kernel-{key.hexdigest()[:16]}.so")
+  directory = _cache_dirs()[0] if cache_dir is None else cache_dir
+  return os.path.join(directory, f"cpu_kernel-{key.hexdigest()[:16]}.so")
 
 
 def _build(compiler, flags, path):
@@ -117,15 +121,20 @@ def _load():
   if compiler is None:
     return False, "no C++ compiler found (set CXX, or install g++)"
   flags = _compile_flags()
-  path = library_path(compiler, flags)
-  try:
-    if not os.path.exists(path):
-      logging.info("adam_xla: compiling the CPU Adam kernel into %s", path)
-      _build(compiler, flags, path)
-    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # its static initializer registers TARGET
-  except (OSError, RuntimeError) as error:
-    return False, str(error)
-  return True, None
+  problems = []
+  for cache_dir in _cache_dirs():
+    path = library_path(compiler, flags, cache_dir)
+    try:
+      if not os.path.exists(path):
+        logging.info("adam_xla: compiling the CPU Adam kernel into %s", path)
+        _build(compiler, flags, path)
+      ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # its static initializer registers TARGET
+      return True, None
+    except RuntimeError as error:  # the compiler failed: another directory will not help
+      return False, str(error)
+    except OSError as error:  # e.g. a read-only directory: try the next one
+      problems.append(f"{cache_dir}: {error}")
+  return False, "; ".join(problems)
 
 
 @tf.autograph.experimental.do_not_convert  # plain Python, run while tracing

@@ -170,6 +170,24 @@ def test_build_failure_leaves_no_library(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
+def test_unwritable_cache_falls_back_to_temporary_directory(tmp_path, monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  monkeypatch.delenv(cpu_kernel.ENV_CACHE_DIR, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # cannot be created
+  monkeypatch.setattr(cpu_kernel.tempfile, "tempdir", str(tmp_path / "tmp"))
+  (tmp_path / "tmp").mkdir()
+  # A second copy of the library must not be loaded into this process (XLA aborts on a second
+  # registration of the target at another address): record the load instead.
+  loaded_paths = []
+  monkeypatch.setattr(cpu_kernel.ctypes, "CDLL", lambda path, mode: loaded_paths.append(path))
+  loaded, reason = cpu_kernel._load()  # pylint: disable=protected-access
+  assert loaded, reason
+  built = list((tmp_path / "tmp").glob("adam_xla-*/cpu_kernel-*.so"))
+  assert len(built) == 1 and built[0].stat().st_size > 0
+  assert loaded_paths == [str(built[0])]
+
+
 def test_library_path_depends_on_flags(tmp_path, monkeypatch):
   monkeypatch.setenv(cpu_kernel.ENV_CACHE_DIR, str(tmp_path))
   first = cpu_kernel.library_path("g++", ["-O3"])
