@@ -2,11 +2,13 @@
 
 XLA:CPU compiles `update_rule.adam_step` into three loops per tensor (m, v, then the variable
 from the new m and v): 40 bytes of memory traffic per parameter where 28 are needed, and the
-update is memory-bound. cpu_kernel.cc does it in one loop. It is compiled here on first use
-with the machine's C++ compiler (a few seconds, cached), registered as an XLA:CPU custom call
-target, and called through an `XlaCallModule` op whose StableHLO custom call aliases its
-outputs to the param, m and v inputs, so that XLA updates the variables' buffers in place (the
-plain `XlaCustomCallV2` op cannot alias, and XLA then copies every result).
+update is memory-bound. cpu_kernel.cc does it in one loop, split over two threads. It is
+compiled here on first use with the machine's C++ compiler (a few seconds, cached), registered
+as an XLA:CPU custom call target, and called once for all the tensors of one device's update
+through an `XlaCallModule` op whose StableHLO custom call aliases its outputs to the param, m
+and v inputs, so that XLA updates the variables' buffers in place (the plain `XlaCustomCallV2`
+op cannot alias, and XLA then copies every result). One call rather than one per tensor also
+saves XLA's per-kernel dispatch on models with many small variables.
 
 Used only where it computes what `adam_step` computes: float32, dense gradient, no amsgrad, in
 the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU device. Everywhere
@@ -160,40 +162,59 @@ def _on_cpu(var):
   return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def _module_text(num_elements):
-  tensor = f"tensor<{num_elements}xf32>"
+def _module_text(sizes, decays):
+  """StableHLO: one custom call updating every tensor, results aliased to param, m and v."""
+  count = len(sizes)
+  tensors = [f"tensor<{size}xf32>" for size in sizes]
   coefficients = f"tensor<{_COEFFICIENTS}xf32>"
-  alias = ("#stablehlo.output_operand_alias<output_tuple_indices = [{}], operand_index = {}, "
-           "operand_tuple_indices = []>")
-  aliases = ", ".join(alias.format(out, operand) for out, operand in ((0, 0), (1, 2), (2, 3)))
+  arguments, operand_types, result_types, aliases = [], [], [], []
+  for i, tensor in enumerate(tensors):
+    for name in ("param", "grad", "m", "v"):
+      arguments.append(f"%{name}{i}: {tensor}")
+      operand_types.append(tensor)
+    result_types += [tensor] * 3
+    for result, operand in ((3 * i, 4 * i), (3 * i + 1, 4 * i + 2), (3 * i + 2, 4 * i + 3)):
+      aliases.append(f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
+                     f"operand_index = {operand}, operand_tuple_indices = []>")
+  arguments.append(f"%c: {coefficients}")
+  operand_types.append(coefficients)
+  operands = ", ".join(argument.split(":")[0] for argument in arguments)
+  config = ",".join(f"{size}:{int(decay)}" for size, decay in zip(sizes, decays))
+  results = ", ".join(f"%0#{i}" for i in range(3 * count))
   return (
       "module @adam_update {\n"
-      f"  func.func public @main(%param: {tensor}, %grad: {tensor}, %m: {tensor}, "
-      f"%v: {tensor}, %c: {coefficients}) -> ({tensor}, {tensor}, {tensor}) {{\n"
-      f"    %0:3 = stablehlo.custom_call @{TARGET}(%param, %grad, %m, %v, %c) "
-      f"{{api_version = 3 : i32, backend_config = \"{num_elements}\", "
-      f"output_operand_aliases = [{aliases}]}} : ({tensor}, {tensor}, {tensor}, {tensor}, "
-      f"{coefficients}) -> ({tensor}, {tensor}, {tensor})\n"
-      f"    return %0#0, %0#1, %0#2 : {tensor}, {tensor}, {tensor}\n"
+      f"  func.func public @main({', '.join(arguments)}) -> ({', '.join(result_types)}) {{\n"
+      f"    %0:{3 * count} = stablehlo.custom_call @{TARGET}({operands}) "
+      f"{{api_version = 3 : i32, backend_config = \"{config}\", "
+      f"output_operand_aliases = [{', '.join(aliases)}]}} : ({', '.join(operand_types)}) -> "
+      f"({', '.join(result_types)})\n"
+      f"    return {results} : {', '.join(result_types)}\n"
       "  }\n"
       "}\n")
 
 
-def adam_step(param, grad, m, v, coefficients, apply_if=None):
-  """`update_rule.adam_step` (without amsgrad) by the kernel: returns (param, m, v).
+def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
+  """`update_rule.adam_step` (without amsgrad) of several tensors by one call of the kernel.
 
-  Call only where `applies` is true. With `apply_if` False the inputs come back unchanged.
+  Returns [(param, m, v)] in the order given. `decays[i]` says whether decoupled weight decay
+  (coefficients.decay) applies to tensor i. Call only where `applies` is true for each.
+  With `apply_if` False the inputs come back unchanged.
   """
   c = coefficients
   zero = tf.zeros([], tf.float32)
   apply = tf.ones([], tf.float32) if apply_if is None else tf.cast(apply_if, tf.float32)
   scalars = tf.stack([c.lr_t, c.beta_1, c.beta_2, c.epsilon,
                       zero if c.decay is None else c.decay, apply])
-  shape = param.shape
-  count = shape.num_elements()
-  flat = lambda t: tf.reshape(t, [count])
+  shapes = [param.shape for param in params]
+  sizes = [shape.num_elements() for shape in shapes]
+  decays = [bool(d) and c.decay is not None for d in decays]
+  operands = []
+  for param, grad, m, v, size in zip(params, grads, ms, vs, sizes):
+    operands += [tf.reshape(t, [size]) for t in (param, grad, m, v)]
+  operands.append(scalars)
   outputs = gen_xla_ops.xla_call_module(
-      [flat(param), flat(grad), flat(m), flat(v), scalars], version=_XLA_CALL_MODULE_VERSION,
-      module=_module_text(count), Sout=[[count]] * 3, Tout=[tf.float32] * 3,
+      operands, version=_XLA_CALL_MODULE_VERSION, module=_module_text(sizes, decays),
+      Sout=[[size] for size in sizes for _ in range(3)], Tout=[tf.float32] * (3 * len(sizes)),
       platforms=["CPU"])
-  return tuple(tf.reshape(t, shape) for t in outputs)
+  return [tuple(tf.reshape(t, shape) for t in outputs[3 * i:3 * i + 3])
+          for i, shape in enumerate(shapes)]

@@ -335,10 +335,27 @@ class Adam(tf.Module):
     metadata) tell the update's kernels from the model's.
     """
     with tf.name_scope(self.name):
+      by_cpu_kernel = []
       for var, grad, slots, apply_if, decays in zip(variables, *per_variable):
+        if self.jit_compile and cpu_kernel.applies(var, grad, slots[2]):
+          by_cpu_kernel.append((var, grad, slots, apply_if, decays))
+          continue
         c = coefficients[var.dtype.base_dtype.name]
         self._update_variable(var, grad, slots, apply_if,
                               c if decays else c._replace(decay=None))
+      if by_cpu_kernel:
+        self._update_by_cpu_kernel(by_cpu_kernel, coefficients[tf.float32.name])
+
+  def _update_by_cpu_kernel(self, updates, coefficients):
+    """One pass over memory, one call for all the tensors, instead of XLA:CPU's three loops
+    per tensor (see cpu_kernel.py); apply_if (the same for all) is applied inside, in place."""
+    variables, grads, slots, apply_ifs, decays = zip(*updates)
+    results = cpu_kernel.adam_steps(
+        variables, grads, [s[0] for s in slots], [s[1] for s in slots], decays, coefficients,
+        apply_ifs[0])
+    for var, var_slots, values in zip(variables, slots, results):
+      for target, value in zip((var,) + var_slots[:2], values):
+        target.assign(value)
 
   def _update_variable(self, var, grad, slots, apply_if, coefficients):
     """One variable's update; `var` and `slots` (m, v, vhat) are one device's copies."""
@@ -350,13 +367,6 @@ class Adam(tf.Module):
       # zero padding); apply_if is applied inside, where it adds no pass over the table.
       new_var, moments = update_rule.adam_step_at_rows(
           var, grad.indices, grad.values, update_rule.Moments(*slots), coefficients, apply_if)
-      apply_if = None
-    elif self.jit_compile and cpu_kernel.applies(var, grad, slots[2]):
-      # One pass over memory instead of XLA:CPU's three loops (see cpu_kernel.py); apply_if is
-      # applied inside, in place.
-      new_var, new_m, new_v = cpu_kernel.adam_step(
-          var, grad, slots[0], slots[1], coefficients, apply_if)
-      moments = update_rule.Moments(new_m, new_v)
       apply_if = None
     else:
       new_var, moments = update_rule.adam_step(

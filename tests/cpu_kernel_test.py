@@ -33,28 +33,40 @@ def _problem(shape, seed):
   return init, grads
 
 
-def _run_rule(init, grads, hyper, weight_decay, use_kernel):
-  """STEPS steps of one variable in a jit function, by the kernel or by update_rule.adam_step."""
+def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel):
+  """STEPS steps of several variables in one jit function, by one call of the kernel or by
+  update_rule.adam_step per variable. grads[step][i] is variable i's gradient at that step."""
   learning_rate, beta_1, beta_2, epsilon = hyper
-  param = tf.Variable(init)
-  m = tf.Variable(tf.zeros_like(init))
-  v = tf.Variable(tf.zeros_like(init))
+  params = [tf.Variable(init) for init in inits]
+  ms = [tf.Variable(tf.zeros_like(init)) for init in inits]
+  vs = [tf.Variable(tf.zeros_like(init)) for init in inits]
 
   @tf.function(jit_compile=True)
-  def step(grad, iterations):
+  def step(step_grads, iterations):
     c = update_rule.step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations,
                                       tf.float32, weight_decay=weight_decay)
     if use_kernel:
-      values = cpu_kernel.adam_step(param, grad, m, v, c)
+      results = cpu_kernel.adam_steps(params, step_grads, ms, vs, decays, c)
     else:
-      new_param, moments = update_rule.adam_step(param, grad, update_rule.Moments(m, v), c)
-      values = (new_param, moments.m, moments.v)
-    for target, value in zip((param, m, v), values):
-      target.assign(value)
+      results = []
+      for param, grad, m, v, decay in zip(params, step_grads, ms, vs, decays):
+        new_param, moments = update_rule.adam_step(
+            param, grad, update_rule.Moments(m, v), c if decay else c._replace(decay=None))
+        results.append((new_param, moments.m, moments.v))
+    for targets, values in zip(zip(params, ms, vs), results):
+      for target, value in zip(targets, values):
+        target.assign(value)
 
-  for iterations, grad in enumerate(grads):
-    step(tf.constant(grad), tf.constant(iterations, tf.int64))
-  return param.numpy(), m.numpy(), v.numpy()
+  for iterations, step_grads in enumerate(grads):
+    step([tf.constant(g) for g in step_grads], tf.constant(iterations, tf.int64))
+  return [(p.numpy(), m.numpy(), v.numpy()) for p, m, v in zip(params, ms, vs)]
+
+
+def _assert_close(by_kernel, by_xla):
+  for kernel_values, xla_values in zip(by_kernel, by_xla):
+    for kernel_value, xla_value in zip(kernel_values, xla_values):
+      scale = np.max(np.abs(xla_value))
+      np.testing.assert_allclose(kernel_value, xla_value, rtol=RTOL, atol=RTOL * scale)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,12 +83,29 @@ def _kernel_built():
 @pytest.mark.parametrize("hyper", [(0.001, 0.9, 0.999, 1e-7), (0.05, 0.5, 0.9, 1.0)])
 def test_matches_update_rule_within_rounding(shape, weight_decay, hyper):
   init, grads = _problem(shape, seed=len(shape) + int(weight_decay * 100))
-  by_kernel = _run_rule(init, grads, hyper, weight_decay, use_kernel=True)
-  by_xla = _run_rule(init, grads, hyper, weight_decay, use_kernel=False)
-  for kernel_value, xla_value in zip(by_kernel, by_xla):
-    scale = np.max(np.abs(xla_value))
-    np.testing.assert_allclose(kernel_value, xla_value, rtol=RTOL, atol=RTOL * scale)
-  assert not np.array_equal(by_kernel[0], init)
+  steps = [[g] for g in grads]
+  by_kernel = _run_rule([init], steps, hyper, weight_decay, [True], use_kernel=True)
+  by_xla = _run_rule([init], steps, hyper, weight_decay, [True], use_kernel=False)
+  _assert_close(by_kernel, by_xla)
+  assert not np.array_equal(by_kernel[0][0], init)
+
+
+def test_several_tensors_in_one_call_split_over_two_threads():
+  # 300k elements in all: above the kernel's split threshold (2^18), and the split point
+  # falls inside the third tensor. Decay applies to some tensors only.
+  shapes = [(100003,), (40001,), (131075,), (17,), (64, 33), (26000,)]
+  decays = [True, False, True, False, True, False]
+  problems = [_problem(shape, seed=i) for i, shape in enumerate(shapes)]
+  inits = [init for init, _ in problems]
+  steps = [[grads[k] for _, grads in problems] for k in range(STEPS)]
+  hyper = (0.01, 0.9, 0.999, 1e-7)
+  by_kernel = _run_rule(inits, steps, hyper, 0.01, decays, use_kernel=True)
+  by_xla = _run_rule(inits, steps, hyper, 0.01, decays, use_kernel=False)
+  _assert_close(by_kernel, by_xla)
+  # Decay matters: the same run with decay everywhere differs on the tensors without it.
+  all_decay = _run_rule(inits, steps, hyper, 0.01, [True] * len(shapes), use_kernel=True)
+  assert not np.allclose(all_decay[1][0], by_kernel[1][0], rtol=1e-6, atol=0)
+  np.testing.assert_array_equal(all_decay[0][0], by_kernel[0][0])
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -116,15 +145,25 @@ def _optimized_hlo(optimizer, var, grad):
   return step.experimental_get_compiler_ir(grad)(stage="optimized_hlo")
 
 
-def test_update_is_one_in_place_custom_call():
-  var = tf.Variable(np.ones([1000], np.float32))
+def test_update_is_one_in_place_custom_call_for_all_variables():
+  shapes = [(1000,), (30, 7), (5,)]
+  variables = [tf.Variable(np.ones(shape, np.float32)) for shape in shapes]
   optimizer = adam_xla.Adam()
-  hlo = _optimized_hlo(optimizer, var, tf.ones([1000]))
+
+  @tf.function(jit_compile=True)
+  def step(grads):
+    optimizer.apply_gradients(zip(grads, variables))
+
+  grads = [tf.ones(shape) for shape in shapes]
+  hlo = step.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
   calls = [line for line in hlo.splitlines() if f'custom_call_target="{cpu_kernel.TARGET}"' in line]
   assert len(calls) == 1
-  assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (2, {}), {2}: (3, {})}" in calls[0]
-  # No full-size copy: the kernel writes straight into the variables' buffers.
-  assert not [line for line in hlo.splitlines() if "f32[1000]{0} copy(" in line]
+  aliasing = ", ".join(f"{{{3 * i + k}}}: ({4 * i + operand}, {{}})"
+                       for i in range(len(shapes)) for k, operand in enumerate((0, 2, 3)))
+  assert f"output_to_operand_aliasing={{{aliasing}}}" in calls[0]
+  # No copy of a variable-sized buffer: the kernel writes straight into the variables' buffers.
+  for size in (1000, 210):
+    assert not [line for line in hlo.splitlines() if f"f32[{size}]{{0}} copy(" in line]
 
 
 @pytest.mark.parametrize("case", ["amsgrad", "float64", "sparse", "no_jit", "switched_off"])
