@@ -138,24 +138,18 @@ def test_apply_if_false_changes_nothing():
   assert int(optimizer.iterations.numpy()) == 1
 
 
-def _optimized_hlo(optimizer, var, grad):
+def _optimized_hlo(optimizer, variables, grads):
+  """The optimized HLO of one jit step applying `grads` (a list) to `variables`."""
   @tf.function(jit_compile=True)
-  def step(grad):
-    optimizer.apply_gradients([(grad, var)])
-  return step.experimental_get_compiler_ir(grad)(stage="optimized_hlo")
+  def step(grads):
+    optimizer.apply_gradients(zip(grads, variables))
+  return step.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
 
 
 def test_update_is_one_in_place_custom_call_for_all_variables():
   shapes = [(1000,), (30, 7), (5,)]
   variables = [tf.Variable(np.ones(shape, np.float32)) for shape in shapes]
-  optimizer = adam_xla.Adam()
-
-  @tf.function(jit_compile=True)
-  def step(grads):
-    optimizer.apply_gradients(zip(grads, variables))
-
-  grads = [tf.ones(shape) for shape in shapes]
-  hlo = step.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
+  hlo = _optimized_hlo(adam_xla.Adam(), variables, [tf.ones(shape) for shape in shapes])
   calls = [line for line in hlo.splitlines() if f'custom_call_target="{cpu_kernel.TARGET}"' in line]
   assert len(calls) == 1
   aliasing = ", ".join(f"{{{3 * i + k}}}: ({4 * i + operand}, {{}})"
@@ -176,14 +170,14 @@ def test_not_used_where_it_does_not_apply(case, monkeypatch):
   if case == "switched_off":
     monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
   optimizer = adam_xla.Adam(amsgrad=case == "amsgrad", jit_compile=case != "no_jit")
-  hlo = _optimized_hlo(optimizer, var, grad)
+  hlo = _optimized_hlo(optimizer, [var], [grad])
   assert cpu_kernel.TARGET not in hlo
   assert "custom-call" not in hlo
 
 
 def test_used_in_default_case_through_optimizer():
   var = tf.Variable(np.ones([10, 4], np.float32))
-  hlo = _optimized_hlo(adam_xla.Adam(), var, tf.ones([10, 4]))
+  hlo = _optimized_hlo(adam_xla.Adam(), [var], [tf.ones([10, 4])])
   assert cpu_kernel.TARGET in hlo
 
 
