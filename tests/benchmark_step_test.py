@@ -146,6 +146,12 @@ def test_memory_probe_in_a_child_process():
   # A TensorFlow process holds well over 50 MB; the probe measured itself, not the parent.
   assert 50 < figures["baseline_rss_mb"] < 50_000
   assert figures["steps"] == 7  # 2 warm-up calls + 5, one step each
+  # After the warm-up: resident >= in use (freed heap returned) > baseline; the steps' own
+  # peak, restarted there, lies within the whole run's peak and at or above what was in use.
+  assert figures["peak_rss_mb"] == max(figures["build_peak_rss_mb"], figures["step_peak_rss_mb"])
+  assert figures["warmed_up_rss_mb"] + 1 >= figures["warmed_up_in_use_rss_mb"]
+  assert figures["step_peak_rss_mb"] >= figures["warmed_up_in_use_rss_mb"] - 1
+  assert figures["warmed_up_in_use_rss_mb"] > figures["baseline_rss_mb"]
 
 
 def test_memory_probe_of_an_unknown_variant_reports_an_error():

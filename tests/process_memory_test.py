@@ -18,5 +18,25 @@ def test_peak_covers_a_large_allocation_after_it_is_freed():
   assert process_memory.ru_maxrss_mb() >= before + 60
 
 
+def test_reset_peak_forgets_a_freed_allocation():
+  block = np.ones(128 * 2**20 // 8)  # 128 MB, every page touched
+  del block
+  assert process_memory.peak_rss_mb() >= process_memory.current_rss_mb() + 100
+  assert process_memory.reset_peak_rss()
+  # Afresh from the resident set now, which no longer holds the block.
+  assert process_memory.peak_rss_mb() < process_memory.current_rss_mb() + 50
+
+
+def test_release_free_heap_returns_freed_small_blocks():
+  # Many small blocks live in the heap (not in their own mappings), where free() keeps them.
+  blocks = [bytearray(4096) for _ in range(40_000)]  # about 160 MB, every page written
+  for block in blocks:
+    block[:] = b"x" * 4096
+  holding = process_memory.current_rss_mb()
+  del blocks, block
+  assert process_memory.release_free_heap()
+  assert process_memory.current_rss_mb() < holding - 100
+
+
 if __name__ == "__main__":
   pytest_main.main(__file__)

@@ -44,7 +44,12 @@ With --memory (the default for full runs; off with --quick unless given), each v
 run alone in a child process of this tool (--memory_probe=strategy:model:variant), which
 reports its peak RSS (VmHWM, XLA compilation included; getrusage's ru_maxrss is in the JSON,
 but in a child it also counts the parent's size at the fork) and its RSS before the model was
-built (after imports, devices and data); the table shows both the peak and the growth.
+built (after imports, devices and data); the table shows both the peak and the growth. The
+probe then restarts VmHWM after the warm-up (Linux's /proc/self/clear_refs) and reports the
+peak of the steps that follow on their own ("step peak"), apart from the transient peak of
+building and compiling (XLA's compiler included), the RSS right after the warm-up, and the
+RSS once glibc has returned the heap's freed pages (malloc_trim; "in use"), which the step
+peak then starts from.
 
 Checks (the project's targets): per strategy and model, the best adam_xla variant's median
 steps/s over the best Keras variant's must be at least 1.25x on one device and 1.5x under
@@ -646,10 +651,19 @@ def memory_probe(config, strategy_name, model_name, variant_name):
   variant = specs[variant_name].construct(variant_name)
   warmup = _warmup_calls(variant)
   variant.run(warmup)
+  gc.collect()
+  warmed_up = process_memory.current_rss_mb()
+  build_peak = process_memory.peak_rss_mb()
+  in_use = process_memory.current_rss_mb() if process_memory.release_free_heap() else None
+  step_peak_known = process_memory.reset_peak_rss()
   for _ in range(_MEMORY_PROBE_CALLS):
     variant.run(1)
+  step_peak = process_memory.peak_rss_mb()
   return {"strategy": strategy_name, "model": model_name, "variant": variant_name,
-          "baseline_rss_mb": baseline, "peak_rss_mb": process_memory.peak_rss_mb(),
+          "baseline_rss_mb": baseline, "peak_rss_mb": max(build_peak, step_peak),
+          "build_peak_rss_mb": build_peak, "warmed_up_rss_mb": warmed_up,
+          "warmed_up_in_use_rss_mb": in_use,
+          "step_peak_rss_mb": step_peak if step_peak_known else None,
           "ru_maxrss_mb": process_memory.ru_maxrss_mb(),
           "steps": (warmup + _MEMORY_PROBE_CALLS) * variant.steps_per_call}
 
@@ -695,7 +709,9 @@ def measure_memory(config, results):
                    row["model"], row["variant"])
       figures = run_memory_probe(config, row["strategy"], row["model"], row["variant"])
       row["memory_error"] = figures.get("error")
-      for key in ("baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "ru_maxrss_mb"):
+      for key in ("baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "ru_maxrss_mb",
+                  "build_peak_rss_mb", "warmed_up_rss_mb", "warmed_up_in_use_rss_mb",
+                  "step_peak_rss_mb"):
         row[key] = figures.get(key)
       if row["memory_error"]:
         logging.warning("memory probe of %s/%s/%s failed: %s", row["strategy"], row["model"],
@@ -715,13 +731,13 @@ def _mb(value):
 def format_table(results):
   header = ("strategy", "model", "variant", "median steps/s", "min", "max", "vs keras jit",
             "vs best keras", "fit teardown s", "other load", "warm-up s", "warm-up loss",
-            "peak RSS MB", "peak-base MB")
+            "peak RSS MB", "peak-base MB", "in use MB", "step peak MB")
   lines = []
   for result in results:
     for row in result["rows"]:
       if not row["supported"]:
         lines.append((row["strategy"], row["model"], row["variant"], "unsupported", "-", "-",
-                      "-", "-", "-", "-", "-", "-", "-", "-"))
+                      "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"))
         continue
       lines.append((row["strategy"], row["model"], row["variant"],
                     f"{row['median_steps_per_s']:.2f}", f"{row['min_steps_per_s']:.2f}",
@@ -730,7 +746,8 @@ def format_table(results):
                     _teardown_summary(row.get("fit_teardown_seconds_per_round")),
                     _load_summary(row["other_cpu_load_per_round"]),
                     f"{row['warmup_seconds']:.1f}", f"{row['warmup_loss']:.4f}",
-                    _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb"))))
+                    _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb")),
+                    _mb(row.get("warmed_up_in_use_rss_mb")), _mb(row.get("step_peak_rss_mb"))))
   return text_table.table(header, lines, left=3)
 
 

@@ -1,5 +1,7 @@
 """This process's resident memory, for the benchmarks' memory figures (MB = 2^20 bytes)."""
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import sys
@@ -29,6 +31,35 @@ def peak_rss_mb():
   except (OSError, ValueError, IndexError):
     pass
   return ru_maxrss_mb()
+
+
+def reset_peak_rss():
+  """Starts VmHWM afresh from the current resident set; False where Linux's clear_refs is absent.
+
+  Lets a probe tell the peak of steady-state steps from the transient peak of building and
+  compiling that came before them.
+  """
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def release_free_heap():
+  """Returns the heap's freed pages to the OS (glibc's malloc_trim); False without glibc.
+
+  glibc keeps memory that was freed (by XLA's compiler, say) in its arenas, where it still
+  counts as resident; what remains after this is memory that is in use.
+  """
+  name = ctypes.util.find_library("c")
+  try:
+    trim = ctypes.CDLL(name).malloc_trim
+  except (OSError, AttributeError, TypeError):
+    return False
+  trim(0)
+  return True
 
 
 def ru_maxrss_mb():
