@@ -152,6 +152,12 @@ def test_memory_probe_in_a_child_process():
   assert figures["warmed_up_rss_mb"] + 1 >= figures["warmed_up_in_use_rss_mb"]
   assert figures["step_peak_rss_mb"] >= figures["warmed_up_in_use_rss_mb"] - 1
   assert figures["warmed_up_in_use_rss_mb"] > figures["baseline_rss_mb"]
+  assert 0 < figures["warmed_up_file_backed_rss_mb"] < figures["warmed_up_in_use_rss_mb"]
+  assert figures["warmed_up_threads"] > 1  # TensorFlow's pools at least
+  row = {"strategy": "default", "model": "mlp16m", "variant": "v", "supported": True, **figures}
+  table = benchmark_step.format_memory_table([{"rows": [row]}])
+  assert f"{figures['warmed_up_in_use_rss_mb']:.0f}" in table and "threads" in table
+  assert benchmark_step.format_memory_table([{"rows": [dict(row, peak_rss_mb=None)]}]) is None
 
 
 def test_memory_probe_of_an_unknown_variant_reports_an_error():

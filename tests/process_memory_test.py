@@ -1,5 +1,7 @@
 """Tests of tools/process_memory.py: current and peak resident memory of this process."""
 
+import threading
+
 import numpy as np
 
 from tests import pytest_main
@@ -36,6 +38,29 @@ def test_release_free_heap_returns_freed_small_blocks():
   del blocks, block
   assert process_memory.release_free_heap()
   assert process_memory.current_rss_mb() < holding - 100
+
+
+def test_file_backed_part_grows_with_a_mapped_file_not_with_heap(tmp_path):
+  before = process_memory.file_backed_rss_mb()
+  heap = np.ones(64 * 2**20 // 8)  # anonymous memory
+  assert process_memory.file_backed_rss_mb() < before + 10
+  path = tmp_path / "block"
+  path.write_bytes(b"\1" * (64 * 2**20))
+  mapped = np.memmap(path, dtype=np.uint8, mode="r")
+  assert int(mapped.sum()) == 64 * 2**20  # every page read, so resident
+  assert process_memory.file_backed_rss_mb() >= before + 60
+  del heap, mapped
+
+
+def test_thread_count_sees_a_new_thread():
+  started, release = threading.Event(), threading.Event()
+  before = process_memory.thread_count()
+  thread = threading.Thread(target=lambda: (started.set(), release.wait()))
+  thread.start()
+  started.wait()
+  assert process_memory.thread_count() == before + 1
+  release.set()
+  thread.join()
 
 
 if __name__ == "__main__":

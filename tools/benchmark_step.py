@@ -49,7 +49,8 @@ probe then restarts VmHWM after the warm-up (Linux's /proc/self/clear_refs) and 
 peak of the steps that follow on their own ("step peak"), apart from the transient peak of
 building and compiling (XLA's compiler included), the RSS right after the warm-up, and the
 RSS once glibc has returned the heap's freed pages (malloc_trim; "in use"), which the step
-peak then starts from.
+peak then starts from, with its file-backed part (library code) and the thread count; a second
+table shows that breakdown.
 
 Checks (the project's targets): per strategy and model, the best adam_xla variant's median
 steps/s over the best Keras variant's must be at least 1.25x on one device and 1.5x under
@@ -655,6 +656,7 @@ def memory_probe(config, strategy_name, model_name, variant_name):
   warmed_up = process_memory.current_rss_mb()
   build_peak = process_memory.peak_rss_mb()
   in_use = process_memory.current_rss_mb() if process_memory.release_free_heap() else None
+  file_backed, threads = process_memory.file_backed_rss_mb(), process_memory.thread_count()
   step_peak_known = process_memory.reset_peak_rss()
   for _ in range(_MEMORY_PROBE_CALLS):
     variant.run(1)
@@ -662,7 +664,8 @@ def memory_probe(config, strategy_name, model_name, variant_name):
   return {"strategy": strategy_name, "model": model_name, "variant": variant_name,
           "baseline_rss_mb": baseline, "peak_rss_mb": max(build_peak, step_peak),
           "build_peak_rss_mb": build_peak, "warmed_up_rss_mb": warmed_up,
-          "warmed_up_in_use_rss_mb": in_use,
+          "warmed_up_in_use_rss_mb": in_use, "warmed_up_file_backed_rss_mb": file_backed,
+          "warmed_up_threads": threads,
           "step_peak_rss_mb": step_peak if step_peak_known else None,
           "ru_maxrss_mb": process_memory.ru_maxrss_mb(),
           "steps": (warmup + _MEMORY_PROBE_CALLS) * variant.steps_per_call}
@@ -699,6 +702,11 @@ def run_memory_probe(config, strategy_name, model_name, variant_name):
   return {"error": f"exit status {done.returncode}: {tail[:300]}"}
 
 
+MEMORY_KEYS = ("baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "ru_maxrss_mb",
+               "build_peak_rss_mb", "warmed_up_rss_mb", "warmed_up_in_use_rss_mb",
+               "warmed_up_file_backed_rss_mb", "warmed_up_threads", "step_peak_rss_mb")
+
+
 def measure_memory(config, results):
   """Adds peak_rss_mb, baseline_rss_mb and peak_over_baseline_mb to every timed row."""
   for result in results:
@@ -709,9 +717,7 @@ def measure_memory(config, results):
                    row["model"], row["variant"])
       figures = run_memory_probe(config, row["strategy"], row["model"], row["variant"])
       row["memory_error"] = figures.get("error")
-      for key in ("baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "ru_maxrss_mb",
-                  "build_peak_rss_mb", "warmed_up_rss_mb", "warmed_up_in_use_rss_mb",
-                  "step_peak_rss_mb"):
+      for key in MEMORY_KEYS:
         row[key] = figures.get(key)
       if row["memory_error"]:
         logging.warning("memory probe of %s/%s/%s failed: %s", row["strategy"], row["model"],
@@ -731,13 +737,13 @@ def _mb(value):
 def format_table(results):
   header = ("strategy", "model", "variant", "median steps/s", "min", "max", "vs keras jit",
             "vs best keras", "fit teardown s", "other load", "warm-up s", "warm-up loss",
-            "peak RSS MB", "peak-base MB", "in use MB", "step peak MB")
+            "peak RSS MB", "peak-base MB")
   lines = []
   for result in results:
     for row in result["rows"]:
       if not row["supported"]:
         lines.append((row["strategy"], row["model"], row["variant"], "unsupported", "-", "-",
-                      "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"))
+                      "-", "-", "-", "-", "-", "-", "-", "-"))
         continue
       lines.append((row["strategy"], row["model"], row["variant"],
                     f"{row['median_steps_per_s']:.2f}", f"{row['min_steps_per_s']:.2f}",
@@ -746,9 +752,22 @@ def format_table(results):
                     _teardown_summary(row.get("fit_teardown_seconds_per_round")),
                     _load_summary(row["other_cpu_load_per_round"]),
                     f"{row['warmup_seconds']:.1f}", f"{row['warmup_loss']:.4f}",
-                    _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb")),
-                    _mb(row.get("warmed_up_in_use_rss_mb")), _mb(row.get("step_peak_rss_mb"))))
+                    _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb"))))
   return text_table.table(header, lines, left=3)
+
+
+def format_memory_table(results):
+  """The memory probes' breakdown; None when no probe ran."""
+  header = ("strategy", "model", "variant", "before model MB", "build peak MB",
+            "after warm-up MB", "in use MB", "of which files MB", "threads", "step peak MB")
+  lines = [(row["strategy"], row["model"], row["variant"], _mb(row.get("baseline_rss_mb")),
+            _mb(row.get("build_peak_rss_mb")), _mb(row.get("warmed_up_rss_mb")),
+            _mb(row.get("warmed_up_in_use_rss_mb")),
+            _mb(row.get("warmed_up_file_backed_rss_mb")),
+            _mb(row.get("warmed_up_threads")), _mb(row.get("step_peak_rss_mb")))
+           for result in results for row in result["rows"]
+           if row["supported"] and row.get("peak_rss_mb") is not None]
+  return text_table.table(header, lines, left=3) if lines else None
 
 
 def format_checks(checks):
@@ -805,6 +824,13 @@ def _print_report(config, results, checks, wall):
           f"plan {', '.join(plans)}")
   print()
   print(format_table(results))
+  memory_table = format_memory_table(results)
+  if memory_table:
+    print("\nmemory (each variant alone in a child process): RSS before the model was built, "
+          "peak while building and compiling,\nafter the warm-up, in use once glibc returned "
+          "the heap's freed pages (malloc_trim), the file-backed part of it\n(library code), "
+          "threads, and the peak of the steps alone (restarted after the warm-up)")
+    print(memory_table)
   print()
   for result in results:
     for row in result["rows"]:

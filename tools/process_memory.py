@@ -47,6 +47,29 @@ def reset_peak_rss():
     return False
 
 
+def file_backed_rss_mb():
+  """The part of the resident set that maps files (mostly shared libraries' code: pages of
+  libtensorflow that XLA's compiler touched count here); None without /proc/self/smaps_rollup."""
+  fields = {}
+  try:
+    with open("/proc/self/smaps_rollup") as f:
+      for line in f:
+        parts = line.split()
+        if parts and parts[0] in ("Rss:", "Anonymous:"):
+          fields[parts[0]] = int(parts[1])
+    return (fields["Rss:"] - fields["Anonymous:"]) / 2**10  # kB
+  except (OSError, ValueError, IndexError, KeyError):
+    return None
+
+
+def thread_count():
+  """This process's threads now (Linux /proc), else None."""
+  try:
+    return len(os.listdir("/proc/self/task"))
+  except OSError:
+    return None
+
+
 def release_free_heap():
   """Returns the heap's freed pages to the OS (glibc's malloc_trim); False without glibc.
 
