@@ -84,6 +84,25 @@ def test_times_and_ratios_are_positive_and_finite(quick_run):
     assert bound["kind"] == "bound" and bound["x_floor"] is None
     assert _positive_finite(bound["keras_jit_over_this"])
     assert bound["bytes_per_step"] == 12 * case["params"]
+    # The var, m, v reference moves Adam's bytes, so it has a floor ratio too; not Adam
+    # either, it stays out of the agreement.
+    reference = case["variants"]["reference: var, m, v per variable"]
+    assert reference["kind"] == "reference" and _positive_finite(reference["x_floor"])
+    assert reference["bytes_per_step"] == 28 * case["params"]
+
+
+@pytest.mark.parametrize("with_slots", [False, True])
+def test_bounds_do_their_work(with_slots):
+  problem = bo.make_problem(bo.Case(params=600, tensors=3), seed=0, bandwidth_mb=1)
+  bound = bo.PerVariableBound(problem, with_slots=with_slots)
+  bound.run(4)
+  for k, (var, grad) in enumerate(zip(bound._vars, problem.grads)):
+    np.testing.assert_allclose(var.numpy(), problem.initial[k] - 4 * grad.numpy(), rtol=1e-5,
+                               atol=1e-7)
+  slot_values = [s.numpy() for pair in bound._slots for s in pair]
+  assert len(slot_values) == (6 if with_slots else 0)
+  for k, value in enumerate(slot_values):
+    np.testing.assert_allclose(value, 4 * problem.grads[k // 2].numpy(), rtol=1e-5)
 
 
 def test_variants_agree_and_match_numpy(quick_run):

@@ -27,6 +27,11 @@ same ones and holds its own copy of the variables. The variants (registry VARIAN
                         not Adam: each variable minus its gradient in one XLA program, the
                         least any update of TENSORS separate variables does; a lower bound on
                         time (checked against nothing)
+  reference: var, m, v per variable
+                        the same plus m += grad and v += grad on an m and a v variable per
+                        variable, as XLA's loops: the variables and bytes (28 per parameter) of
+                        an Adam with per-variable m and v, with the least arithmetic; what
+                        Keras jit pays before its arithmetic (checked against nothing)
   bandwidth probe       v = v * 0.5 + 1 in place over --bandwidth_mb of float32, compiled with
                         XLA: reads and writes 8 bytes per element. It is one of the timed
                         variants, so the bandwidth is measured under the same conditions as
@@ -422,25 +427,38 @@ class FlatBufferAdam(Variant):
 class PerVariableBound(Variant):
   """var -= grad for each variable in one XLA program: the least any update of TENSORS
   separate variables does (read each variable and gradient, write each variable). Not Adam:
-  a lower bound on time, so it is left out of the agreement check."""
+  a lower bound on time, so it is left out of the agreement check.
 
-  kind = "bound"
+  With `with_slots` ("reference: var, m, v per variable"), also m += grad and v += grad on an
+  m and a v variable per variable: the variables and bytes (28 per parameter) of an Adam whose
+  m and v are per variable, with the least arithmetic, as XLA's own loops. What any such
+  update compiled by XLA (Keras jit, adam_xla's XLA loops) pays before its arithmetic; not a
+  bound on adam_xla's kernel, which updates all three in one call.
+  """
 
-  def __init__(self, problem):
+  def __init__(self, problem, with_slots=False):
     super().__init__(problem)
+    self.kind = "reference" if with_slots else "bound"
+    self._with_slots = with_slots
     self._vars = [tf.Variable(row) for row in problem.initial]
+    self._slots = [(tf.Variable(tf.zeros_like(row)), tf.Variable(tf.zeros_like(row)))
+                   for row in problem.initial] if with_slots else []
     grads = list(problem.grads)
 
     @tf.function(jit_compile=True)
     def update():
       for var, grad in zip(self._vars, grads):
         var.assign_sub(grad)
+      for (m, v), grad in zip(self._slots, grads):
+        m.assign_add(grad)
+        v.assign_add(grad)
       return self._vars[0][0]
 
     self._update = update
 
   def bytes_per_step(self):
-    return 12 * self.params_count  # read var and grad, write var
+    # read var and grad, write var; with slots also read and write m and v
+    return (28 if self._with_slots else 12) * self.params_count
 
   def run(self, steps):
     for _ in range(steps):
@@ -464,6 +482,7 @@ VARIANTS = {
     "tf ResourceApplyAdam": TfResourceApplyAdam,
     "jit Adam, one flat buffer": FlatBufferAdam,
     "bound: var -= grad per variable": PerVariableBound,
+    "reference: var, m, v per variable": functools.partial(PerVariableBound, with_slots=True),
     PROBE: BandwidthProbe,
 }
 
@@ -678,9 +697,9 @@ def add_derived_figures(row):
     if result["kind"] == "probe":
       continue
     result["gbps"] = result["bytes_per_step"] / (result["median_ms"] * 1e6)
-    # A bound moves other bytes than Adam; its time is what the ratio column is for.
-    result["x_floor"] = (result["median_ms"] / floor_ms
-                         if floor_ms and result["kind"] == "optimizer" else None)
+    # "x floor" for whatever moves Adam's bytes: the optimizers and the var, m, v reference.
+    adam_bytes = result["bytes_per_step"] == ADAM_BYTES_PER_PARAM * row["params"]
+    result["x_floor"] = result["median_ms"] / floor_ms if floor_ms and adam_bytes else None
     result["keras_jit_over_this"] = (baseline["median_ms"] / result["median_ms"]
                                      if baseline else None)
 
@@ -790,8 +809,9 @@ def print_report(report):
   print("keras jit/this: median of keras jit over this variant's (> 1: faster than Keras jit). "
         "x floor: median / Adam floor,\n  the floor being 28 B x params / probe bandwidth "
         "(probe: 8 B x elements per pass, median over the same rounds).\n  GB/s: bytes moved "
-        "/ median (28 B x params for Adam, 12 B for the bound; 10^9 B/s).\n  state MB: the "
-        "optimizer's own variables (m, v, step count, ...), MB = 2^20 B.\n  other load: the "
+        "/ median (28 B x params for Adam and the var, m, v reference, 12 B for the bound; "
+        "10^9 B/s).\n  state MB: the optimizer's own variables (m, v, step count, ...), "
+        "MB = 2^20 B.\n  other load: the "
         "largest share of the CPUs used by other processes during a timed run (from "
         "/proc/stat; ? for runs under 0.1 s).")
   noisy = sorted({f"{row['params']:,} x {row['tensors']}/{name}" for row in report["cases"]
