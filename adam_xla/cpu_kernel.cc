@@ -8,18 +8,25 @@
 // split between the calling thread and one helper thread: one core alone does not reach the
 // machine's memory bandwidth.
 //
+// A second target does the dense-mode update of a table with a sparse (row) gradient,
+// update_rule.adam_step_at_rows: every row moves, the gradient's rows with their gradient and
+// the others with a zero one, in the same one pass (24 bytes per parameter plus the rows).
+//
 // The arithmetic is update_rule.adam_step's, operation for operation, in float32 and without
 // fused multiply-adds (built with -ffp-contract=off): the results are XLA's to within float32
 // roundings (XLA may fuse or order a multiply-add differently; see tests/cpu_kernel_test.py).
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace xla {
@@ -58,7 +65,7 @@ struct Tensor {
   float* m_out;
   float* v_out;
   const float* param;
-  const float* grad;
+  const float* grad;  // nullptr: a zero gradient (rows a sparse gradient does not touch)
   const float* m;
   const float* v;
   long size;
@@ -83,6 +90,30 @@ void UpdateRange(const Tensor& t, const Coefficients& c, long begin, long end) {
       param_out[i] = param[i];
       m_out[i] = m[i];
       v_out[i] = v[i];
+    }
+    return;
+  }
+  if (grad == nullptr && t.decays) {  // adam_step_at_rows' untouched rows: no added term
+    const float decay = c.decay;
+    PARALLEL_SAFE_LOOP
+    for (long i = begin; i < end; ++i) {
+      const float new_m = beta_1 * m[i];
+      const float new_v = beta_2 * v[i];
+      const float p = param[i] - decay * param[i];
+      param_out[i] = p - lr_t * new_m / (std::sqrt(new_v) + epsilon);
+      m_out[i] = new_m;
+      v_out[i] = new_v;
+    }
+    return;
+  }
+  if (grad == nullptr) {
+    PARALLEL_SAFE_LOOP
+    for (long i = begin; i < end; ++i) {
+      const float new_m = beta_1 * m[i];
+      const float new_v = beta_2 * v[i];
+      param_out[i] = param[i] - lr_t * new_m / (std::sqrt(new_v) + epsilon);
+      m_out[i] = new_m;
+      v_out[i] = new_v;
     }
     return;
   }
@@ -190,6 +221,15 @@ class Helper {
 // Below this many elements in all, a second thread costs more than it saves.
 constexpr long kSplitElements = 1L << 18;
 
+// All the tensors' elements, on two threads when there are enough of them.
+void Update(const std::vector<Tensor>& tensors, const Coefficients& c, long total) {
+  if (total >= kSplitElements) {
+    Helper::Get().Run(tensors, c, total);
+  } else {
+    UpdateSpan(tensors, c, 0, total);
+  }
+}
+
 // Operands: for each tensor i param, grad, m, v (4i .. 4i+3), then the coefficients
 // {lr_t, beta_1, beta_2, epsilon, decay, apply}; results: the tuple of param, m, v of each
 // tensor (3i .. 3i+2). `opaque` lists "size:decays" per tensor, comma-separated.
@@ -216,18 +256,84 @@ void AdamUpdateF32(void* out, const void** in, const char* opaque, size_t opaque
     if (*cursor == ',') ++cursor;
   }
   const float* c = static_cast<const float*>(in[4 * tensors.size()]);
+  Update(tensors, Coefficients{c[0], c[1], c[2], c[3], c[4], c[5] != 0.0f}, total);
+}
+
+// Operands: param, m, v of a table of `rows` rows of `width` floats, the gradient's row
+// indices (int64, n of them) and its rows (n x width), then the coefficients as above;
+// results: param, m, v. `opaque` is "rows:width:n:decays". Each index should appear once,
+// except entries whose gradient is zero (sparse.sum_duplicates' padding); entries of one index
+// are summed all the same. Indices outside [0, rows) are skipped, as XLA's scatter drops them.
+void AdamRowsF32(void* out, const void** in, const char* opaque, size_t opaque_len,
+                 XlaCustomCallStatus_* /*status*/) {
+  const std::string spec(opaque, opaque_len);
+  char* next = nullptr;
+  const long rows = std::strtol(spec.c_str(), &next, 10);
+  const long width = std::strtol(next + 1, &next, 10);
+  const long n = std::strtol(next + 1, &next, 10);
+  const bool decays = next[0] == ':' && next[1] == '1';
+  void** outs = static_cast<void**>(out);
+  float* param_out = static_cast<float*>(outs[0]);
+  float* m_out = static_cast<float*>(outs[1]);
+  float* v_out = static_cast<float*>(outs[2]);
+  const float* param = static_cast<const float*>(in[0]);
+  const float* m = static_cast<const float*>(in[1]);
+  const float* v = static_cast<const float*>(in[2]);
+  const int64_t* indices = static_cast<const int64_t*>(in[3]);
+  const float* row_grads = static_cast<const float*>(in[4]);
+  const float* c = static_cast<const float*>(in[5]);
   const Coefficients coefficients{c[0], c[1], c[2], c[3], c[4], c[5] != 0.0f};
-  if (total >= kSplitElements) {
-    Helper::Get().Run(tensors, coefficients, total);
-  } else {
-    UpdateSpan(tensors, coefficients, 0, total);
+
+  std::vector<std::pair<int64_t, long>> entries;  // (row, entry), in range, by row then entry
+  entries.reserve(n);
+  for (long e = 0; e < n; ++e) {
+    if (indices[e] >= 0 && indices[e] < rows) entries.emplace_back(indices[e], e);
   }
+  std::sort(entries.begin(), entries.end());
+  std::vector<float> sums;  // the summed gradient of rows given more than once
+  for (size_t a = 0, b = 0; a < entries.size(); a = b) {
+    for (b = a + 1; b < entries.size() && entries[b].first == entries[a].first; ++b) {
+    }
+    if (b - a > 1) sums.resize(sums.size() + width);
+  }
+
+  // The table as consecutive pieces: runs of untouched rows (zero gradient) and touched rows.
+  std::vector<Tensor> pieces;
+  auto piece = [&](long first_row, long row_count, const float* grad) {
+    const long at = first_row * width;
+    pieces.push_back({param_out + at, m_out + at, v_out + at, param + at, grad, m + at, v + at,
+                      row_count * width, decays});
+  };
+  long next_row = 0;
+  float* sum = sums.data();
+  for (size_t a = 0, b = 0; a < entries.size(); a = b) {
+    const long row = entries[a].first;
+    const float* grad = row_grads + entries[a].second * width;
+    for (b = a + 1; b < entries.size() && entries[b].first == row; ++b) {
+    }
+    if (b - a > 1) {
+      for (long j = 0; j < width; ++j) sum[j] = grad[j];
+      for (size_t e = a + 1; e < b; ++e) {
+        const float* more = row_grads + entries[e].second * width;
+        for (long j = 0; j < width; ++j) sum[j] += more[j];
+      }
+      grad = sum;
+      sum += width;
+    }
+    if (row > next_row) piece(next_row, row - next_row, nullptr);
+    piece(row, 1, grad);
+    next_row = row + 1;
+  }
+  if (rows > next_row) piece(next_row, rows - next_row, nullptr);
+  Update(pieces, coefficients, rows * width);
 }
 
 struct Registration {
   Registration() {
     xla::CustomCallTargetRegistry::Global()->Register(
         "adam_xla_adam_update_f32", reinterpret_cast<void*>(&AdamUpdateF32), "Host");
+    xla::CustomCallTargetRegistry::Global()->Register(
+        "adam_xla_adam_rows_f32", reinterpret_cast<void*>(&AdamRowsF32), "Host");
   }
 } registration;
 

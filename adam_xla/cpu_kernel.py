@@ -10,10 +10,14 @@ and v inputs, so that XLA updates the variables' buffers in place (the plain `Xl
 op cannot alias, and XLA then copies every result). One call rather than one per tensor also
 saves XLA's per-kernel dispatch on models with many small variables.
 
-Used only where it computes what `adam_step` computes: float32, dense gradient, no amsgrad, in
-the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU device. Everywhere
-else (GPU, TPU, no compiler, ADAM_XLA_CPU_KERNEL=0) the update is `update_rule.adam_step`, which
-XLA fuses well on accelerators. The arithmetic is the same operation for operation, without
+A second target does the same for a table with a sparse gradient in dense mode
+(`update_rule.adam_step_at_rows`: every row moves, most with a zero gradient), where XLA:CPU's
+loops, with their scatters, reach less than half of the bandwidth the machine has.
+
+Used only where it computes what `adam_step` (`adam_step_at_rows`) computes: float32, no
+amsgrad, in the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU
+device. Everywhere else (GPU, TPU, no compiler, ADAM_XLA_CPU_KERNEL=0, lazy sparse mode) the
+update is `update_rule`'s, which XLA fuses well on accelerators. The arithmetic is the same operation for operation, without
 fused multiply-adds, so both paths agree to within a rounding.
 """
 
@@ -32,6 +36,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
 TARGET = "adam_xla_adam_update_f32"
+ROWS_TARGET = "adam_xla_adam_rows_f32"
 ENV_SWITCH = "ADAM_XLA_CPU_KERNEL"  # "0" turns the kernel off
 ENV_CACHE_DIR = "ADAM_XLA_CACHE_DIR"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel.cc")
@@ -155,6 +160,27 @@ def applies(var, grad, vhat):
   return load()
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python, run while tracing
+def applies_to_rows(var, grad, vhat):
+  """Whether the dense-mode update of `var` by the sparse `grad` can use the rows kernel.
+
+  `grad` must already have its duplicates summed (sparse.sum_duplicates). Call only while
+  tracing a function compiled with XLA, as for `applies`.
+  """
+  if not enabled() or vhat is not None or not isinstance(grad, tf.IndexedSlices):
+    return False
+  if var.dtype.base_dtype != tf.float32 or grad.values.dtype != tf.float32:
+    return False
+  if tf.executing_eagerly() or not _on_cpu(var) or not var.shape.is_fully_defined():
+    return False
+  if var.shape.rank < 1 or var.shape.num_elements() == 0:
+    return False
+  values = grad.values.shape
+  if not values.is_fully_defined() or values[0] == 0 or values[1:] != var.shape[1:]:
+    return False  # the rows kernel's module needs static shapes
+  return load()
+
+
 def _on_cpu(var):
   device = var.device
   if device:
@@ -193,6 +219,14 @@ def _module_text(sizes, decays):
       "}\n")
 
 
+def _scalars(c, apply_if):
+  """The kernels' coefficients operand: lr_t, beta_1, beta_2, epsilon, decay, apply."""
+  zero = tf.zeros([], tf.float32)
+  apply = tf.ones([], tf.float32) if apply_if is None else tf.cast(apply_if, tf.float32)
+  return tf.stack([c.lr_t, c.beta_1, c.beta_2, c.epsilon,
+                   zero if c.decay is None else c.decay, apply])
+
+
 def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
   """`update_rule.adam_step` (without amsgrad) of several tensors by one call of the kernel.
 
@@ -201,10 +235,7 @@ def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
   With `apply_if` False the inputs come back unchanged.
   """
   c = coefficients
-  zero = tf.zeros([], tf.float32)
-  apply = tf.ones([], tf.float32) if apply_if is None else tf.cast(apply_if, tf.float32)
-  scalars = tf.stack([c.lr_t, c.beta_1, c.beta_2, c.epsilon,
-                      zero if c.decay is None else c.decay, apply])
+  scalars = _scalars(c, apply_if)
   shapes = [param.shape for param in params]
   sizes = [shape.num_elements() for shape in shapes]
   decays = [bool(d) and c.decay is not None for d in decays]
@@ -218,3 +249,45 @@ def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
       platforms=["CPU"])
   return [tuple(tf.reshape(t, shape) for t in outputs[3 * i:3 * i + 3])
           for i, shape in enumerate(shapes)]
+
+
+def _rows_module_text(rows, width, entries, decays):
+  """StableHLO: the rows kernel's custom call, results aliased to param, m and v."""
+  table = f"tensor<{rows * width}xf32>"
+  operand_types = [table, table, table, f"tensor<{entries}xi64>",
+                   f"tensor<{entries * width}xf32>", f"tensor<{_COEFFICIENTS}xf32>"]
+  names = ["%param", "%m", "%v", "%indices", "%row_grads", "%c"]
+  aliases = ", ".join(
+      f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
+      f"operand_index = {result}, operand_tuple_indices = []>" for result in range(3))
+  arguments = ", ".join(f"{name}: {kind}" for name, kind in zip(names, operand_types))
+  tables = ", ".join([table] * 3)
+  return (
+      "module @adam_rows {\n"
+      f"  func.func public @main({arguments}) -> ({tables}) {{\n"
+      f"    %0:3 = stablehlo.custom_call @{ROWS_TARGET}({', '.join(names)}) "
+      f"{{api_version = 3 : i32, backend_config = \"{rows}:{width}:{entries}:{int(decays)}\", "
+      f"output_operand_aliases = [{aliases}]}} : ({', '.join(operand_types)}) -> ({tables})\n"
+      f"    return %0#0, %0#1, %0#2 : {tables}\n"
+      "  }\n"
+      "}\n")
+
+
+def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=None):
+  """`update_rule.adam_step_at_rows` (without amsgrad) by the rows kernel: (param, m, v).
+
+  Decoupled weight decay applies when coefficients.decay is set. Call only where
+  `applies_to_rows` is true. With `apply_if` False the inputs come back unchanged.
+  """
+  shape = param.shape
+  rows, width = shape[0], shape[1:].num_elements()
+  entries = row_grads.shape[0]
+  decays = coefficients.decay is not None
+  operands = [tf.reshape(t, [rows * width]) for t in (param, m, v)]
+  operands += [tf.cast(tf.reshape(indices, [entries]), tf.int64),
+               tf.reshape(row_grads, [entries * width]), _scalars(coefficients, apply_if)]
+  outputs = gen_xla_ops.xla_call_module(
+      operands, version=_XLA_CALL_MODULE_VERSION,
+      module=_rows_module_text(rows, width, entries, decays),
+      Sout=[[rows * width]] * 3, Tout=[tf.float32] * 3, platforms=["CPU"])
+  return tuple(tf.reshape(t, shape) for t in outputs)

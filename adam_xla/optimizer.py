@@ -362,6 +362,14 @@ class Adam(tf.Module):
     if isinstance(grad, tf.IndexedSlices) and self.sparse_mode == "lazy":
       self._update_rows(var, grad, slots, apply_if, coefficients)
       return
+    if isinstance(grad, tf.IndexedSlices) and self.jit_compile and cpu_kernel.applies_to_rows(
+        var, grad, slots[2]):
+      # Dense mode on CPU: every row in one pass of the rows kernel, in place.
+      values = cpu_kernel.adam_step_at_rows(var, grad.indices, grad.values, slots[0], slots[1],
+                                            coefficients, apply_if)
+      for target, value in zip((var,) + slots[:2], values):
+        target.assign(value)
+      return
     if isinstance(grad, tf.IndexedSlices):
       # Dense mode: the dense update without a dense gradient (duplicates are summed, with
       # zero padding); apply_if is applied inside, where it adds no pass over the table.

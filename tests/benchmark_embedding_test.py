@@ -11,6 +11,7 @@ from absl import flags
 import numpy as np
 import pytest
 
+from adam_xla import cpu_kernel
 from tests import pytest_main
 from tools import benchmark_embedding
 
@@ -79,8 +80,12 @@ def test_json_has_positive_finite_figures(quick_run):
       assert _positive_finite(size["variants"][name]["gbps_at_28_bytes"])
       assert _positive_finite(size["variants"][name]["fraction_of_bandwidth"])
     analysis = size["dense_update_analysis"]
-    assert analysis["modeled_bytes_per_param"] >= 28
-    assert any(p["in_place_rows_only"] for p in analysis["passes"])  # the gradient's scatter
+    if cpu_kernel.load():  # one pass of the rows kernel: param, m, v read and written in place
+      assert [(p["opcode"], p["table_sized_reads"], p["table_sized_writes"], p["bytes_per_param"])
+              for p in analysis["passes"]] == [("custom-call", 3, 3, 24)]
+    else:  # XLA's loops, the gradient's rows scatter-added in place into the moments
+      assert analysis["modeled_bytes_per_param"] >= 28
+      assert any(p["in_place_rows_only"] for p in analysis["passes"])
   assert [g["rows"] for g in report["lazy_growth"]] == _QUICK_ROWS
   for growth in report["lazy_growth"]:
     assert _positive_finite(growth["median_ms"]) and _positive_finite(growth["ratio_to_smallest"])
@@ -124,6 +129,22 @@ def test_table_passes_counts_full_table_traffic():
   passes = benchmark_embedding.table_passes(_HLO, table_elements=32)
   assert [(p["kernel"], p["bytes_per_param"], p["in_place_rows_only"]) for p in passes] == [
       ("scatter_fusion", 0, True), ("add_fusion", 12, False)]
+
+
+def test_table_passes_count_each_table_sized_element_of_a_tuple_result():
+  hlo = """\
+ENTRY %main (a: f32[32], b: f32[32], c: f32[32], g: f32[8]) -> (f32[32], f32[32], f32[32]) {
+  %a = f32[32]{0} parameter(0)
+  %b = f32[32]{0} parameter(1)
+  %c = f32[32]{0} parameter(2)
+  %g = f32[8]{0} parameter(3)
+  %k = (f32[32]{0}, f32[32]{0}, f32[32]{0}) custom-call(%a, %b, %c, %g), custom_call_target="t"
+  ROOT %t = (f32[32]{0}, f32[32]{0}, f32[32]{0}) tuple(%k)
+}
+"""
+  passes = benchmark_embedding.table_passes(hlo, table_elements=32)
+  assert [(p["kernel"], p["table_sized_reads"], p["table_sized_writes"], p["bytes_per_param"])
+          for p in passes] == [("k", 3, 3, 24)]
 
 
 def test_zipf_ids_repeat_and_stay_in_the_table():

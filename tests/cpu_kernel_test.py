@@ -3,7 +3,8 @@
 It must compute what update_rule.adam_step computes (the same operations in the same order,
 so within float32 roundings), agree with the float64 NumPy reference, update the variables in
 place inside the XLA program, and be used only where it applies, with XLA's own loops
-everywhere else.
+everywhere else. The same for the rows kernel against update_rule.adam_step_at_rows (dense
+mode of a sparse gradient).
 """
 
 import os
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 import adam_xla
 from adam_xla import cpu_kernel
+from adam_xla import sparse
 from adam_xla import update_rule
 from tests import numpy_adam
 from tests import pytest_main
@@ -160,18 +162,22 @@ def test_update_is_one_in_place_custom_call_for_all_variables():
     assert not [line for line in hlo.splitlines() if f"f32[{size}]{{0}} copy(" in line]
 
 
-@pytest.mark.parametrize("case", ["amsgrad", "float64", "sparse", "no_jit", "switched_off"])
-def test_not_used_where_it_does_not_apply(case, monkeypatch):
+@pytest.mark.parametrize("gradient", ["dense", "sparse"])
+@pytest.mark.parametrize("case", ["amsgrad", "float64", "lazy", "no_jit", "switched_off"])
+def test_not_used_where_it_does_not_apply(case, gradient, monkeypatch):
+  if case == "lazy" and gradient == "dense":
+    pytest.skip("sparse_mode concerns sparse gradients only")
   dtype = np.float64 if case == "float64" else np.float32
   var = tf.Variable(np.ones([10, 4], dtype))
   grad = tf.ones([10, 4], dtype)
-  if case == "sparse":
-    grad = tf.IndexedSlices(tf.ones([2, 4]), tf.constant([1, 3]), tf.constant([10, 4]))
+  if gradient == "sparse":
+    grad = tf.IndexedSlices(tf.ones([2, 4], dtype), tf.constant([1, 3]), tf.constant([10, 4]))
   if case == "switched_off":
     monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
-  optimizer = adam_xla.Adam(amsgrad=case == "amsgrad", jit_compile=case != "no_jit")
+  optimizer = adam_xla.Adam(amsgrad=case == "amsgrad", jit_compile=case != "no_jit",
+                            sparse_mode="lazy" if case == "lazy" else "dense")
   hlo = _optimized_hlo(optimizer, [var], [grad])
-  assert cpu_kernel.TARGET not in hlo
+  assert cpu_kernel.TARGET not in hlo and cpu_kernel.ROWS_TARGET not in hlo
   assert "custom-call" not in hlo
 
 
@@ -179,6 +185,125 @@ def test_used_in_default_case_through_optimizer():
   var = tf.Variable(np.ones([10, 4], np.float32))
   hlo = _optimized_hlo(adam_xla.Adam(), [var], [tf.ones([10, 4])])
   assert cpu_kernel.TARGET in hlo
+
+
+# ---- The rows kernel: dense mode of a sparse gradient ----------------------------------------
+
+def _row_gradients(rows, row_shape, seed, entries=24):
+  """STEPS sparse gradients of a table: duplicates, the first and last rows, neighbours, and
+  one index out of range, summed and zero-padded as the optimizer does (sparse module)."""
+  rng = np.random.default_rng(seed)
+  grads = []
+  for step in range(STEPS):
+    ids = rng.integers(0, rows, size=entries - 6)
+    ids = np.concatenate([ids, [0, rows - 1, 5, 6, ids[0], rows + 3 + step]])
+    values = rng.normal(size=(entries,) + row_shape).astype(np.float32)
+    grad = tf.IndexedSlices(tf.constant(values), tf.constant(ids, tf.int64),
+                            tf.constant((rows,) + row_shape, tf.int64))
+    grads.append(sparse.sum_duplicates(sparse.zero_out_of_range(grad, rows)))
+  return grads
+
+
+def _run_rows(init, grads, hyper, weight_decay, use_kernel, apply_if=None):
+  """STEPS dense-mode steps of one table in a jit function, by the rows kernel or by
+  update_rule.adam_step_at_rows."""
+  learning_rate, beta_1, beta_2, epsilon = hyper
+  param, m, v = (tf.Variable(x) for x in (init, np.zeros_like(init), np.zeros_like(init)))
+
+  @tf.function(jit_compile=True)
+  def step(indices, values, iterations):
+    c = update_rule.step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations,
+                                      tf.float32, weight_decay=weight_decay)
+    if use_kernel:
+      results = cpu_kernel.adam_step_at_rows(param, indices, values, m, v, c, apply_if)
+    else:
+      new_param, moments = update_rule.adam_step_at_rows(
+          param, indices, values, update_rule.Moments(m, v), c, apply_if)
+      results = (new_param, moments.m, moments.v)
+    for target, value in zip((param, m, v), results):
+      target.assign(value)
+
+  for iterations, grad in enumerate(grads):
+    step(grad.indices, grad.values, tf.constant(iterations, tf.int64))
+  return [(param.numpy(), m.numpy(), v.numpy())]
+
+
+@pytest.mark.parametrize("row_shape", [(), (16,), (3, 5)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("hyper", [(0.001, 0.9, 0.999, 1e-7), (0.05, 0.5, 0.9, 1.0)])
+def test_rows_match_update_rule_within_rounding(row_shape, weight_decay, hyper):
+  rows = 300
+  init = np.random.default_rng(1).normal(size=(rows,) + row_shape).astype(np.float32)
+  grads = _row_gradients(rows, row_shape, seed=len(row_shape))
+  by_kernel = _run_rows(init, grads, hyper, weight_decay, use_kernel=True)
+  by_xla = _run_rows(init, grads, hyper, weight_decay, use_kernel=False)
+  _assert_close(by_kernel, by_xla)
+  # The rows a gradient touched moved; with weight decay, every row did.
+  moved = np.abs(by_kernel[0][0] - init).reshape(rows, -1).max(axis=1) > 0
+  touched = np.unique(np.concatenate([g.indices.numpy() for g in grads]))
+  touched = touched[touched < rows]
+  assert moved[touched].all() and 0 < len(touched) < rows
+  assert moved.all() == (weight_decay > 0)
+
+
+def test_rows_split_over_two_threads():
+  rows, row_shape = 20_000, (16,)  # 320k elements: above the kernel's split threshold
+  init = np.random.default_rng(2).normal(size=(rows,) + row_shape).astype(np.float32)
+  grads = _row_gradients(rows, row_shape, seed=7, entries=4096)
+  hyper = (0.01, 0.9, 0.999, 1e-7)
+  _assert_close(_run_rows(init, grads, hyper, 0.01, use_kernel=True),
+                _run_rows(init, grads, hyper, 0.01, use_kernel=False))
+
+
+def test_rows_apply_if_false_changes_nothing():
+  init = np.random.default_rng(3).normal(size=(50, 4)).astype(np.float32)
+  grads = _row_gradients(50, (4,), seed=3)
+  hyper = (0.01, 0.9, 0.999, 1e-7)
+  ((param, m, v),) = _run_rows(init, grads, hyper, 0.01, use_kernel=True,
+                               apply_if=tf.constant(False))
+  np.testing.assert_array_equal(param, init)
+  assert not m.any() and not v.any()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_rows_through_optimizer_agree_with_numpy_reference(weight_decay):
+  rows, width = 64, 8
+  rng = np.random.default_rng(4)
+  init = rng.normal(size=(rows, width)).astype(np.float32)
+  table = tf.Variable(init)
+  optimizer = adam_xla.Adam(learning_rate=0.01, weight_decay=weight_decay)
+  reference = numpy_adam.NumpyAdam(learning_rate=0.01, weight_decay=weight_decay)
+  params = [init.astype(np.float64)]
+
+  @tf.function(jit_compile=True)
+  def step(ids, values):
+    optimizer.apply_gradients([(tf.IndexedSlices(values, ids, tf.shape(table)), table)])
+
+  for _ in range(STEPS):
+    ids = rng.integers(0, rows, size=20)  # with repeats, summed as in the dense gradient
+    values = rng.normal(size=(20, width)).astype(np.float32)
+    step(tf.constant(ids), tf.constant(values))
+    dense = np.zeros((rows, width), np.float64)
+    np.add.at(dense, ids, values)
+    reference.step(params, [dense])
+  np.testing.assert_allclose(table.numpy(), params[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(optimizer.slot(table, "v").numpy(), reference.v[0], rtol=1e-4,
+                             atol=1e-9)
+
+
+def test_rows_update_is_one_in_place_custom_call():
+  table = tf.Variable(np.ones([1000, 16], np.float32))
+  grad = tf.IndexedSlices(tf.ones([5, 16]), tf.constant([1, 3, 3, 999, 0]),
+                          tf.constant([1000, 16]))
+  hlo = _optimized_hlo(adam_xla.Adam(), [table], [grad])
+  calls = [line for line in hlo.splitlines()
+           if f'custom_call_target="{cpu_kernel.ROWS_TARGET}"' in line]
+  assert len(calls) == 1
+  assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (1, {}), {2}: (2, {})}" in calls[0]
+  assert not [line for line in hlo.splitlines() if "f32[16000]{0} copy(" in line]
+  # XLA's own scatters are the summing of duplicate ids (5 rows), none over the table.
+  scatters = [line for line in hlo.splitlines() if " scatter(" in line]
+  assert scatters and not [line for line in scatters if "[1000,16]" in line]
 
 
 def test_enabled_reads_switch(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import adam_xla
+from adam_xla import cpu_kernel
 from tests import numpy_adam
 from tests import pytest_main
 
@@ -663,12 +664,14 @@ def _entry_kernels(hlo):
 
 @pytest.mark.parametrize("kwargs,bytes_per_param", [
     ({}, 32), ({"weight_decay": 0.1}, 32), ({"amsgrad": True}, 44)])
-def test_compiled_dense_mode_builds_no_dense_gradient(kwargs, bytes_per_param):
+def test_compiled_dense_mode_builds_no_dense_gradient(kwargs, bytes_per_param, monkeypatch):
   """The dense-mode update of an IndexedSlices gradient, as XLA compiles it: no table-sized
   zero-filled gradient and no segment sum into one. The table-sized work is the moments'
   decay (one read and one write each), the batch rows' terms scatter-added into them in
   place, and the variable's step (reading the variable and the new moments): 32 bytes per
-  float32 parameter, against 44 for densifying first (amsgrad: one more pass, for vhat)."""
+  float32 parameter, against 44 for densifying first (amsgrad: one more pass, for vhat).
+  This is the GPU and TPU path; on CPU the rows kernel replaces it (cpu_kernel_test)."""
+  monkeypatch.setenv(cpu_kernel.ENV_SWITCH, "0")
   rows, dim = 1000, 16
   table = tf.Variable(tf.zeros([rows, dim]))
   opt = adam_xla.Adam(0.1, **kwargs)

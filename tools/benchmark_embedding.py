@@ -19,10 +19,13 @@ The figures of the issue's targets, measured in one process:
   * the Adam update of the table alone, one XLA program per step, given a fixed IndexedSlices
     gradient of --batch_size rows (the table's gradient of the first batch):
       optimizer dense      jit-compiled adam_xla.Adam(sparse_mode="dense").apply_gradients:
-                           the "optimizer part" of dense mode. It must read the variable, both
-                           moments and the gradient and write the variable and both moments:
-                           28 bytes per float32 parameter, so its effective bandwidth is
-                           28 B x rows x dim / time, set against the machine's.
+                           the "optimizer part" of dense mode. The dense-gradient Adam it
+                           equals reads the variable, both moments and the gradient and writes
+                           the variable and both moments: 28 bytes per float32 parameter, so
+                           its effective bandwidth is 28 B x rows x dim / time, set against
+                           the machine's. (On CPU adam_xla's rows kernel does it in one pass
+                           that reads no table-sized gradient: 24 B per parameter plus the
+                           batch's rows; the compiled update's passes are listed.)
       optimizer lazy       the same with sparse_mode="lazy" (only the batch's rows).
   * the machine's read+write memory bandwidth: an in-place v = v * a + b over --bandwidth_mb
     of float32 (larger than the caches), compiled with XLA, 8 bytes moved per element. From
@@ -325,12 +328,19 @@ def summarize(records):
 
 _HLO_COMPUTATION = re.compile(r"^(ENTRY\s+)?%(\S+) .*\{\s*$")
 _HLO_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%(\S+) = ([^\s(]\S*) ([a-z][\w-]*)\(([^)]*)\)(.*)$")
+    r"^\s*(?:ROOT\s+)?%(\S+) = (\([^)]*\)|[^\s(]\S*) ([a-z][\w-]*)\(([^)]*)\)(.*)$")
 _HLO_ARRAY = re.compile(r"^(\w+)\[([\d,]*)\]")
 _DTYPE_BYTES = {"f32": 4, "f64": 8, "s32": 4, "s64": 8, "bf16": 2, "f16": 2, "pred": 1,
                 "u32": 4, "u8": 1, "s8": 1}
 _IN_PLACE = ("scatter", "dynamic-update-slice")
 _NOT_KERNELS = ("parameter", "constant", "bitcast", "tuple", "get-tuple-element")
+
+
+def _tuple_elements(shape):
+  """The array shapes of an HLO shape: its elements if a tuple, else itself."""
+  if shape.startswith("("):
+    return [part.strip() for part in shape[1:-1].split(",") if "[" in part]
+  return [shape]
 
 
 def _array(shape):
@@ -346,7 +356,8 @@ def table_passes(hlo_text, table_elements):
   """The entry computation's instructions that touch table-sized arrays, with their traffic.
 
   Each kernel that reads or writes a whole table-sized array is one pass over it; bytes are
-  counted once per table-sized operand read and once for a table-sized result written. A
+  counted once per table-sized operand read and once per table-sized result written (a tuple
+  result, such as adam_xla's CPU kernel's param, m and v, counts each table-sized element). A
   scatter (or a fusion rooted in one) updates its operand in place and touches only the
   scattered rows, so it counts no full-table bytes.
   """
@@ -383,16 +394,17 @@ def table_passes(hlo_text, table_elements):
     operand_shapes = [shapes.get(op.strip().lstrip("%")) for op in operands.split(",")
                       if op.strip().startswith("%")]
     reads = [s for s in operand_shapes if is_table(s)]
-    writes = is_table(shape)
+    writes = [s for s in _tuple_elements(shape) if is_table(s)]
     if not reads and not writes:
       continue
     called = re.search(r"calls=%([^\s,]+)", attributes)
     root = computations.get(called.group(1), {}).get("root") if called else None
     in_place = opcode in _IN_PLACE or root in _IN_PLACE
-    bytes_read = 0 if in_place else sum(_DTYPE_BYTES.get(_array(s)[0], 4) for s in reads)
-    bytes_written = 0 if in_place else (_DTYPE_BYTES.get(_array(shape)[0], 4) if writes else 0)
+    size = lambda s: _DTYPE_BYTES.get(_array(s)[0], 4)
+    bytes_read = 0 if in_place else sum(size(s) for s in reads)
+    bytes_written = 0 if in_place else sum(size(s) for s in writes)
     passes.append({"kernel": name, "opcode": opcode, "root": root or opcode,
-                   "table_sized_reads": len(reads), "table_sized_write": bool(writes),
+                   "table_sized_reads": len(reads), "table_sized_writes": len(writes),
                    "in_place_rows_only": in_place, "bytes_per_param": bytes_read + bytes_written})
   return passes
 
@@ -635,7 +647,9 @@ def format_report(sizes, checks, lazy_growth=()):
     for p in passes:
       traffic = "in place, batch rows only" if p["in_place_rows_only"] else " + ".join(
           ([f"{p['table_sized_reads']} read{'s' if p['table_sized_reads'] > 1 else ''}"]
-           if p["table_sized_reads"] else []) + (["1 write"] if p["table_sized_write"] else []))
+           if p["table_sized_reads"] else []) +
+          ([f"{p['table_sized_writes']} write{'s' if p['table_sized_writes'] > 1 else ''}"]
+           if p["table_sized_writes"] else []))
       lines.append((p["kernel"], p["root"], traffic, p["bytes_per_param"],
                     "" if p["ms"] is None else f"{p['ms']:.2f}",
                     "" if p["gbps"] is None else f"{p['gbps']:.1f}",

@@ -708,7 +708,7 @@ MEMORY_KEYS = ("baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "ru_ma
 
 
 def measure_memory(config, results):
-  """Adds peak_rss_mb, baseline_rss_mb and peak_over_baseline_mb to every timed row."""
+  """Adds the memory probe's figures (MEMORY_KEYS) to every timed row."""
   for result in results:
     for row in result["rows"]:
       if not row["supported"]:
