@@ -11,14 +11,15 @@ op cannot alias, and XLA then copies every result). One call rather than one per
 saves XLA's per-kernel dispatch on models with many small variables.
 
 A second target does the same for a table with a sparse gradient in dense mode
-(`update_rule.adam_step_at_rows`: every row moves, most with a zero gradient), where XLA:CPU's
-loops, with their scatters, reach less than half of the bandwidth the machine has.
+(`update_rule.adam_step_at_rows`: every row moves, most with a zero gradient): 24 bytes per
+parameter in one pass, where XLA:CPU's loops and scatters move 32 in three and stay at 36-40
+GB/s when the machine's memory could stream 100 GB/s or more.
 
 Used only where it computes what `adam_step` (`adam_step_at_rows`) computes: float32, no
 amsgrad, in the optimizer's XLA-compiled update (jit_compile=True, the default), on a CPU
 device. Everywhere else (GPU, TPU, no compiler, ADAM_XLA_CPU_KERNEL=0, lazy sparse mode) the
-update is `update_rule`'s, which XLA fuses well on accelerators. The arithmetic is the same operation for operation, without
-fused multiply-adds, so both paths agree to within a rounding.
+update is `update_rule`'s, which XLA fuses well on accelerators. The arithmetic is the same
+operation for operation, without fused multiply-adds, so both paths agree to within a rounding.
 """
 
 import ctypes
