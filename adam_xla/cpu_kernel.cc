@@ -72,8 +72,11 @@ struct Tensor {
   bool decays;  // decoupled weight decay applies to this tensor
 };
 
-// Elements [begin, end) of one tensor.
-void UpdateRange(const Tensor& t, const Coefficients& c, long begin, long end) {
+// The update loop, one instance per case so that each is a plain vectorizable loop:
+// kGrad false is adam_step_at_rows' untouched rows (a zero gradient: no added term), kDecay
+// adds decoupled weight decay.
+template <bool kGrad, bool kDecay>
+void UpdateLoop(const Tensor& t, const Coefficients& c, long begin, long end) {
   float* param_out = t.param_out;
   float* m_out = t.m_out;
   float* v_out = t.v_out;
@@ -83,62 +86,40 @@ void UpdateRange(const Tensor& t, const Coefficients& c, long begin, long end) {
   const float* v = t.v;
   const float lr_t = c.lr_t, beta_1 = c.beta_1, beta_2 = c.beta_2, epsilon = c.epsilon;
   const float one_minus_beta_1 = 1.0f - beta_1, one_minus_beta_2 = 1.0f - beta_2;
-  if (!c.apply) {  // apply_if was false: the outputs are the inputs
-    if (param_out == param && m_out == m && v_out == v) return;  // aliased, as called
-    PARALLEL_SAFE_LOOP
-    for (long i = begin; i < end; ++i) {
-      param_out[i] = param[i];
-      m_out[i] = m[i];
-      v_out[i] = v[i];
-    }
-    return;
-  }
-  if (grad == nullptr && t.decays) {  // adam_step_at_rows' untouched rows: no added term
-    const float decay = c.decay;
-    PARALLEL_SAFE_LOOP
-    for (long i = begin; i < end; ++i) {
-      const float new_m = beta_1 * m[i];
-      const float new_v = beta_2 * v[i];
-      const float p = param[i] - decay * param[i];
-      param_out[i] = p - lr_t * new_m / (std::sqrt(new_v) + epsilon);
-      m_out[i] = new_m;
-      v_out[i] = new_v;
-    }
-    return;
-  }
-  if (grad == nullptr) {
-    PARALLEL_SAFE_LOOP
-    for (long i = begin; i < end; ++i) {
-      const float new_m = beta_1 * m[i];
-      const float new_v = beta_2 * v[i];
-      param_out[i] = param[i] - lr_t * new_m / (std::sqrt(new_v) + epsilon);
-      m_out[i] = new_m;
-      v_out[i] = new_v;
-    }
-    return;
-  }
-  if (t.decays) {
-    const float decay = c.decay;
-    PARALLEL_SAFE_LOOP
-    for (long i = begin; i < end; ++i) {
-      const float g = grad[i];
-      const float new_m = beta_1 * m[i] + one_minus_beta_1 * g;
-      const float new_v = beta_2 * v[i] + one_minus_beta_2 * (g * g);
-      const float p = param[i] - decay * param[i];
-      param_out[i] = p - lr_t * new_m / (std::sqrt(new_v) + epsilon);
-      m_out[i] = new_m;
-      v_out[i] = new_v;
-    }
-    return;
-  }
+  const float decay = c.decay;
   PARALLEL_SAFE_LOOP
   for (long i = begin; i < end; ++i) {
-    const float g = grad[i];
-    const float new_m = beta_1 * m[i] + one_minus_beta_1 * g;
-    const float new_v = beta_2 * v[i] + one_minus_beta_2 * (g * g);
-    param_out[i] = param[i] - lr_t * new_m / (std::sqrt(new_v) + epsilon);
+    float new_m = beta_1 * m[i];
+    float new_v = beta_2 * v[i];
+    if constexpr (kGrad) {
+      const float g = grad[i];
+      new_m = new_m + one_minus_beta_1 * g;
+      new_v = new_v + one_minus_beta_2 * (g * g);
+    }
+    float p = param[i];
+    if constexpr (kDecay) p = p - decay * p;
+    param_out[i] = p - lr_t * new_m / (std::sqrt(new_v) + epsilon);
     m_out[i] = new_m;
     v_out[i] = new_v;
+  }
+}
+
+// Elements [begin, end) of one tensor.
+void UpdateRange(const Tensor& t, const Coefficients& c, long begin, long end) {
+  if (!c.apply) {  // apply_if was false: the outputs are the inputs
+    if (t.param_out == t.param && t.m_out == t.m && t.v_out == t.v) return;  // aliased, as called
+    PARALLEL_SAFE_LOOP
+    for (long i = begin; i < end; ++i) {
+      t.param_out[i] = t.param[i];
+      t.m_out[i] = t.m[i];
+      t.v_out[i] = t.v[i];
+    }
+    return;
+  }
+  if (t.grad != nullptr) {
+    (t.decays ? UpdateLoop<true, true> : UpdateLoop<true, false>)(t, c, begin, end);
+  } else {
+    (t.decays ? UpdateLoop<false, true> : UpdateLoop<false, false>)(t, c, begin, end);
   }
 }
 
@@ -155,8 +136,8 @@ void UpdateSpan(const std::vector<Tensor>& tensors, const Coefficients& c, long 
 }
 
 // One helper thread that takes the second half of large updates. It polls (yielding) for a
-// while after each piece of work, as updates come step after step, then sleeps. If it is busy (two updates at once, e.g. two devices'
-// programs), the caller does all the work itself.
+// while after each piece of work, as updates come step after step, then sleeps. If it is busy
+// (two updates at once, e.g. two devices' programs), the caller does all the work itself.
 class Helper {
  public:
   static Helper& Get() {
@@ -290,12 +271,10 @@ void AdamRowsF32(void* out, const void** in, const char* opaque, size_t opaque_l
     if (indices[e] >= 0 && indices[e] < rows) entries.emplace_back(indices[e], e);
   }
   std::sort(entries.begin(), entries.end());
-  std::vector<float> sums;  // the summed gradient of rows given more than once
-  for (size_t a = 0, b = 0; a < entries.size(); a = b) {
-    for (b = a + 1; b < entries.size() && entries[b].first == entries[a].first; ++b) {
-    }
-    if (b - a > 1) sums.resize(sums.size() + width);
-  }
+  // The summed gradient of rows given more than once. Reserved for the most there can be, so
+  // that growing it never moves the rows the pieces below point to.
+  std::vector<float> sums;
+  sums.reserve(entries.size() * width);
 
   // The table as consecutive pieces: runs of untouched rows (zero gradient) and touched rows.
   std::vector<Tensor> pieces;
@@ -305,20 +284,20 @@ void AdamRowsF32(void* out, const void** in, const char* opaque, size_t opaque_l
                       row_count * width, decays});
   };
   long next_row = 0;
-  float* sum = sums.data();
   for (size_t a = 0, b = 0; a < entries.size(); a = b) {
     const long row = entries[a].first;
     const float* grad = row_grads + entries[a].second * width;
     for (b = a + 1; b < entries.size() && entries[b].first == row; ++b) {
     }
     if (b - a > 1) {
+      sums.resize(sums.size() + width);
+      float* sum = sums.data() + sums.size() - width;
       for (long j = 0; j < width; ++j) sum[j] = grad[j];
       for (size_t e = a + 1; e < b; ++e) {
         const float* more = row_grads + entries[e].second * width;
         for (long j = 0; j < width; ++j) sum[j] += more[j];
       }
       grad = sum;
-      sum += width;
     }
     if (row > next_row) piece(next_row, row - next_row, nullptr);
     piece(row, 1, grad);

@@ -41,7 +41,6 @@ ROWS_TARGET = "adam_xla_adam_rows_f32"
 ENV_SWITCH = "ADAM_XLA_CPU_KERNEL"  # "0" turns the kernel off
 ENV_CACHE_DIR = "ADAM_XLA_CACHE_DIR"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel.cc")
-_COEFFICIENTS = 6  # lr_t, beta_1, beta_2, epsilon, decay, apply
 _XLA_CALL_MODULE_VERSION = 9
 
 _lock = threading.Lock()
@@ -152,11 +151,7 @@ def applies(var, grad, vhat):
   Call only while tracing a function compiled with XLA (jit_compile=True): the op it emits
   has no kernel outside XLA.
   """
-  if not enabled() or vhat is not None or isinstance(grad, tf.IndexedSlices):
-    return False
-  if var.dtype.base_dtype != tf.float32 or tf.executing_eagerly() or not _on_cpu(var):
-    return False
-  if var.shape.num_elements() is None or var.shape.num_elements() == 0:
+  if isinstance(grad, tf.IndexedSlices) or not _kernel_can_update(var, vhat):
     return False
   return load()
 
@@ -168,18 +163,24 @@ def applies_to_rows(var, grad, vhat):
   `grad` must already have its duplicates summed (sparse.sum_duplicates). Call only while
   tracing a function compiled with XLA, as for `applies`.
   """
-  if not enabled() or vhat is not None or not isinstance(grad, tf.IndexedSlices):
-    return False
-  if var.dtype.base_dtype != tf.float32 or grad.values.dtype != tf.float32:
-    return False
-  if tf.executing_eagerly() or not _on_cpu(var) or not var.shape.is_fully_defined():
-    return False
-  if var.shape.rank < 1 or var.shape.num_elements() == 0:
+  if not isinstance(grad, tf.IndexedSlices) or not _kernel_can_update(var, vhat):
     return False
   values = grad.values.shape
+  if grad.values.dtype != tf.float32 or var.shape.rank < 1:
+    return False
   if not values.is_fully_defined() or values[0] == 0 or values[1:] != var.shape[1:]:
     return False  # the rows kernel's module needs static shapes
   return load()
+
+
+def _kernel_can_update(var, vhat):
+  """What both kernels need of the variable: switched on, no amsgrad, float32, a static
+  non-empty shape, on a CPU device, while tracing."""
+  if not enabled() or vhat is not None or var.dtype.base_dtype != tf.float32:
+    return False
+  if tf.executing_eagerly() or not _on_cpu(var):
+    return False
+  return var.shape.num_elements() not in (None, 0)
 
 
 def _on_cpu(var):
@@ -189,35 +190,35 @@ def _on_cpu(var):
   return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def _module_text(sizes, decays):
-  """StableHLO: one custom call updating every tensor, results aliased to param, m and v."""
-  count = len(sizes)
-  tensors = [f"tensor<{size}xf32>" for size in sizes]
-  coefficients = f"tensor<{_COEFFICIENTS}xf32>"
-  arguments, operand_types, result_types, aliases = [], [], [], []
-  for i, tensor in enumerate(tensors):
-    for name in ("param", "grad", "m", "v"):
-      arguments.append(f"%{name}{i}: {tensor}")
-      operand_types.append(tensor)
-    result_types += [tensor] * 3
-    for result, operand in ((3 * i, 4 * i), (3 * i + 1, 4 * i + 2), (3 * i + 2, 4 * i + 3)):
-      aliases.append(f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
-                     f"operand_index = {operand}, operand_tuple_indices = []>")
-  arguments.append(f"%c: {coefficients}")
-  operand_types.append(coefficients)
-  operands = ", ".join(argument.split(":")[0] for argument in arguments)
-  config = ",".join(f"{size}:{int(decay)}" for size, decay in zip(sizes, decays))
-  results = ", ".join(f"%0#{i}" for i in range(3 * count))
-  return (
-      "module @adam_update {\n"
-      f"  func.func public @main({', '.join(arguments)}) -> ({', '.join(result_types)}) {{\n"
-      f"    %0:{3 * count} = stablehlo.custom_call @{TARGET}({operands}) "
+_ELEMENT_TYPES = {tf.float32: "f32", tf.int64: "i64"}
+
+
+def _call_in_place(target, operands, updated, config):
+  """Calls the kernel `target` (an XLA:CPU custom call) on `operands` (1-D float32 or int64
+  tensors) through an `XlaCallModule` op. Result i is the new value of operand updated[i],
+  and the StableHLO custom call aliases it to that operand, so that XLA updates the buffer in
+  place instead of copying it. `config` is the kernel's backend_config string."""
+  types = [f"tensor<{t.shape[0]}x{_ELEMENT_TYPES[t.dtype]}>" for t in operands]
+  results = ", ".join(types[i] for i in updated)
+  names = ", ".join(f"%a{i}" for i in range(len(operands)))
+  aliases = ", ".join(
+      f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
+      f"operand_index = {operand}, operand_tuple_indices = []>"
+      for result, operand in enumerate(updated))
+  module = (
+      "module @adam_xla_kernel {\n"
+      f"  func.func public @main({', '.join(f'%a{i}: {t}' for i, t in enumerate(types))}) -> "
+      f"({results}) {{\n"
+      f"    %0:{len(updated)} = stablehlo.custom_call @{target}({names}) "
       f"{{api_version = 3 : i32, backend_config = \"{config}\", "
-      f"output_operand_aliases = [{', '.join(aliases)}]}} : ({', '.join(operand_types)}) -> "
-      f"({', '.join(result_types)})\n"
-      f"    return {results} : {', '.join(result_types)}\n"
+      f"output_operand_aliases = [{aliases}]}} : ({', '.join(types)}) -> ({results})\n"
+      f"    return {', '.join(f'%0#{i}' for i in range(len(updated)))} : {results}\n"
       "  }\n"
       "}\n")
+  return gen_xla_ops.xla_call_module(
+      operands, version=_XLA_CALL_MODULE_VERSION, module=module,
+      Sout=[operands[i].shape for i in updated], Tout=[operands[i].dtype for i in updated],
+      platforms=["CPU"])
 
 
 def _scalars(c, apply_if):
@@ -236,42 +237,18 @@ def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
   With `apply_if` False the inputs come back unchanged.
   """
   c = coefficients
-  scalars = _scalars(c, apply_if)
   shapes = [param.shape for param in params]
   sizes = [shape.num_elements() for shape in shapes]
   decays = [bool(d) and c.decay is not None for d in decays]
-  operands = []
+  operands = []  # param, grad, m, v of tensor i at 4i .. 4i+3, then the coefficients
   for param, grad, m, v, size in zip(params, grads, ms, vs, sizes):
     operands += [tf.reshape(t, [size]) for t in (param, grad, m, v)]
-  operands.append(scalars)
-  outputs = gen_xla_ops.xla_call_module(
-      operands, version=_XLA_CALL_MODULE_VERSION, module=_module_text(sizes, decays),
-      Sout=[[size] for size in sizes for _ in range(3)], Tout=[tf.float32] * (3 * len(sizes)),
-      platforms=["CPU"])
+  operands.append(_scalars(c, apply_if))
+  updated = [4 * i + k for i in range(len(sizes)) for k in (0, 2, 3)]  # param, m, v
+  config = ",".join(f"{size}:{int(decay)}" for size, decay in zip(sizes, decays))
+  outputs = _call_in_place(TARGET, operands, updated, config)
   return [tuple(tf.reshape(t, shape) for t in outputs[3 * i:3 * i + 3])
           for i, shape in enumerate(shapes)]
-
-
-def _rows_module_text(rows, width, entries, decays):
-  """StableHLO: the rows kernel's custom call, results aliased to param, m and v."""
-  table = f"tensor<{rows * width}xf32>"
-  operand_types = [table, table, table, f"tensor<{entries}xi64>",
-                   f"tensor<{entries * width}xf32>", f"tensor<{_COEFFICIENTS}xf32>"]
-  names = ["%param", "%m", "%v", "%indices", "%row_grads", "%c"]
-  aliases = ", ".join(
-      f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
-      f"operand_index = {result}, operand_tuple_indices = []>" for result in range(3))
-  arguments = ", ".join(f"{name}: {kind}" for name, kind in zip(names, operand_types))
-  tables = ", ".join([table] * 3)
-  return (
-      "module @adam_rows {\n"
-      f"  func.func public @main({arguments}) -> ({tables}) {{\n"
-      f"    %0:3 = stablehlo.custom_call @{ROWS_TARGET}({', '.join(names)}) "
-      f"{{api_version = 3 : i32, backend_config = \"{rows}:{width}:{entries}:{int(decays)}\", "
-      f"output_operand_aliases = [{aliases}]}} : ({', '.join(operand_types)}) -> ({tables})\n"
-      f"    return %0#0, %0#1, %0#2 : {tables}\n"
-      "  }\n"
-      "}\n")
 
 
 def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=None):
@@ -287,8 +264,6 @@ def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=No
   operands = [tf.reshape(t, [rows * width]) for t in (param, m, v)]
   operands += [tf.cast(tf.reshape(indices, [entries]), tf.int64),
                tf.reshape(row_grads, [entries * width]), _scalars(coefficients, apply_if)]
-  outputs = gen_xla_ops.xla_call_module(
-      operands, version=_XLA_CALL_MODULE_VERSION,
-      module=_rows_module_text(rows, width, entries, decays),
-      Sout=[[rows * width]] * 3, Tout=[tf.float32] * 3, platforms=["CPU"])
+  outputs = _call_in_place(ROWS_TARGET, operands, [0, 1, 2],
+                           f"{rows}:{width}:{entries}:{int(decays)}")
   return tuple(tf.reshape(t, shape) for t in outputs)

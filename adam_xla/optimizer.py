@@ -364,13 +364,12 @@ class Adam(tf.Module):
       return
     if isinstance(grad, tf.IndexedSlices) and self.jit_compile and cpu_kernel.applies_to_rows(
         var, grad, slots[2]):
-      # Dense mode on CPU: every row in one pass of the rows kernel, in place.
-      values = cpu_kernel.adam_step_at_rows(var, grad.indices, grad.values, slots[0], slots[1],
-                                            coefficients, apply_if)
-      for target, value in zip((var,) + slots[:2], values):
-        target.assign(value)
-      return
-    if isinstance(grad, tf.IndexedSlices):
+      # Dense mode on CPU: every row in one pass of the rows kernel (no amsgrad, so no vhat),
+      # in place; apply_if is applied inside.
+      new_var, m, v = cpu_kernel.adam_step_at_rows(
+          var, grad.indices, grad.values, slots[0], slots[1], coefficients, apply_if)
+      moments, apply_if = update_rule.Moments(m, v, None), None
+    elif isinstance(grad, tf.IndexedSlices):
       # Dense mode: the dense update without a dense gradient (duplicates are summed, with
       # zero padding); apply_if is applied inside, where it adds no pass over the table.
       new_var, moments = update_rule.adam_step_at_rows(
