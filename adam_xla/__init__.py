@@ -1,9 +1,28 @@
-"""adam_xla: Adam for TensorFlow whose update compiles into the same XLA program as the step."""
+"""adam_xla: Adam for TensorFlow whose update compiles into the same XLA program as the step.
+
+The public API is what this module exports:
+
+* `Adam`: the optimizer `tf.keras.optimizers.Adam` documents (epsilon hat, amsgrad, the
+  three clip options, decoupled weight decay), with dense and lazy updates for sparse
+  (`tf.IndexedSlices`) gradients. Use it on its own (`minimize`, `apply_gradients`) or in a
+  train step.
+* `make_train_step` (with `StepConfig`, its options, and `TrainStep`, what it returns): a
+  model, a loss and an `Adam` as one compiled step under any `tf.distribute` strategy.
+* `sparse_top1_accuracy`: the per-example metric the step accepts as "accuracy".
+* `bias_corrected_learning_rate`: Adam's step size at a step, for engines without bias
+  correction (e.g. TensorFlow's TPU embedding Adam).
+* `SPARSE_MODES`: the accepted values of `Adam(sparse_mode=...)`.
+
+Every other module of the package is internal: its names may change without notice.
+"""
 
 from adam_xla.optimizer import Adam
+from adam_xla.optimizer import bias_corrected_learning_rate
+from adam_xla.optimizer import SPARSE_MODES
 from adam_xla.train_step import make_train_step
 from adam_xla.train_step import sparse_top1_accuracy
 from adam_xla.train_step import StepConfig
 from adam_xla.train_step import TrainStep
 
-__all__ = ["Adam", "make_train_step", "sparse_top1_accuracy", "StepConfig", "TrainStep"]
+__all__ = ["Adam", "bias_corrected_learning_rate", "make_train_step", "SPARSE_MODES",
+           "sparse_top1_accuracy", "StepConfig", "TrainStep"]

@@ -1,4 +1,4 @@
-"""Gradient clipping with the Keras options `clipvalue`, `clipnorm` and `global_clipnorm`.
+"""Internal: gradient clipping with the Keras options `clipvalue`, `clipnorm` and `global_clipnorm`.
 
 Clipping sees the gradient summed over replicas, as in Keras. Sparse gradients must already
 have their duplicate indices summed (`sparse.sum_duplicates`), so that norms and element

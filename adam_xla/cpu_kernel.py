@@ -1,4 +1,4 @@
-"""The dense float32 Adam update on CPU as one pass over memory, inside the XLA program.
+"""Internal: the dense float32 Adam update on CPU as one pass over memory, inside the XLA program.
 
 XLA:CPU compiles `update_rule.adam_step` into three loops per tensor (m, v, then the variable
 from the new m and v): 40 bytes of memory traffic per parameter where 28 are needed, and the

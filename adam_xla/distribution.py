@@ -1,17 +1,23 @@
-"""Everything in adam_xla that names `tf.distribute`.
+"""Internal: everything in adam_xla that names `tf.distribute`.
 
-The optimizer calls these helpers and stays the same under the default strategy,
-OneDeviceStrategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy:
+The optimizer and the train step call these helpers and stay the same under the default
+strategy, OneDeviceStrategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy:
 
-* state (slots, the iteration count, hyperparameter variables) is created in the variable's
-  own distribution context, so it is mirrored, placed and saved like the variable;
+* state (slots, the iteration count, hyperparameter variables, the step's counters) is
+  created in the variable's own distribution context, so it is mirrored, placed and saved
+  like the variable;
 * gradients are summed over replicas (the Keras convention: the loss is expected to be scaled
   by the global batch size);
-* each variable is updated through `strategy.extended.update`, which runs the update on
-  every device that holds a copy, with that device's copy of the slots.
+* the update runs once per device that holds a copy of the variables, on that device's
+  copies of the variables and slots: off TPU as one call per device under `tf.device` (one
+  XLA program per device), on TPU through `strategy.extended.update`, the route TPU
+  variables require;
+* the train step's compile plan, replica runs and input splitting (`compile_plan`,
+  `run_and_sum`, `distribute_dataset`).
 """
 
 import contextlib
+import warnings
 
 import keras
 import tensorflow as tf
@@ -22,15 +28,16 @@ def as_tf_variable(variable):
   return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def _strategy_of(variable):
-  strategy = getattr(variable, "distribute_strategy", None)
+def strategy_or_active(strategy=None):
+  """`strategy`, else the one in scope (the default strategy outside any scope)."""
   return strategy if strategy is not None else tf.distribute.get_strategy()
 
 
 @contextlib.contextmanager
-def creation_scope(variable=None):
-  """Creates variables eagerly, placed and replicated like `variable` (or the active strategy)."""
-  strategy = _strategy_of(variable)
+def creation_scope(variable=None, strategy=None):
+  """Creates variables eagerly, placed and replicated like `variable`, else in `strategy`'s
+  scope (default: the active strategy)."""
+  strategy = strategy or strategy_or_active(getattr(variable, "distribute_strategy", None))
   with tf.init_scope(), strategy.scope():
     if variable is None:
       yield
@@ -63,9 +70,17 @@ def sum_over_replicas(grads):
   return replica_context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
-def local_values(strategy, value):
-  """This worker's per-device components of `value` (a 1-tuple for a plain value)."""
-  return strategy.experimental_local_results(value)
+def first_local_value(strategy, value):
+  """The first of this worker's per-device components of `value` (`value` if it is plain)."""
+  return strategy.experimental_local_results(value)[0]
+
+
+def step_variable(initial_value, dtype, name):
+  """A non-trainable piece of step state whose value is the same on every replica (a
+  counter, the loss scale), written by the first replica only. Create it in a
+  `creation_scope`."""
+  return tf.Variable(initial_value, dtype=dtype, trainable=False, name=name,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
 
 def _is_tpu(strategy):
@@ -75,36 +90,33 @@ def _is_tpu(strategy):
 def update_on_each_device(strategy, update_fn, variables, per_variable, shared):
   """Runs update_fn(variables, per_variable, shared) once per device, on its local copies.
 
-  `per_variable` is a structure of lists parallel to `variables` whose leaves may be
+  Call in cross-replica context. `per_variable` is a structure of lists parallel to
+  `variables`, and `shared` any structure (the step's scalars); their leaves may be
   distributed values (per-replica gradients, mirrored slots): each device gets its own
-  component. `shared` (per-step scalars) is passed as it is. Under MirroredStrategy and
-  MultiWorkerMirroredStrategy this makes the update of all variables one call, and one XLA
-  program, per device. On TPU the replica function is compiled as a whole anyway, so each
-  variable goes through `strategy.extended.update`, the route TPU variables require.
+  component. Under MirroredStrategy and MultiWorkerMirroredStrategy this makes the update of
+  all variables one call, and one XLA program, per device, under `tf.device`. On TPU the
+  replica function is compiled as a whole anyway, so each variable goes through
+  `strategy.extended.update`, the route TPU variables require.
   """
   if _is_tpu(strategy):
     for i, variable in enumerate(variables):
       own = tf.nest.map_structure(lambda leaves: leaves[i], per_variable,
                                   is_leaf=lambda x: isinstance(x, list))
       strategy.extended.update(
-          variable, lambda v, *args: update_fn([v], _listify(args), shared),
-          args=tuple(own), group=False)
+          variable, lambda v, own, shared: update_fn([v], tuple([x] for x in own), shared),
+          args=(own, shared), group=False)
     return
   devices = _local_devices(strategy)
   if devices is None:
     update_fn(variables, per_variable, shared)
     return
-  components = [local_values(strategy, v) for v in variables]
+  components = [strategy.experimental_local_results(v) for v in variables]
   for index, device in enumerate(devices):
-    pick = lambda x: (local_values(strategy, x)[index]
+    pick = lambda x: (strategy.experimental_local_results(x)[index]
                       if isinstance(x, tf.distribute.DistributedValues) else x)
     with tf.device(device):
       update_fn([c[index] for c in components], tf.nest.map_structure(pick, per_variable),
-                shared)
-
-
-def _listify(args):
-  return tuple([arg] for arg in args)
+                tf.nest.map_structure(pick, shared))
 
 
 # ---- Compile plans for the train step ------------------------------------------------------
@@ -151,68 +163,32 @@ def _local_devices(strategy):
     return None
 
 
-def run_on_replicas(strategy, fn, args):
-  """strategy.run, returning per-replica results."""
-  return strategy.run(fn, args=args)
-
-
-def sum_replica_results(strategy, per_replica):
-  """Sums a structure of per-replica scalars into plain tensors."""
+def run_and_sum(strategy, fn, args):
+  """strategy.run(fn, args), with its structure of per-replica scalars summed into tensors."""
+  per_replica = strategy.run(fn, args=args)
   return tf.nest.map_structure(
       lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
       per_replica)
 
 
-def num_replicas(strategy):
-  return strategy.num_replicas_in_sync
+def replicas_in_sync():
+  """The number of replicas taking part in the step being traced (1 outside a strategy)."""
+  return tf.distribute.get_replica_context().num_replicas_in_sync
+
+
+def is_iterator(data):
+  """Whether `data` is an iterator over (possibly distributed) batches."""
+  return isinstance(data, (tf.data.Iterator, tf.distribute.DistributedIterator))
 
 
 def distribute_dataset(strategy, dataset):
-  """Splits each global batch of `dataset` across the replicas (per host on multi-worker)."""
+  """Splits each global batch of `dataset` across the replicas (per host on multi-worker).
+
+  Warns unless the batch dimension is fixed: a last, smaller batch would trace and compile a
+  second program, and under several replicas would not split evenly.
+  """
+  batch_dim = tf.nest.flatten(dataset.element_spec)[0].shape[:1]
+  if batch_dim.rank and batch_dim[0] is None:
+    warnings.warn("TrainStep.distribute: the batch dimension is not fixed; batch with "
+                  "drop_remainder=True so that a partial last batch does not recompile.")
   return strategy.experimental_distribute_dataset(dataset)
-
-
-# ---- Creating a strategy ---------------------------------------------------------------------
-
-STRATEGY_KINDS = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-
-
-def split_cpu(num_logical_cpus):
-  """Splits the first CPU into logical devices (must run before TensorFlow starts).
-
-  Gives MirroredStrategy real replicas on a machine without accelerators.
-  """
-  cpu = tf.config.list_physical_devices("CPU")[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
-
-
-def create_strategy(kind, *, tpu=None):
-  """The strategy a trainer's --strategy flag names; see STRATEGY_KINDS.
-
-  "mirrored" uses every local GPU, or every logical CPU when there are no GPUs;
-  "multi_worker" reads the cluster from the TF_CONFIG environment variable; "tpu" resolves
-  `tpu` (a Cloud TPU name, a grpc:// address, or "local" on a TPU VM) and initializes the TPU
-  system, as the TPU guide describes.
-  """
-  if kind not in STRATEGY_KINDS:
-    raise ValueError(f"unknown strategy {kind!r}; accepted: {', '.join(STRATEGY_KINDS)}.")
-  if kind == "default":
-    return tf.distribute.get_strategy()
-  if kind == "one_device":
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0]
-                                           .name)
-  if kind == "mirrored":
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
-  if kind == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  if not tpu:
-    raise ValueError("the tpu strategy needs a TPU: a Cloud TPU name, a grpc:// address, "
-                     "or 'local' on a TPU VM.")
-  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-  if tpu != "local":
-    tf.config.experimental_connect_to_cluster(resolver)
-  tf.tpu.experimental.initialize_tpu_system(resolver)
-  return tf.distribute.TPUStrategy(resolver)

@@ -1,28 +1,27 @@
 """`adam_xla.Adam`: the Adam optimizer of the Keras documentation, built to compile with XLA.
 
-The update rule lives in `update_rule`, clipping in `clipping`, sparse-gradient handling in
-`sparse` and everything about `tf.distribute` in `distribution`; this class owns the state
-(slots, iteration count, hyperparameters) and puts those pieces together.
+This class owns the state (hyperparameters, slots, iteration count, configuration) and the
+order of a step, the Keras one: gradients accepted (`gradients`), summed over replicas,
+made canonical and clipped (`clipping`), then applied by `engine.update` once per device
+(`distribution`). The arithmetic is `update_rule`'s (or the CPU kernels', which compute the
+same), so another front end can share everything but this class.
 """
 
 import dataclasses
+import inspect
 import types
-import warnings
 
-import numpy as np
 import tensorflow as tf
 
 from adam_xla import clipping
-from adam_xla import cpu_kernel
 from adam_xla import distribution
+from adam_xla import engine
+from adam_xla import gradients
 from adam_xla import hyperparameters
-from adam_xla import sparse
+from adam_xla import slots as slots_lib
 from adam_xla import update_rule
 
-SPARSE_MODES = ("dense", "lazy")
-_CLIP_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm")
-_ARGUMENTS = ("learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad", "name",
-              "sparse_mode", "weight_decay", "jit_compile") + _CLIP_KWARGS
+SPARSE_MODES = engine.SPARSE_MODES
 _HYPERPARAMETERS = ("learning_rate", "beta_1", "beta_2", "epsilon")
 _SUPPORTED_DTYPES = (tf.float32, tf.float64)
 
@@ -74,9 +73,9 @@ class Adam(tf.Module):
     jit_compile: compile the update of all variables on a device as one XLA program (the
       default). Inside a compiled step it is part of that step's program either way; False
       runs it as ordinary TensorFlow ops, e.g. for debugging with tf.print.
-    **kwargs: `clipnorm` (clip each gradient's norm), `clipvalue` (clip each element) or
-      `global_clipnorm` (clip the norm of all gradients together); `clipnorm` and
-      `global_clipnorm` exclude each other.
+    clipnorm: clip each gradient to this norm; None (default): no clipping.
+    clipvalue: clip each gradient element to [-clipvalue, clipvalue].
+    global_clipnorm: clip all gradients together to this norm; excludes `clipnorm`.
 
   Update, with t = iterations + 1:
     lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
@@ -94,30 +93,32 @@ class Adam(tf.Module):
 
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
-               jit_compile=True, **kwargs):
+               clipnorm=None, clipvalue=None, global_clipnorm=None, jit_compile=True,
+               **unknown):
     super().__init__()
+    _reject_unknown_arguments(unknown)
     self._optimizer_name = name
-    self._settings = _validated_settings(amsgrad, name, sparse_mode, weight_decay, jit_compile,
-                                         kwargs)
+    self._settings = _validated_settings(
+        amsgrad=amsgrad, name=name, sparse_mode=sparse_mode, weight_decay=weight_decay,
+        jit_compile=jit_compile, clip=dict(clipnorm=clipnorm, clipvalue=clipvalue,
+                                           global_clipnorm=global_clipnorm))
     self._decay_exclusions = _Untracked(refs=set(), names=set())
     # The update of all variables on one device, as one XLA program. Inside a step that is
     # itself compiled it is inlined into that program.
-    self._compiled = _Untracked(update_variables=(
-        tf.function(self._update_variables, jit_compile=True) if self.jit_compile
-        else self._update_variables))
+    self._compiled = _Untracked(update_on_device=(
+        tf.function(self._update_on_device, jit_compile=True) if self.jit_compile
+        else self._update_on_device))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
         beta_1=hyperparameters.validate("beta_1", beta_1, 0.0, 1.0, high_open=True),
         beta_2=hyperparameters.validate("beta_2", beta_2, 0.0, 1.0, high_open=True),
         epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0, low_open=True))
-    # Slot variables by variable: {var.ref(): {"m": ..., "v": ..., "vhat": ...}}.
-    self._slot_index = _Untracked(slots={}, keys=set())
-    # What checkpoints see: the iteration count and every slot under a readable key
-    # ("<variable name>/<slot name>"). Both are filled in by `build`; a checkpoint restored
-    # before that is applied as the variables are created (TF's deferred restoration).
+    # What checkpoints see: the iteration count and every slot under a readable key; both
+    # are filled in by `build` (see `slots`).
     self._iterations = None
     self._slots = {}
+    self._slot_table = slots_lib.SlotTable(name, self.slot_names, self._slots)
 
   # ---- Public state -------------------------------------------------------------------
 
@@ -179,14 +180,13 @@ class Adam(tf.Module):
 
   def slot(self, var, slot_name):
     """The slot `slot_name` ("m", "v" or, with amsgrad, "vhat") of variable `var`."""
-    slots = self._slot_index.slots.get(distribution.as_tf_variable(var).ref())
-    if slots is None:
+    if distribution.as_tf_variable(var) not in self._slot_table:
       raise KeyError(f"Adam: no slots for variable '{var.name}'; it has not been built "
                      "or updated by this optimizer.")
-    if slot_name not in slots:
+    if slot_name not in self.slot_names:
       raise KeyError(f"Adam: unknown slot {slot_name!r}; this optimizer has "
                      f"{self.slot_names}.")
-    return slots[slot_name]
+    return getattr(self._slot_table[distribution.as_tf_variable(var)], slot_name)
 
   # ---- State creation -----------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class Adam(tf.Module):
     restoring a checkpoint or tracing a step.
     """
     variables = [distribution.as_tf_variable(v) for v in var_list]
-    new = [v for v in variables if v.ref() not in self._slot_index.slots]
+    new = [v for v in variables if v not in self._slot_table]
     new = list({v.ref(): v for v in new}.values())
     if new or self._iterations is None:
       distribution.in_cross_replica_context(
@@ -213,15 +213,7 @@ class Adam(tf.Module):
     if self._iterations is None:
       self._create_step_state(anchor)
     for var in new_variables:
-      key = self._unique_key(var)
-      with distribution.creation_scope(var):
-        slots = {
-            slot_name: tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
-                                   name=f"{self.name}/{key}/{slot_name}")
-            for slot_name in self.slot_names}
-      self._slot_index.slots[var.ref()] = slots
-      for slot_name, slot in slots.items():
-        self._slots[f"{key}/{slot_name}"] = slot
+      self._slot_table.create(var)
 
   def _create_step_state(self, anchor):
     """The iteration count, and a variable for a numeric learning rate.
@@ -235,18 +227,7 @@ class Adam(tf.Module):
         self._hyper.learning_rate = tf.Variable(
             float(self._hyper.learning_rate), dtype=tf.float32, trainable=False,
             name=f"{self.name}/learning_rate")
-      self._iterations = tf.Variable(
-          0, dtype=tf.int64, trainable=False, name=f"{self.name}/iterations",
-          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-  def _unique_key(self, var):
-    """A readable checkpoint key for `var`'s slots, unique within this optimizer."""
-    base = getattr(var, "path", None) or var.name.split(":")[0]
-    key, suffix = base, 1
-    while key in self._slot_index.keys:
-      key, suffix = f"{base}_{suffix}", suffix + 1
-    self._slot_index.keys.add(key)
-    return key
+      self._iterations = distribution.step_variable(0, tf.int64, f"{self.name}/iterations")
 
   # ---- Updates ------------------------------------------------------------------------
 
@@ -268,57 +249,44 @@ class Adam(tf.Module):
     grads = tape.gradient(loss, var_list)
     return self.apply_gradients(zip(grads, var_list))
 
-  def apply_gradients(self, grads_and_vars, *, apply_if=None, sum_over_replicas=True):
+  def apply_gradients(self, grads_and_vars, *, apply_if=None):
     """Applies one Adam step; returns `iterations`.
 
-    Gradients are cast to their variable's dtype (as Keras does) and must have its shape
-    (no broadcasting); then they are summed over replicas when called in a replica context,
-    clipped, and applied to every copy of each variable. Pairs whose gradient is None are
-    skipped with a warning.
+    Pairs whose gradient is None are skipped with a warning. Gradients are cast to their
+    variable's dtype (as Keras does) and must have its shape (no broadcasting); then they are
+    summed over replicas when called in a replica context (the Keras convention: scale the
+    loss by the global batch size), clipped, and applied to every copy of each variable.
 
     Args:
       grads_and_vars: pairs of (gradient, variable).
-      apply_if: optional boolean scalar tensor; when it is False the step changes nothing
-        (variables, slots and `iterations` keep their values). Used to skip steps whose
-        gradients are not finite, without leaving the compiled program.
-      sum_over_replicas: False when the caller has already summed the gradients.
+      apply_if: None; a boolean scalar tensor; or a function that is given the list of
+        gradients summed over replicas (those not None, in the order given, before clipping)
+        and returns one. When it is False the step changes nothing (variables, slots and
+        `iterations` keep their values): a way to skip steps whose gradients are not finite
+        without leaving the compiled program.
     """
-    grads, variables = _drop_missing_gradients(grads_and_vars)
-    grads = [_checked_gradient(g, v) for g, v in zip(grads, variables)]
+    grads, variables = gradients.accepted(grads_and_vars)
     self.build(variables)
-    if sum_over_replicas:
-      grads = distribution.sum_over_replicas(grads)
-    grads = [self._canonical_gradient(g, v) for g, v in zip(grads, variables)]
+    grads = distribution.sum_over_replicas(grads)
+    if callable(apply_if):
+      apply_if = apply_if(grads)
+    grads = [gradients.canonical(g, v, self.sparse_mode) for g, v in zip(grads, variables)]
     grads = clipping.clip_gradients(grads, self._settings.clip)
     distribution.in_cross_replica_context(
         self._apply_in_cross_replica, grads, variables, apply_if)
     return self.iterations
 
-  def _canonical_gradient(self, grad, var):
-    """Sums the repeated rows of a sparse gradient (both modes), so that clipping sees the
-    dense gradient's norms without a table-sized dense gradient being built."""
-    if not isinstance(grad, tf.IndexedSlices):
-      return grad
-    if self.sparse_mode == "dense":
-      grad = sparse.zero_out_of_range(grad, var.shape[0])
-    return sparse.sum_duplicates(grad)
-
   def _apply_in_cross_replica(self, strategy, grads, variables, apply_if):
-    coefficients = {}
-    for var in variables:
-      dtype = var.dtype.base_dtype
-      if dtype.name not in coefficients:
-        coefficients[dtype.name] = self._step_coefficients(dtype)
-    slots = [tuple(self._slot_index.slots[v.ref()].get(n) for n in ("m", "v", "vhat"))
-             for v in variables]
-    per_variable = (grads, slots, [apply_if] * len(variables),
+    dtypes = dict.fromkeys(v.dtype.base_dtype for v in variables)
+    coefficients = {dtype.name: self._step_coefficients(dtype) for dtype in dtypes}
+    per_variable = (grads, [self._slot_table[v] for v in variables],
                     [self._decays(v) for v in variables])
-    distribution.update_on_each_device(
-        strategy, self._compiled.update_variables, variables, per_variable, coefficients)
+    distribution.update_on_each_device(strategy, self._compiled.update_on_device, variables,
+                                       per_variable, (coefficients, apply_if))
     if apply_if is None:
       self._iterations.assign_add(1)
     else:
-      applied = distribution.local_values(strategy, apply_if)[0]
+      applied = distribution.first_local_value(strategy, apply_if)
       self._iterations.assign_add(tf.cast(applied, tf.int64))
 
   def _step_coefficients(self, dtype):
@@ -328,70 +296,17 @@ class Adam(tf.Module):
         value("learning_rate"), value("beta_1"), value("beta_2"), value("epsilon"),
         step, dtype, weight_decay=self._settings.weight_decay)
 
-  def _update_variables(self, variables, per_variable, coefficients):
-    """The update of `variables` on one device (compiled as one XLA program per device).
+  def _update_on_device(self, variables, per_variable, shared):
+    """`engine.update` of one device's copies (compiled as one XLA program per device).
 
     Its ops are named under the optimizer's name, so that profiles and XLA dumps (op_name
     metadata) tell the update's kernels from the model's.
     """
+    grads, slots, decays = per_variable
+    coefficients, apply_if = shared
+    options = engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)
     with tf.name_scope(self.name):
-      by_cpu_kernel = []
-      for var, grad, slots, apply_if, decays in zip(variables, *per_variable):
-        if self.jit_compile and cpu_kernel.applies(var, grad, slots[2]):
-          by_cpu_kernel.append((var, grad, slots, apply_if, decays))
-          continue
-        c = coefficients[var.dtype.base_dtype.name]
-        self._update_variable(var, grad, slots, apply_if,
-                              c if decays else c._replace(decay=None))
-      if by_cpu_kernel:
-        self._update_by_cpu_kernel(by_cpu_kernel, coefficients[tf.float32.name])
-
-  def _update_by_cpu_kernel(self, updates, coefficients):
-    """One pass over memory, one call for all the tensors, instead of XLA:CPU's three loops
-    per tensor (see cpu_kernel.py); apply_if (the same for all) is applied inside, in place."""
-    variables, grads, slots, apply_ifs, decays = zip(*updates)
-    results = cpu_kernel.adam_steps(
-        variables, grads, [s[0] for s in slots], [s[1] for s in slots], decays, coefficients,
-        apply_ifs[0])
-    for var, var_slots, values in zip(variables, slots, results):
-      for target, value in zip((var,) + var_slots[:2], values):
-        target.assign(value)
-
-  def _update_variable(self, var, grad, slots, apply_if, coefficients):
-    """One variable's update; `var` and `slots` (m, v, vhat) are one device's copies."""
-    if isinstance(grad, tf.IndexedSlices) and self.sparse_mode == "lazy":
-      self._update_rows(var, grad, slots, apply_if, coefficients)
-      return
-    if isinstance(grad, tf.IndexedSlices) and self.jit_compile and cpu_kernel.applies_to_rows(
-        var, grad, slots[2]):
-      # Dense mode on CPU: every row in one pass of the rows kernel (no amsgrad, so no vhat),
-      # in place; apply_if is applied inside.
-      new_var, m, v = cpu_kernel.adam_step_at_rows(
-          var, grad.indices, grad.values, slots[0], slots[1], coefficients, apply_if)
-      moments, apply_if = update_rule.Moments(m, v, None), None
-    elif isinstance(grad, tf.IndexedSlices):
-      # Dense mode: the dense update without a dense gradient (duplicates are summed, with
-      # zero padding); apply_if is applied inside, where it adds no pass over the table.
-      new_var, moments = update_rule.adam_step_at_rows(
-          var, grad.indices, grad.values, update_rule.Moments(*slots), coefficients, apply_if)
-      apply_if = None
-    else:
-      new_var, moments = update_rule.adam_step(
-          var, grad, update_rule.Moments(*slots), coefficients)
-    for target, value in zip((var,) + slots, (new_var,) + tuple(moments)):
-      if target is not None:
-        target.assign(_select(apply_if, value, target))
-
-  def _update_rows(self, var, grad, slots, apply_if, coefficients):
-    """Lazy mode: the rows in `grad` (duplicates summed) and nothing else."""
-    rows = grad.indices
-    gather = lambda t: None if t is None else tf.gather(t, rows)
-    old = (gather(var),) + tuple(gather(s) for s in slots)
-    new_rows, moments = update_rule.adam_step(
-        old[0], sparse.first_entry_padding(grad), update_rule.Moments(*old[1:]), coefficients)
-    for target, value, before in zip((var,) + slots, (new_rows,) + tuple(moments), old):
-      if target is not None:
-        target.scatter_update(tf.IndexedSlices(_select(apply_if, value, before), rows))
+      engine.update(variables, grads, slots, decays, coefficients, apply_if, options)
 
   def _decays(self, var):
     """Whether decoupled weight decay applies to `var` (see `exclude_from_weight_decay`)."""
@@ -423,15 +338,31 @@ class Adam(tf.Module):
     return cls(**config)
 
 
-def _validated_settings(amsgrad, name, sparse_mode, weight_decay, jit_compile, kwargs):
-  """The constructor's non-hyperparameter arguments, checked, with a clear error for each."""
-  unknown = sorted(set(kwargs) - set(_CLIP_KWARGS))
+def bias_corrected_learning_rate(learning_rate, beta_1, beta_2, iterations):
+  """Adam's step size lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = iterations + 1, float32.
+
+  What an update engine without bias correction must be given to compute this Adam's step,
+  e.g. TensorFlow's TPU embedding Adam. `learning_rate` takes every form `Adam` accepts (a
+  schedule is called with `iterations`); the betas are floats, tensors or callables.
+  """
+  value = lambda h: hyperparameters.current_value(h, iterations)
+  return update_rule.step_coefficients(value(learning_rate), value(beta_1), value(beta_2), 0.0,
+                                       iterations, tf.float32).lr_t
+
+
+def _reject_unknown_arguments(unknown):
+  """A Keras user's `use_ema=True` (or a typo) gets the list of what is accepted."""
   if unknown:
-    raise TypeError(f"Adam got unexpected keyword argument(s) {unknown}; accepted "
-                    f"arguments are {', '.join(_ARGUMENTS)}.")
+    accepted = [name for name in inspect.signature(Adam.__init__).parameters
+                if name not in ("self", "unknown")]
+    raise TypeError(f"Adam got unexpected keyword argument(s) {sorted(unknown)}; accepted "
+                    f"arguments are {', '.join(accepted)}.")
+
+
+def _validated_settings(*, amsgrad, name, sparse_mode, weight_decay, jit_compile, clip):
+  """The constructor's non-hyperparameter arguments, checked, with a clear error for each."""
   clip = clipping.ClipConfig(**{
-      key: hyperparameters.validate_positive_or_none(key, kwargs.get(key))
-      for key in _CLIP_KWARGS})
+      key: hyperparameters.validate_positive_or_none(key, value) for key, value in clip.items()})
   if clip.clipnorm is not None and clip.global_clipnorm is not None:
     raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
                      "`global_clipnorm` (all gradients together); both were given.")
@@ -448,10 +379,6 @@ def _validated_settings(amsgrad, name, sparse_mode, weight_decay, jit_compile, k
                    jit_compile=jit_compile, clip=clip)
 
 
-def _select(apply_if, new, old):
-  return new if apply_if is None else tf.where(apply_if, new, old)
-
-
 def _check_dtype(var):
   if var.dtype.base_dtype not in _SUPPORTED_DTYPES:
     raise TypeError(
@@ -459,65 +386,3 @@ def _check_dtype(var):
         "and float64 variables only. For bfloat16 or float16 training keep float32 master "
         "weights and compute in low precision, e.g. "
         "keras.mixed_precision.set_global_policy('mixed_bfloat16').")
-
-
-def _checked_gradient(grad, var):
-  """`grad` in `var`'s dtype, with its shape checked against `var`'s.
-
-  A gradient that already has the dtype is returned as it is (no cast op). Shapes must match
-  exactly: a scalar or (1,) gradient broadcast over a larger variable would hide a bug in the
-  caller (Keras would broadcast it). Static shapes are checked when traced; unknown dimensions
-  are left to the ops.
-  """
-  dtype = var.dtype.base_dtype
-  if isinstance(grad, tf.IndexedSlices):
-    values = _cast_gradient(grad.values, dtype, var)
-    rows = tf.TensorShape([None]).concatenate(var.shape[1:])  # one row per index
-    if var.shape.rank == 0 or not values.shape.is_compatible_with(rows):
-      raise ValueError(
-          f"Adam: the tf.IndexedSlices gradient of variable '{var.name}' has values of shape "
-          f"{values.shape}, whose rows do not fit the variable's shape {var.shape}: each row "
-          f"must have shape {var.shape[1:]}.")
-    if tf.executing_eagerly():
-      _check_indices(grad.indices, var)
-    return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
-  tensor = _cast_gradient(grad, dtype, var)
-  if not tensor.shape.is_compatible_with(var.shape):
-    raise ValueError(f"Adam: the gradient of variable '{var.name}' has shape {tensor.shape}, "
-                     f"but the variable has shape {var.shape}; a gradient must have its "
-                     "variable's shape (it is not broadcast).")
-  return tensor
-
-
-def _cast_gradient(value, dtype, var):
-  """A tensor of `dtype`; a list or NumPy array is converted straight to it when it can be."""
-  tensor = tf.convert_to_tensor(value, dtype_hint=dtype)
-  if tensor.dtype == dtype:
-    return tensor
-  if not (tensor.dtype.is_floating or tensor.dtype.is_integer):
-    raise TypeError(f"Adam: the gradient of variable '{var.name}' is {tensor.dtype.name}; "
-                    "gradients must be real numbers, which are cast to the variable's dtype "
-                    f"({dtype.name}).")
-  return tf.cast(tensor, dtype)
-
-
-def _check_indices(indices, var):
-  """Eagerly only: out-of-range ids would be dropped or fail inside a TF op (see `sparse`)."""
-  rows = var.shape[0] if var.shape.rank else None
-  ids = np.asarray(indices).reshape(-1)
-  bad = ids[(ids < 0) | (ids >= rows)] if rows is not None else ids[ids < 0]
-  if bad.size:
-    raise ValueError(f"Adam: the tf.IndexedSlices gradient of variable '{var.name}' has index "
-                     f"{bad[0]}, outside the variable's rows [0, {rows}).")
-
-
-def _drop_missing_gradients(grads_and_vars):
-  pairs = [(g, distribution.as_tf_variable(v)) for g, v in grads_and_vars]
-  missing = [v.name for g, v in pairs if g is None]
-  kept = [(g, v) for g, v in pairs if g is not None]
-  if not kept:
-    raise ValueError(f"Adam: no gradients provided for any variable: {missing}.")
-  if missing:
-    warnings.warn(f"Adam: gradients do not exist for variables {missing}; they are not "
-                  "updated. Check that the loss depends on them.", stacklevel=3)
-  return [g for g, _ in kept], [v for _, v in kept]

@@ -1,4 +1,4 @@
-"""Sparse gradients (`tf.IndexedSlices`) in forms that give the same result as dense ones.
+"""Internal: sparse gradients (`tf.IndexedSlices`) in forms that give the same result as dense ones.
 
 An embedding lookup's gradient repeats an index once per occurrence in the batch; the dense
 gradient is their sum. Everything here keeps static shapes: `tf.unique` returns a length that

@@ -1,21 +1,24 @@
 """`make_train_step`: a model, a loss and an `adam_xla.Adam` as one compiled train step.
 
 The step computes and returns metrics only; checkpoints, summaries, evaluation and progress
-belong to the loop that calls it. Which pieces are XLA programs depends on the active
-`tf.distribute` strategy (`distribution.compile_plan`); the step logs the plan it chose.
+belong to the loop that calls it. This module is the replica's arithmetic (micro-batches,
+loss and metric weighting, loss scaling, the finiteness gate); which pieces are XLA programs
+depends on the `tf.distribute` strategy (`distribution.compile_plan`, carried out by
+`step_programs`), and the step logs the plan it chose.
 """
 
 import dataclasses
 import types
 from typing import Optional
-import warnings
 
 from absl import logging
 import keras
 import tensorflow as tf
 
 from adam_xla import distribution
+from adam_xla import loss_scale as loss_scale_lib
 from adam_xla import optimizer as optimizer_lib
+from adam_xla import step_programs
 
 LOSS_SCALING_MODES = (None, "dynamic")
 XLA_SCOPES = ("step", "update")
@@ -23,7 +26,7 @@ XLA_SCOPES = ("step", "update")
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """How the step runs. Validated on construction.
+  """How the step runs: the options of `make_train_step`. Validated on construction.
 
   steps_per_loop: steps per call; the call returns metrics averaged over them.
   accumulation_steps: micro-batches per step; gradients are summed over them before one
@@ -35,12 +38,15 @@ class StepConfig:
     inside the XLA program (batches are fetched first and stacked) instead of a host loop that
     calls the program once per step. Faster for small models; on XLA:CPU convolution
     gradients inside a compiled loop are very slow, so it is off by default.
+  initial_loss_scale: the dynamic loss scale's start value (>= 1).
+  loss_scale_growth_interval: good steps after which the loss scale doubles.
   skip_nonfinite: do not apply a step whose summed gradients hold a NaN or an Inf: variables,
-    slots and `iterations` stay as they were. The step counts it in the "nonfinite_steps"
-    output and records which variables' gradients were bad in `TrainStep.nonfinite_counts`
-    and the run of bad steps in `TrainStep.consecutive_nonfinite`; what to do next (stop or
-    go on) is the caller's policy. With loss scaling, overflow is the loss scale's business
-    first: a bad step counts as non-finite only when the scale is already at its minimum, 1.
+    slots and `iterations` stay as they were. Each call then also returns
+    "nonfinite_steps" (bad steps in the call), "consecutive_nonfinite" (bad steps in a row
+    up to the call's last) and "nonfinite_variables" (names of the variables whose gradients
+    were bad in the call); what to do next (stop or go on) is the caller's policy. With loss
+    scaling, overflow is the loss scale's business first: a bad step counts as non-finite
+    only when the scale is already at its minimum, 1.
   xla_scope: "step" (default) compiles forward, backward and update (as the plan allows);
     "update" compiles only the Adam update and runs forward and backward as ordinary
     TensorFlow ops. On CPU, XLA's convolution gradients are slower than TensorFlow's oneDNN
@@ -86,14 +92,11 @@ def sparse_top1_accuracy(labels, logits):
 
 
 _NAMED_METRICS = {"accuracy": sparse_top1_accuracy}
-# Outputs that count steps over a call (summed, not averaged, over its steps).
-_COUNTED_OUTPUTS = ("skipped_steps", "nonfinite_steps")
+_RESERVED_OUTPUTS = step_programs.COUNTED_OUTPUTS + (
+    "loss", "loss_scale", "consecutive_nonfinite", "nonfinite_variables")
 
 
-def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
-                    steps_per_loop=1, accumulation_steps=1, loss_scaling=None,
-                    initial_loss_scale=2.0**15, loss_scale_growth_interval=2000,
-                    loop_in_program=False, xla_scope="step", skip_nonfinite=False):
+def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None, **options):
   """Returns a `TrainStep` that trains `model` on batches `(features, labels)`.
 
   Args:
@@ -106,22 +109,15 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
     metrics: optional dict of name -> `fn(labels, predictions)` giving per-example values
       (averaged over the global batch like the loss), or a list of names ("accuracy").
     strategy: a `tf.distribute.Strategy`; default: the one in scope, or none.
-    steps_per_loop: steps per call (metrics are averaged over them).
-    accumulation_steps: micro-batches per step, for global batches that do not fit.
-    loss_scaling: None, or "dynamic" for float16 compute (see `StepConfig`).
-    initial_loss_scale, loss_scale_growth_interval: the dynamic loss scale's start value and
-      the number of good steps after which it doubles.
-    loop_in_program: loop over `steps_per_loop` inside the XLA program (see `StepConfig`).
-    xla_scope: "step" compiles the whole step where the strategy allows; "update" only the
-      Adam update (faster for convolutional models on CPU; see `StepConfig`).
-    skip_nonfinite: leave out steps whose gradients are not finite and count them (see
-      `StepConfig`).
+    **options: the fields of `StepConfig` (steps_per_loop, accumulation_steps, loss_scaling,
+      initial_loss_scale, loss_scale_growth_interval, loop_in_program, xla_scope,
+      skip_nonfinite), described there.
 
   Returns:
     A `TrainStep`: call it with an iterator over `step.distribute(dataset)` (any strategy)
     or, with no strategy and steps_per_loop=1, with one batch. It returns a dict of scalar
     tensors: "loss", each metric, with loss scaling "loss_scale" and "skipped_steps", and
-    with skip_nonfinite "nonfinite_steps".
+    with skip_nonfinite the non-finite report described in `StepConfig`.
   """
   if not isinstance(optimizer, optimizer_lib.Adam):
     raise TypeError(f"make_train_step: `optimizer` must be an adam_xla.Adam; got "
@@ -129,13 +125,13 @@ def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None,
   if not callable(loss_fn):
     raise TypeError("make_train_step: `loss_fn` must be callable as loss_fn(labels, "
                     "predictions).")
-  config = StepConfig(steps_per_loop=steps_per_loop, accumulation_steps=accumulation_steps,
-                      loss_scaling=loss_scaling, initial_loss_scale=initial_loss_scale,
-                      loss_scale_growth_interval=loss_scale_growth_interval,
-                      loop_in_program=loop_in_program, xla_scope=xla_scope,
-                      skip_nonfinite=skip_nonfinite)
+  unknown = sorted(set(options) - {f.name for f in dataclasses.fields(StepConfig)})
+  if unknown:
+    raise TypeError(f"make_train_step got unexpected keyword argument(s) {unknown}; the step "
+                    "options are the fields of StepConfig: "
+                    f"{', '.join(f.name for f in dataclasses.fields(StepConfig))}.")
   return TrainStep(model, loss_fn, optimizer, _metric_fns(metrics),
-                   strategy or tf.distribute.get_strategy(), config)
+                   distribution.strategy_or_active(strategy), StepConfig(**options))
 
 
 def _metric_fns(metrics):
@@ -150,7 +146,7 @@ def _metric_fns(metrics):
                        f"{sorted(_NAMED_METRICS)}, or pass a dict of name -> function.")
     named = {m: _NAMED_METRICS[m] for m in metrics}
   for name in named:
-    if name in _COUNTED_OUTPUTS + ("loss", "loss_scale"):
+    if name in _RESERVED_OUTPUTS:
       raise ValueError(f"make_train_step: metric name {name!r} is reserved.")
   return named
 
@@ -170,22 +166,16 @@ class TrainStep(tf.Module):
     self.config = config
     self.plan = distribution.compile_plan(strategy)
     self.trace_count = 0
-    with strategy.scope():
+    counter = distribution.step_variable
+    with distribution.creation_scope(strategy=strategy):
       optimizer.build(model.trainable_variables)
       if config.loss_scaling:
-        self.loss_scale = tf.Variable(
-            config.initial_loss_scale, dtype=tf.float32, trainable=False, name="loss_scale",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.good_steps = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="good_steps",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.loss_scale = counter(config.initial_loss_scale, tf.float32, "loss_scale")
+        self.good_steps = counter(0, tf.int64, "good_steps")
       if config.skip_nonfinite:
-        self.nonfinite_counts = tf.Variable(
-            tf.zeros([len(model.trainable_variables)], tf.int64), trainable=False,
-            name="nonfinite_counts", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.consecutive_nonfinite = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="consecutive_nonfinite",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.nonfinite_counts = counter(tf.zeros([len(model.trainable_variables)], tf.int64),
+                                        tf.int64, "nonfinite_counts")
+        self.consecutive_nonfinite = counter(0, tf.int64, "consecutive_nonfinite")
     if config.loop_in_program and self.plan != distribution.SINGLE_PROGRAM:
       raise ValueError(f"make_train_step: loop_in_program needs the single-program plan; the "
                        f"{type(strategy).__name__} strategy uses {self.plan}.")
@@ -194,7 +184,9 @@ class TrainStep(tf.Module):
                  "device); forward and backward run as TensorFlow ops")
     logging.info("adam_xla train step: %s plan (%s); %d step(s) per call", self.plan,
                  described, config.steps_per_loop)
-    self._functions = _Untracked(**self._build_functions())
+    self._functions = _Untracked(**step_programs.build(
+        step_programs.StepParts(self._forward_backward, self._finish, self._around_call),
+        strategy, self.plan, config))
 
   # ---- Public -------------------------------------------------------------------------
 
@@ -209,15 +201,11 @@ class TrainStep(tf.Module):
     Batch with `drop_remainder=True`: a last, smaller batch would trace and compile a second
     program, and under several replicas would not split evenly.
     """
-    batch_dim = tf.nest.flatten(dataset.element_spec)[0].shape[:1]
-    if batch_dim.rank and batch_dim[0] is None:
-      warnings.warn("TrainStep.distribute: the batch dimension is not fixed; batch with "
-                    "drop_remainder=True so that a partial last batch does not recompile.")
     return distribution.distribute_dataset(self._parts.strategy, dataset)
 
   def __call__(self, data):
     """Runs `steps_per_loop` steps on `data` (an iterator) or one step on a batch."""
-    if isinstance(data, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+    if distribution.is_iterator(data):
       return self._functions.loop(data)
     if self.plan != distribution.SINGLE_PROGRAM or self.config.steps_per_loop != 1:
       raise ValueError("TrainStep: pass an iterator (iter(step.distribute(dataset))); a "
@@ -233,7 +221,7 @@ class TrainStep(tf.Module):
     """This replica's share of the loss, its gradients and its metric sums."""
     features, labels = batch[0], batch[1]
     parts, n = self._parts, self.config.accumulation_steps
-    replicas = distribution.num_replicas(parts.strategy)
+    replicas = distribution.replicas_in_sync()
     local_batch = tf.shape(tf.nest.flatten(labels)[0])[0]
     global_batch = tf.cast(local_batch * replicas, tf.float32)
     scale = self.loss_scale if self.config.loss_scaling else None
@@ -256,135 +244,62 @@ class TrainStep(tf.Module):
       grads = [None if g is None else _scale_gradient(g, 1.0 / scale) for g in grads]
     return loss, grads, metrics
 
-  def _apply(self, grads):
-    """Sums gradients over replicas and applies them.
-
-    Returns (whether the step applied, whether it was non-finite); None where not tracked.
-    """
-    pairs = [(g, v) for g, v in zip(grads, self._variables()) if g is not None]
-    if len(pairs) < len(grads):
-      missing = [v.name for g, v in zip(grads, self._variables()) if g is None]
-      warnings.warn(f"TrainStep: no gradient for {missing}; they are not trained.")
-    summed = distribution.sum_over_replicas([g for g, _ in pairs])
-    config, applied, nonfinite = self.config, None, None
-    if config.loss_scaling or config.skip_nonfinite:
-      finite = iter([_is_finite(g) for g in summed])
-      finite_each = tf.stack([next(finite) if g is not None else tf.constant(True)
-                              for g in grads])
-      applied = tf.reduce_all(finite_each)
-      if config.skip_nonfinite:
-        nonfinite = self._record_nonfinite(applied, finite_each)
+  def _finish(self, loss, grads, metrics):
+    """Applies this replica's gradients; returns per-replica outputs whose sum over replicas
+    is the step's value."""
+    config, gate = self.config, {}
+    guarded = config.loss_scaling or config.skip_nonfinite
     self._parts.optimizer.apply_gradients(
-        zip(summed, [v for _, v in pairs]), apply_if=applied, sum_over_replicas=False)
-    if config.loss_scaling:
-      self._update_loss_scale(applied)
-    return applied, nonfinite
-
-  def _record_nonfinite(self, finite, finite_each):
-    """Counts a bad step the loss scale (if any) cannot explain; returns whether it was one."""
-    bad = tf.logical_not(finite)
-    if self.config.loss_scaling:
-      bad = tf.logical_and(bad, self.loss_scale <= 1.0)
-    bad_each = tf.logical_and(bad, tf.logical_not(finite_each))
-    self.nonfinite_counts.assign_add(tf.cast(bad_each, tf.int64))
-    self.consecutive_nonfinite.assign(
-        tf.where(bad, self.consecutive_nonfinite + 1, tf.constant(0, tf.int64)))
-    return bad
-
-  def _update_loss_scale(self, applied):
-    good = tf.where(applied, self.good_steps + 1, tf.constant(0, tf.int64))
-    grow = good >= self.config.loss_scale_growth_interval
-    scale = tf.where(applied, tf.where(grow, self.loss_scale * 2.0, self.loss_scale),
-                     tf.maximum(self.loss_scale / 2.0, 1.0))
-    self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), good))
-    self.loss_scale.assign(scale)
-
-  def _outputs(self, loss, metrics, applied_and_nonfinite):
-    """Per-replica results whose sum over replicas is the step's value."""
+        zip(grads, self._variables()),
+        apply_if=(lambda summed: self._gate(grads, summed, gate)) if guarded else None)
+    share = 1.0 / distribution.replicas_in_sync()
     outputs = {"loss": loss, **metrics}
-    applied, nonfinite = applied_and_nonfinite
-    if self.config.loss_scaling:
-      share = 1.0 / distribution.num_replicas(self._parts.strategy)
-      outputs["skipped_steps"] = (1.0 - tf.cast(applied, tf.float32)) * share
+    if config.loss_scaling:
+      new_scale, good_steps = loss_scale_lib.next_state(
+          self.loss_scale, self.good_steps, gate["applied"], config.loss_scale_growth_interval)
+      self.good_steps.assign(good_steps)
+      self.loss_scale.assign(new_scale)
+      outputs["skipped_steps"] = (1.0 - tf.cast(gate["applied"], tf.float32)) * share
       outputs["loss_scale"] = tf.convert_to_tensor(self.loss_scale) * share
-    if self.config.skip_nonfinite:
-      share = 1.0 / distribution.num_replicas(self._parts.strategy)
-      outputs["nonfinite_steps"] = tf.cast(nonfinite, tf.float32) * share
+    if config.skip_nonfinite:
+      outputs["nonfinite_steps"] = tf.cast(gate["nonfinite"], tf.float32) * share
     return outputs
 
-  def _replica_step(self, batch):
-    loss, grads, metrics = self._forward_backward(batch)
-    return self._outputs(loss, metrics, self._apply(grads))
+  def _gate(self, grads, summed, decision):
+    """The optimizer's apply_if: whether every gradient summed over replicas is finite.
 
-  # ---- The compiled functions, per plan -----------------------------------------------
+    `grads` are this replica's (None where a variable has no gradient; the optimizer skips
+    those, so `summed` has the others in order). Records the decision, and with
+    skip_nonfinite counts a bad step the loss scale (if any) cannot explain.
+    """
+    finite = iter([_is_finite(g) for g in summed])
+    finite_each = tf.stack([next(finite) if g is not None else tf.constant(True)
+                            for g in grads])
+    decision["applied"] = tf.reduce_all(finite_each)
+    if self.config.skip_nonfinite:
+      bad = tf.logical_not(decision["applied"])
+      if self.config.loss_scaling:
+        bad = tf.logical_and(bad, self.loss_scale <= 1.0)
+      self.nonfinite_counts.assign_add(
+          tf.cast(tf.logical_and(bad, tf.logical_not(finite_each)), tf.int64))
+      self.consecutive_nonfinite.assign(
+          tf.where(bad, self.consecutive_nonfinite + 1, tf.constant(0, tf.int64)))
+      decision["nonfinite"] = bad
+    return decision["applied"]
 
-  def _build_functions(self):
-    strategy, plan, config = self._parts.strategy, self.plan, self.config
-    device = distribution.program_device(strategy)
-    compile_step = config.xla_scope == "step"
-    if plan == distribution.REPLICA_PROGRAMS:
-      forward_backward = tf.function(self._forward_backward, jit_compile=compile_step)
-
-      def replica_step(batch):
-        loss, grads, metrics = forward_backward(batch)
-        return self._outputs(loss, metrics, self._apply(grads))
-    else:
-      replica_step = self._replica_step
-
-    def one_step(batch):
-      return distribution.sum_replica_results(
-          strategy, distribution.run_on_replicas(strategy, replica_step, (batch,)))
-
-    if plan == distribution.SINGLE_PROGRAM and compile_step:
-      # The compiled program must run where the variables live (OneDeviceStrategy's device):
-      # XLA cannot read a resource on another device.
-      compiled_step = tf.function(one_step, jit_compile=True)
-
-      def one_step(batch):  # pylint: disable=function-redefined
-        with tf.device(device):
-          return compiled_step(batch)
-
-    def loop(iterator):
-      self.trace_count += 1
-      if config.loop_in_program:
-        batches = [next(iterator) for _ in range(config.steps_per_loop)]
-        with tf.device(device):
-          return compiled_loop(tf.nest.map_structure(lambda *b: tf.stack(b), *batches))
-      return _average(_run_steps(lambda: one_step(next(iterator)), config.steps_per_loop),
-                      config.steps_per_loop)
-
-    @tf.function(jit_compile=True)
-    def compiled_loop(stacked):
-      pick = lambda k: tf.nest.map_structure(lambda t: t[k], stacked)
-      totals = one_step(pick(0))
-      for k in tf.range(1, config.steps_per_loop):
-        totals = _add_results(totals, one_step(pick(k)))
-      return _average(totals, config.steps_per_loop)
-
-    def one_batch(batch):
-      self.trace_count += 1
-      return one_step(batch)
-
-    return {"loop": tf.function(loop), "one_batch": tf.function(one_batch)}
-
-
-def _run_steps(step, count):
-  totals = step()
-  for _ in tf.range(count - 1):
-    totals = _add_results(totals, step())
-  return totals
-
-
-def _add_results(a, b):
-  added = {key: a[key] + b[key] for key in a}
-  if "loss_scale" in b:
-    added["loss_scale"] = b["loss_scale"]  # the latest, not a sum
-  return added
-
-
-def _average(totals, count):
-  return {key: value if key in _COUNTED_OUTPUTS + ("loss_scale",) else value / count
-          for key, value in totals.items()}
+  def _around_call(self, run):
+    """Runs one call's steps (`run`); with skip_nonfinite adds the call's non-finite report,
+    so that the caller needs none of the step's state."""
+    self.trace_count += 1
+    if not self.config.skip_nonfinite:
+      return run()
+    counts_before = tf.convert_to_tensor(self.nonfinite_counts)
+    outputs = run()
+    went_bad = tf.convert_to_tensor(self.nonfinite_counts) > counts_before
+    outputs["consecutive_nonfinite"] = tf.convert_to_tensor(self.consecutive_nonfinite)
+    outputs["nonfinite_variables"] = tf.boolean_mask(tf.constant(self.variable_names),
+                                                     went_bad)
+    return outputs
 
 
 def _call_model(model, features):

@@ -1,7 +1,8 @@
-"""The Adam update rule as pure functions of tensors.
+"""Internal: the Adam update rule as pure functions of tensors.
 
-No variables, strategies or flags live here, so the same functions serve the eager path, a
-`tf.function`, an XLA-compiled step and each device's update under `tf.distribute`.
+No variables, strategies or flags live here, so the same functions serve the eager
+path, a `tf.function`, an XLA-compiled step and each device's update under `tf.distribute`
+(`engine` decides where they run, and how a skipped step leaves the state alone).
 
 With t = iterations + 1 and epsilon as "epsilon hat" (Kingma & Ba, the formula just before
 Section 2.1, the form `tf.keras.optimizers.Adam` documents):
@@ -70,7 +71,7 @@ def adam_step(param, grad, moments, coefficients):
   return _moved(param, m, v if vhat is None else vhat, c), Moments(m, v, vhat)
 
 
-def adam_step_at_rows(param, indices, row_grads, moments, coefficients, apply_if=None):
+def adam_step_at_rows(param, indices, row_grads, moments, coefficients):
   """`adam_step` of the dense gradient that is `row_grads` at rows `indices` and 0 elsewhere.
 
   The dense gradient is never built, which saves a zero-fill and a pass over an embedding
@@ -78,31 +79,14 @@ def adam_step_at_rows(param, indices, row_grads, moments, coefficients, apply_if
   the rows (beta_1 * m + (1 - beta_1) * g there, the dense formula), then `param` moves
   everywhere. Each index must appear once, except entries whose gradient is zero (the padding
   of `sparse.sum_duplicates`), as v needs the square of each row's whole gradient.
-
-  With `apply_if` (a boolean scalar) False the inputs come back unchanged, as with a select
-  of every output; for the moments it is folded into the decay (1) and the scattered terms
-  (-0.0, the exact additive identity), so that it adds no pass over the table.
   """
   c = coefficients
-  one = tf.ones([], param.dtype)
-  # Not tf.constant(-0.0): eagerly TF may hand back its cached scalar 0.0, which equals it.
-  minus_zero = -tf.zeros([], param.dtype)
-
-  def applied(value, identity):
-    return value if apply_if is None else tf.where(apply_if, value, identity)
-
   positions = tf.expand_dims(indices, -1)
-  m = tf.tensor_scatter_nd_add(applied(c.beta_1, one) * moments.m, positions,
-                               applied((1 - c.beta_1) * row_grads, minus_zero))
-  v = tf.tensor_scatter_nd_add(applied(c.beta_2, one) * moments.v, positions,
-                               applied((1 - c.beta_2) * tf.square(row_grads), minus_zero))
+  m = tf.tensor_scatter_nd_add(c.beta_1 * moments.m, positions, (1 - c.beta_1) * row_grads)
+  v = tf.tensor_scatter_nd_add(c.beta_2 * moments.v, positions,
+                               (1 - c.beta_2) * tf.square(row_grads))
   vhat = None if moments.vhat is None else tf.maximum(moments.vhat, v)
-  if vhat is not None and apply_if is not None:
-    vhat = tf.where(apply_if, vhat, moments.vhat)
-  new_param = _moved(param, m, v if vhat is None else vhat, c)
-  if apply_if is not None:
-    new_param = tf.where(apply_if, new_param, param)
-  return new_param, Moments(m, v, vhat)
+  return _moved(param, m, v if vhat is None else vhat, c), Moments(m, v, vhat)
 
 
 def _moved(param, m, second_moment, c):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import adam_xla
 from adam_xla import cpu_kernel
+from adam_xla import engine
 from adam_xla import sparse
 from adam_xla import update_rule
 from tests import numpy_adam
@@ -206,7 +207,7 @@ def _row_gradients(rows, row_shape, seed, entries=24):
 
 def _run_rows(init, grads, hyper, weight_decay, use_kernel, apply_if=None):
   """STEPS dense-mode steps of one table in a jit function, by the rows kernel or by
-  update_rule.adam_step_at_rows."""
+  XLA's ops (engine.adam_step_at_rows)."""
   learning_rate, beta_1, beta_2, epsilon = hyper
   param, m, v = (tf.Variable(x) for x in (init, np.zeros_like(init), np.zeros_like(init)))
 
@@ -217,8 +218,8 @@ def _run_rows(init, grads, hyper, weight_decay, use_kernel, apply_if=None):
     if use_kernel:
       results = cpu_kernel.adam_step_at_rows(param, indices, values, m, v, c, apply_if)
     else:
-      new_param, moments = update_rule.adam_step_at_rows(
-          param, indices, values, update_rule.Moments(m, v), c, apply_if)
+      new_param, moments = engine.adam_step_at_rows(
+          param, tf.IndexedSlices(values, indices), update_rule.Moments(m, v), c, apply_if)
       results = (new_param, moments.m, moments.v)
     for target, value in zip((param, m, v), results):
       target.assign(value)

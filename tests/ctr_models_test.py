@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import optimizer as optimizer_lib
+from adam_xla import gradients
 from tests import numpy_adam
 from tests import pytest_main
 from trainers.ctr import models
@@ -76,13 +76,13 @@ def test_table_gradients_are_indexed_slices_of_the_batch_rows():
 
 def test_sparse_gradients_reach_the_optimizer_as_indexed_slices(monkeypatch):
   seen = []
-  original = optimizer_lib.Adam._canonical_gradient
+  original = gradients.canonical
 
-  def spy(self, grad, var):
+  def spy(grad, var, sparse_mode):
     seen.append((var.name.split("/")[-1].split(":")[0], type(grad).__name__))
-    return original(self, grad, var)
+    return original(grad, var, sparse_mode)
 
-  monkeypatch.setattr(optimizer_lib.Adam, "_canonical_gradient", spy)
+  monkeypatch.setattr(gradients, "canonical", spy)
   model = _model()
   step = adam_xla.make_train_step(model, models.sigmoid_cross_entropy,
                                   adam_xla.Adam(0.01, sparse_mode="lazy"))

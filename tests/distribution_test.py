@@ -404,30 +404,7 @@ def test_as_tf_variable():
   assert distribution.as_tf_variable(plain) is plain
 
 
-if __name__ == "__main__":
-  pytest_main.main(__file__)
-
-
-# ---- create_strategy and compile_plan ---------------------------------------------------
-
-
-def test_create_strategy_for_cpu_kinds_and_their_plans():
-  assert distribution.create_strategy("default") is tf.distribute.get_strategy()
-  one = distribution.create_strategy("one_device")
-  assert isinstance(one, tf.distribute.OneDeviceStrategy)
-  assert distribution.compile_plan(one) == distribution.SINGLE_PROGRAM
-  mirrored = distribution.create_strategy("mirrored")
-  assert mirrored.num_replicas_in_sync == 2  # both logical CPUs of this process
-  assert distribution.compile_plan(mirrored) == distribution.REPLICA_PROGRAMS
-  assert distribution.compile_plan(tf.distribute.get_strategy()) == distribution.SINGLE_PROGRAM
-
-
-def test_create_strategy_rejects_unknown_kind_and_tpu_without_address():
-  with pytest.raises(ValueError, match=r"unknown strategy 'gpu'; accepted: default, "
-                                       r"one_device, mirrored, multi_worker, tpu"):
-    distribution.create_strategy("gpu")
-  with pytest.raises(ValueError, match="needs a TPU"):
-    distribution.create_strategy("tpu")
+# ---- program_device ---------------------------------------------------------------------
 
 
 def test_program_device():
@@ -435,3 +412,7 @@ def test_program_device():
   one = tf.distribute.OneDeviceStrategy("/cpu:1")
   assert distribution.program_device(one).endswith("CPU:1")
   assert distribution.program_device(STRATEGY) is None
+
+
+if __name__ == "__main__":
+  pytest_main.main(__file__)

@@ -1,10 +1,12 @@
-"""One process of tests/multi_worker_test.py: 20 steps of `adam_xla.make_train_step`.
+"""One process of tests/multi_worker_test.py: 20 steps of `adam_xla.make_train_step`, then
+the trainers' worker helpers (trainers/common/strategies.py) under the same strategy.
 
 With --mode=multi_worker it reads TF_CONFIG from the environment and trains under a
 MultiWorkerMirroredStrategy (one replica per process, on its one CPU); with --mode=single it
 trains on one device with no strategy, the reference. Both see the same global batches, start
 from the same seeded weights, and write the initial and final weights (and the losses) to the
-.npz file given by --output.
+.npz file given by --output, with what the helpers answered (number of workers, chief, and
+whether any worker raised a flag that only worker 1 raises).
 
 Usage: python multi_worker_program.py --mode={single,multi_worker} --output=weights.npz
 """
@@ -108,6 +110,23 @@ def train(mode):
   return initial, _weights(model), losses, info, strategy
 
 
+def _worker_helpers(strategy):
+  """What trainers/common/strategies.py says of this process and its cluster.
+
+  Worker 1 alone raises the flag; `any_worker` must report it on every worker (the same
+  all-reduce the trainers use to stop together), and on one device there is no worker 1.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers.common import strategies  # pylint: disable=g-import-not-at-top
+
+  strategy = strategy or tf.distribute.get_strategy()
+  resolver = strategy.cluster_resolver
+  worker_1 = resolver is not None and resolver.task_type == "worker" and resolver.task_id == 1
+  return {"num_workers": strategies.num_workers(strategy),
+          "is_chief": strategies.is_chief(strategy),
+          "any_worker": strategies.any_worker(strategy)(worker_1)}
+
+
 def _barrier(strategy):
   """Returns when every worker got here: no worker exits while another still works."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -125,6 +144,7 @@ def _barrier(strategy):
 def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   initial, final, losses, info, strategy = train(args.mode)
+  info.update(_worker_helpers(strategy))
   arrays = {f"initial_{i}": w for i, w in enumerate(initial)}
   arrays.update({f"final_{i}": w for i, w in enumerate(final)})
   arrays["losses"] = np.array(losses, np.float64)

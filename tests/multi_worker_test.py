@@ -5,7 +5,9 @@ tests/multi_worker_program.py: each takes its half of every global batch (auto-s
 DATA) and the gradients are all-reduced over gRPC. After 20 steps the chief's weights must
 match a single-device run of the same program on the same global batches (run in a third
 process, so that no TensorFlow state of this process or of other tests is involved), and the
-two workers' weights must be identical. This process does not import TensorFlow.
+two workers' weights must be identical. The trainers' worker helpers must count the two
+workers, name worker 0 the chief and agree on a flag raised by worker 1 alone. This process
+does not import TensorFlow.
 """
 
 import ctypes
@@ -20,12 +22,13 @@ import numpy as np
 import pytest
 
 from tests import local_cluster
+from tests import multi_worker_program  # its constants only: TensorFlow loads in main()
 from tests import pytest_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = os.path.join(REPO_ROOT, "tests", "multi_worker_program.py")
 NUM_WORKERS = 2
-STEPS = 20  # multi_worker_program.STEPS
+STEPS = multi_worker_program.STEPS
 TIMEOUT_SECONDS = 240
 def _die_with_parent():
   """In the child: SIGKILL it when this test process dies, however it dies (Linux)."""
@@ -138,6 +141,12 @@ def test_multi_worker_training_equals_single_device(tmp_path):
     assert info["replica_devices"][0].endswith("/device:CPU:0"), info
     assert info["variable_types"] == ["MirroredVariable"], info
   assert single["info"]["plan"] == "single_program", single["info"]
+  for run, chief_flag in ((chief, True), (worker1, False)):
+    assert run["info"]["num_workers"] == NUM_WORKERS, run["info"]
+    assert run["info"]["is_chief"] is chief_flag, run["info"]
+    assert run["info"]["any_worker"] is True, run["info"]
+  assert single["info"]["num_workers"] == 1, single["info"]
+  assert single["info"]["is_chief"] is True and single["info"]["any_worker"] is False
   assert single["info"]["iterations"] == [STEPS], single["info"]
 
   # Every process built the same initial weights (the seed works), so any difference at the

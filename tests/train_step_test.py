@@ -306,18 +306,23 @@ def test_nonfinite_steps_are_skipped_counted_and_named(plan_strategy):
   bad[:2 * GLOBAL_BATCH, 0] = np.nan  # the first two steps: NaN in the first layer's inputs
   iterator = iter(step.distribute(_dataset(bad, y)))
   before = [v.numpy() for v in model.trainable_variables]
-  out = {k: float(v) for k, v in step(iterator).items()}
+  out = step(iterator)
+  names = [n.decode() for n in out.pop("nonfinite_variables").numpy()]
+  out = {k: float(v) for k, v in out.items()}
   assert out["nonfinite_steps"] == 2.0
-  assert int(opt.iterations.numpy()) == 0 and int(step.consecutive_nonfinite.numpy()) == 2
+  assert int(opt.iterations.numpy()) == 0 and out["consecutive_nonfinite"] == 2
   for v, b in zip(model.trainable_variables, before):  # variables and slots untouched
     np.testing.assert_array_equal(v.numpy(), b)
     np.testing.assert_array_equal(opt.slot(v, "m").numpy(), np.zeros_like(b))
   assert step.nonfinite_counts.numpy().tolist() == [2, 2, 2, 2]  # NaN reaches every gradient
-  assert len(set(step.variable_names)) == 4
-  assert step.variable_names[0].endswith("kernel")
-  out = {k: float(v) for k, v in step(iterator).items()}
+  assert names == [getattr(v, "path", v.name) for v in model.trainable_variables]
+  assert len(set(names)) == 4
+  assert names[0].endswith("kernel")
+  out = step(iterator)
+  assert out.pop("nonfinite_variables").numpy().tolist() == []
+  out = {k: float(v) for k, v in out.items()}
   assert out["nonfinite_steps"] == 0.0 and np.isfinite(out["loss"])
-  assert int(opt.iterations.numpy()) == 2 and int(step.consecutive_nonfinite.numpy()) == 0
+  assert int(opt.iterations.numpy()) == 2 and out["consecutive_nonfinite"] == 0
 
 
 def test_loss_scaled_step_equals_unscaled_step():

@@ -58,8 +58,8 @@ class _Run:
         model_dir=str(model_dir), train_steps=train_steps, steps_per_loop=2, eval_every=4,
         log_every=2, keep_checkpoints=2, global_batch_size=BATCH, on_nonfinite=on_nonfinite,
         max_consecutive_nonfinite=max_consecutive_nonfinite)
-    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                          train_step=self.step, data=self.iterator)
+    self.checkpointed = dict(model=self.model, optimizer=self.optimizer,
+                             train_step=self.step, data=self.iterator)
 
   def train_step(self):
     self.calls += 1
@@ -71,7 +71,7 @@ class _Run:
     return training_loop.run(
         self.config, train_step=self.train_step, evaluate=lambda: {"weight_sum": float(
             sum(tf.reduce_sum(v) for v in self.model.trainable_variables))},
-        checkpoint=self.checkpoint, learning_rate=lambda s: 0.05, step_state=self.step,
+        checkpointed=self.checkpointed, learning_rate=lambda s: 0.05,
         signature=checkpoint_signature.describe(self.model, self.optimizer))
 
 
@@ -86,7 +86,7 @@ def test_stop_policy_names_step_and_variables_and_keeps_the_last_checkpoint(tmp_
     run()
   message = str(error.value)
   assert "1 step(s) up to step 10 had non-finite gradients of" in message
-  names = run.step.variable_names
+  names = [v.path for v in run.model.trainable_variables]  # as the step names them
   assert f"{names}" in message  # the NaN input reaches every gradient
   assert "--on_nonfinite=stop" in message and "ckpt-8" in message
   assert _latest_step(str(tmp_path)) == 8
@@ -169,6 +169,75 @@ def test_other_errors_are_logged_with_the_last_checkpoint(tmp_path, caplog):
   assert _latest_step(str(tmp_path)) == 4
   tf.train.Checkpoint(model=_model()).read(  # the last checkpoint still loads
       tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))).expect_partial()
+
+
+# ---- The loop against the train step's outputs, with a stand-in step --------------------
+
+
+class _FakeStep:
+  """Returns the outputs a step with skip_nonfinite reports, bad on the calls in `bad_calls`."""
+
+  def __init__(self, bad_calls=(), nonfinite_outputs=True, loss=1.0):
+    self.bad_calls, self.nonfinite_outputs, self.loss = set(bad_calls), nonfinite_outputs, loss
+    self.calls = self.in_a_row = 0
+
+  def __call__(self):
+    self.calls += 1
+    bad = self.calls in self.bad_calls
+    self.in_a_row = self.in_a_row + 2 if bad else 0  # both steps of a bad call were bad
+    outputs = {"loss": tf.constant(self.loss)}
+    if self.nonfinite_outputs:
+      outputs.update(nonfinite_steps=tf.constant(2.0 if bad else 0.0),
+                     consecutive_nonfinite=tf.constant(self.in_a_row, tf.int64),
+                     nonfinite_variables=tf.constant(["mlp/dense/kernel", "mlp/dense/bias"]
+                                                     if bad else [], tf.string))
+    return outputs
+
+
+def _run_fake(model_dir, step, on_nonfinite="stop"):
+  config = training_loop.LoopConfig(
+      model_dir=str(model_dir), train_steps=20, steps_per_loop=2, eval_every=4, log_every=2,
+      keep_checkpoints=2, global_batch_size=BATCH, on_nonfinite=on_nonfinite,
+      max_consecutive_nonfinite=4)
+  module = tf.Module()
+  module.weight = tf.Variable(1.0)
+  return training_loop.run(config, train_step=step, evaluate=lambda: {"top1": 0.5},
+                           checkpointed={"model": module}, learning_rate=lambda s: 0.1)
+
+
+def test_stop_policy_names_the_variables_the_step_reports(tmp_path):
+  step = _FakeStep(bad_calls=[3])
+  with pytest.raises(training_loop.NonFiniteError) as error:
+    _run_fake(tmp_path, step)
+  assert ("2 step(s) up to step 6 had non-finite gradients of ['mlp/dense/kernel', "
+          "'mlp/dense/bias']; their updates were not applied. The last good checkpoint is "
+          f"{tmp_path}/checkpoints/ckpt-4.") in str(error.value)
+
+
+def test_skip_policy_reads_the_bad_steps_in_a_row_from_the_step(tmp_path):
+  step = _FakeStep(bad_calls=[2, 5, 6])  # 2 in a row, then 2 and 4: the limit is 4
+  with pytest.raises(training_loop.NonFiniteError, match=r"^4 steps in a row .* stopping at "
+                                                         r"step 12\. 2 step\(s\) up to"):
+    _run_fake(tmp_path, step, on_nonfinite="skip")
+  logged = {tag for tag in ("loss", "nonfinite_steps", "consecutive_nonfinite",
+                            "nonfinite_variables")
+            if trainer_outputs.scalars(os.path.join(tmp_path, "train"), tag)}
+  assert logged == {"loss", "nonfinite_steps"}  # the report is not a metric
+
+
+def test_a_step_without_the_report_stops_at_a_non_finite_metric(tmp_path):
+  step = _FakeStep(nonfinite_outputs=False, loss=float("nan"))
+  with pytest.raises(training_loop.NonFiniteError,
+                     match="non-finite training metrics at step 2: {'loss': nan}"):
+    _run_fake(tmp_path, step)
+
+
+def test_checkpoints_hold_the_given_objects_and_the_step_count_under_their_keys(tmp_path):
+  _run_fake(tmp_path, _FakeStep())
+  keys = {name for name, _ in tf.train.list_variables(os.path.join(tmp_path, "checkpoints"))}
+  assert {"model/weight/.ATTRIBUTES/VARIABLE_VALUE",
+          "steps_done/.ATTRIBUTES/VARIABLE_VALUE"} <= keys
+  assert _latest_step(str(tmp_path)) == 20
 
 
 if __name__ == "__main__":

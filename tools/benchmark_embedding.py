@@ -82,9 +82,9 @@ from tools import text_table
 from tools import step_profile
 from trainers.ctr import config as ctr_config
 from trainers.ctr import models
+from trainers.ctr.criteo_format import NUM_DENSE
 
 _LEARNING_RATE = 1e-3
-_NUM_DENSE = 13
 _PREFETCH = 2  # batches; a fixed buffer (not AUTOTUNE) so every variant gets the same one
 _ADAM_BYTES_PER_PARAM = 28  # read var, m, v, grad; write var, m, v (float32)
 _CLICK_RATE = 0.25
@@ -154,7 +154,7 @@ def make_data(rows, batch_size, batches, ids_kind, zipf_exponent, seed):
   """Synthetic examples: normal dense features, ids over the table, labels at 25% clicks."""
   rng = np.random.default_rng(seed)
   n = batch_size * batches
-  dense = rng.standard_normal((n, _NUM_DENSE), dtype=np.float32)
+  dense = rng.standard_normal((n, NUM_DENSE), dtype=np.float32)
   if ids_kind == "zipf":
     weights = 1.0 / np.arange(1, rows + 1, dtype=np.float64) ** zipf_exponent
     cdf = np.cumsum(weights)
@@ -181,7 +181,7 @@ def build_model(rows, seed):
   keras.utils.set_random_seed(seed)
   return models.build_dlrm([rows], _EMBEDDING_DIM.value,
                            bottom_mlp=[int(w) for w in _BOTTOM_MLP.value],
-                           top_mlp=[int(w) for w in _TOP_MLP.value], num_dense=_NUM_DENSE)
+                           top_mlp=[int(w) for w in _TOP_MLP.value], num_dense=NUM_DENSE)
 
 
 def weights_checksum(model):
@@ -691,7 +691,7 @@ def run():
   print("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
                            f"none of {', '.join(run_info.ENV_VARS)} set"), flush=True)
   batch_size = _setting("batch_size")
-  print(f"model: DLRM, 1 table of --rows x {_EMBEDDING_DIM.value}, {_NUM_DENSE} dense features, "
+  print(f"model: DLRM, 1 table of --rows x {_EMBEDDING_DIM.value}, {NUM_DENSE} dense features, "
         f"bottom MLP {','.join(_BOTTOM_MLP.value)},{_EMBEDDING_DIM.value}, top MLP "
         f"{','.join(_TOP_MLP.value)},1; batch {batch_size} (= ids per step); ids "
         f"{_IDS.value}" + (f" (exponent {_ZIPF_EXPONENT.value}, ranks permuted over the table)"

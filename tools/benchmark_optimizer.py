@@ -80,12 +80,14 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import cpu_kernel
 from tools import bandwidth_probe
 from tools import cpu_load
 from tools import run_info
 from tools import text_table
 
+# adam_xla's user-facing switch of its one-pass CPU kernel (see the README): "0" makes it
+# trace XLA's own loops instead. Read while a step traces, so set around the tracing only.
+CPU_KERNEL_SWITCH = "ADAM_XLA_CPU_KERNEL"
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
 ADAM_BYTES_PER_PARAM = 28  # read var, grad, m, v; write var, m, v (float32)
@@ -290,15 +292,15 @@ class AdamXla(Variant):
 @contextlib.contextmanager
 def _cpu_kernel_switch(on):
   """Sets ADAM_XLA_CPU_KERNEL for the duration (read by adam_xla while it traces)."""
-  saved = os.environ.get(cpu_kernel.ENV_SWITCH)
-  os.environ[cpu_kernel.ENV_SWITCH] = "1" if on else "0"
+  saved = os.environ.get(CPU_KERNEL_SWITCH)
+  os.environ[CPU_KERNEL_SWITCH] = "1" if on else "0"
   try:
     yield
   finally:
     if saved is None:
-      del os.environ[cpu_kernel.ENV_SWITCH]
+      del os.environ[CPU_KERNEL_SWITCH]
     else:
-      os.environ[cpu_kernel.ENV_SWITCH] = saved
+      os.environ[CPU_KERNEL_SWITCH] = saved
 
 
 class KerasAdam(Variant):

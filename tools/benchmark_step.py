@@ -84,11 +84,11 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import distribution
 from tools import cpu_load
 from tools import process_memory
 from tools import run_info
 from tools import text_table
+from trainers.common import strategies as strategies_lib
 
 MODELS = ("mlp16m", "resnet20")
 STRATEGIES = ("default", "mirrored")
@@ -247,7 +247,7 @@ def prepare_devices(strategies):
   if "mirrored" not in strategies:
     return
   try:
-    distribution.split_cpu(MIRRORED_DEVICES)
+    strategies_lib.split_cpu(MIRRORED_DEVICES)
   except RuntimeError as e:  # devices already initialized (e.g. a second run in one process)
     if len(tf.config.list_logical_devices("CPU")) < MIRRORED_DEVICES:
       raise RuntimeError(

@@ -33,7 +33,7 @@ from tools import benchmark_step
 from tools import step_profile
 
 VARIANTS = ("adam_xla step", "adam_xla xla_scope=update", "keras fit jit", "keras fit no-jit")
-MODELS = ("mlp16m", "resnet20")
+MODELS = benchmark_step.MODELS  # same builders
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models, from {MODELS}.")
 _CALLS = flags.DEFINE_integer("calls", 5, "Profiled calls (one step each) per variant.")

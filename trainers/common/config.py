@@ -13,8 +13,11 @@ import typing
 
 from absl import flags
 
+# The --strategy kinds, which `strategies.create_strategy` makes. Defined here, free of
+# TensorFlow, because the flags are checked before TensorFlow starts.
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
-NONFINITE_POLICIES = ("stop", "skip")  # training_loop.NONFINITE_POLICIES
+# What the training loop does after a step with non-finite gradients (see training_loop).
+NONFINITE_POLICIES = ("stop", "skip")
 SCHEDULES = ("constant", "step", "cosine")
 
 # Help for the flags both trainers have; a trainer adds its own and may override these.

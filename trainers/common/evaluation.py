@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from trainers.common import strategies
+
 
 def make_classification_evaluator(model, strategy, distributed_dataset_fn, top_k=(1, 5)):
   """Returns evaluate() -> {"top1": ..., "top5": ...}: accuracies over one pass of the data.
@@ -20,11 +22,7 @@ def make_classification_evaluator(model, strategy, distributed_dataset_fn, top_k
     counts["examples"] = tf.cast(tf.size(labels), tf.float32)
     return counts
 
-  @tf.function
-  def batch_counts(batch):
-    per_replica = strategy.run(replica_counts, args=(batch,))
-    return tf.nest.map_structure(
-        lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None), per_replica)
+  batch_counts = strategies.on_replicas(strategy, replica_counts, summed=True)
 
   def evaluate():
     totals = None

@@ -7,9 +7,10 @@ Failure behaviour (the README's "Failure behaviour" section lists it for users):
   stop is logged and `Interrupted` is raised; the trainers exit with `INTERRUPTED_EXIT_CODE`.
   Under several workers, every worker stops after the same call (`agree`).
 * Non-finite gradients (the step runs with `skip_nonfinite`, so a bad update is never
-  applied): "stop" raises `NonFiniteError` naming the step and the variables; "skip" goes on,
-  counts the skipped steps in the metrics and TensorBoard, and stops after
-  `max_consecutive_nonfinite` bad steps in a row.
+  applied, and reports it in its outputs, see `_NonFiniteWatch`): "stop" raises
+  `NonFiniteError` naming the step and the variables; "skip" goes on, counts the skipped
+  steps in the metrics and TensorBoard, and stops after `max_consecutive_nonfinite` bad steps
+  in a row. A step that does not report them stops at the first non-finite metric.
 * A checkpoint written by another model or optimizer configuration is refused before
   anything is restored (`checkpoint_signature`).
 * Any other error: logged with the step and the last complete checkpoint, which stays
@@ -24,15 +25,13 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from trainers.common import checkpoint_signature
-
-NONFINITE_POLICIES = ("stop", "skip")
 # Exit status of a trainer stopped by SIGTERM/SIGINT after writing its checkpoint: EX_TEMPFAIL
 # of sysexits.h, "try again later", which is what a preempted job should do.
 INTERRUPTED_EXIT_CODE = 75
@@ -57,7 +56,7 @@ class LoopConfig:
   log_every: int
   keep_checkpoints: int
   global_batch_size: int
-  on_nonfinite: str = "stop"  # NONFINITE_POLICIES
+  on_nonfinite: str = "stop"  # config.NONFINITE_POLICIES
   max_consecutive_nonfinite: int = 10
 
 
@@ -164,31 +163,47 @@ def _check_writable(model_dir):
     raise OSError(f"--model_dir={model_dir!r} is not writable: {error}") from None
 
 
+# Outputs of a step made with skip_nonfinite=True that are not metrics: popped before the
+# metrics are logged (see `_NonFiniteWatch`).
+_IN_A_ROW, _BAD_VARIABLES = "consecutive_nonfinite", "nonfinite_variables"
+
+
 class _NonFiniteWatch:
-  """Applies the on_nonfinite policy to the step's counts of non-finite gradients."""
+  """Applies the on_nonfinite policy to what the step reports about non-finite gradients.
 
-  def __init__(self, config, step_state):
-    self._config, self._state = config, step_state
-    self._counts = step_state.nonfinite_counts.numpy() if step_state is not None else None
+  A step made with skip_nonfinite=True returns "nonfinite_steps" (bad steps in the call, a
+  metric), "consecutive_nonfinite" (bad steps in a row up to the call's last step) and
+  "nonfinite_variables" (names of the variables whose gradients were bad). A step without
+  "nonfinite_steps" applies whatever it computed, so any non-finite metric stops the run.
+  """
 
-  def check(self, step, metrics, last_checkpoint):
-    bad = metrics.get("nonfinite_steps", 0.0)
-    if self._state is None:
+  def __init__(self, config):
+    self._config = config
+
+  def metrics(self, outputs):
+    """The step's outputs as float metrics, and (in a row, variable names) or None."""
+    outputs = dict(outputs)
+    report = None
+    if "nonfinite_steps" in outputs:
+      names = [tf.compat.as_str(n) for n in np.asarray(outputs.pop(_BAD_VARIABLES))]
+      report = int(outputs.pop(_IN_A_ROW)), names
+    return {k: float(v) for k, v in outputs.items()}, report
+
+  def check(self, step, metrics, report, last_checkpoint):
+    if report is None:
       if not all(math.isfinite(v) for v in metrics.values()):
         raise NonFiniteError(f"non-finite training metrics at step {step}: {metrics}; the "
                              f"last good checkpoint is {last_checkpoint}.")
       return
-    counts = self._state.nonfinite_counts.numpy()
-    names = [n for n, d in zip(self._state.variable_names, counts - self._counts) if d > 0]
-    self._counts = counts
+    bad = metrics["nonfinite_steps"]
     if not bad:
       return
+    in_a_row, names = report
     where = (f"{bad:.0f} step(s) up to step {step} had non-finite gradients of {names}; their "
              f"updates were not applied. The last good checkpoint is {last_checkpoint}.")
     if self._config.on_nonfinite == "stop":
       raise NonFiniteError(f"{where} Stopping (--on_nonfinite=stop); lower the learning rate "
                            "or clip gradients, or use --on_nonfinite=skip to step over them.")
-    in_a_row = int(self._state.consecutive_nonfinite.numpy())
     logging.warning("%s Skipped (--on_nonfinite=skip); %d in a row.", where, in_a_row)
     if in_a_row >= self._config.max_consecutive_nonfinite:
       raise NonFiniteError(f"{in_a_row} steps in a row had non-finite gradients (limit "
@@ -197,21 +212,20 @@ class _NonFiniteWatch:
 
 
 def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
-        evaluate: Callable[[], Dict[str, float]], checkpoint: tf.train.Checkpoint,
-        learning_rate: Callable[[int], float], step_state=None,
-        signature: Optional[dict] = None, agree: Callable[[bool], bool] = bool,
-        chief: bool = True):
+        evaluate: Callable[[], Dict[str, float]], checkpointed: Mapping[str, Any],
+        learning_rate: Callable[[int], float], signature: Optional[dict] = None,
+        agree: Callable[[bool], bool] = bool, chief: bool = True):
   """Trains to `config.train_steps`, resuming from the last checkpoint in model_dir.
 
   Args:
     config: the loop's settings.
-    train_step: runs `steps_per_loop` steps and returns their metrics.
+    train_step: runs `steps_per_loop` steps and returns their outputs: metrics, and with
+      skip_nonfinite the non-finite report `_NonFiniteWatch` reads (the on_nonfinite policy
+      needs it; without it any non-finite metric stops the run).
     evaluate: returns evaluation metrics (floats).
-    checkpoint: everything to save and restore (model, optimizer, train step, data iterator);
-      the loop adds its step count to it.
+    checkpointed: everything to save and restore, by checkpoint key (model, optimizer, train
+      step, data position); the loop saves them with its step count, "steps_done".
     learning_rate: the rate at a step, for the progress lines and TensorBoard.
-    step_state: the `adam_xla.TrainStep` made with skip_nonfinite=True, whose non-finite
-      counters the on_nonfinite policy reads; None: any non-finite metric stops the run.
     signature: `checkpoint_signature.describe(...)` of this run; a checkpoint written with
       another one is refused before anything is restored.
     agree: maps this worker's "a stop signal arrived" to whether any worker got one (all
@@ -232,7 +246,7 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
     _check_writable(config.model_dir)
   checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
   steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
-  checkpoint.steps_done = steps_done
+  checkpoint = tf.train.Checkpoint(**checkpointed, steps_done=steps_done)
   latest = tf.train.latest_checkpoint(checkpoint_dir)
   if latest:
     if signature is not None:
@@ -251,7 +265,7 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
   try:
     with _StopSignals() as signals:
       return _train(config, step, steps_done, manager, signals, train_step, evaluate,
-                    learning_rate, _NonFiniteWatch(config, step_state), agree, chief)
+                    learning_rate, _NonFiniteWatch(config), agree, chief)
   except (Interrupted, NonFiniteError):
     raise
   except BaseException as error:
@@ -273,9 +287,9 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
   logging.info("compiling the first step ...")
   eval_metrics, saved_step = {}, step
   while step < config.train_steps:
-    metrics = {k: float(v) for k, v in train_step().items()}
+    metrics, report = nonfinite.metrics(train_step())
     step = int(steps_done.assign_add(config.steps_per_loop).numpy())
-    nonfinite.check(step, metrics, manager.latest_checkpoint)
+    nonfinite.check(step, metrics, report, manager.latest_checkpoint)
     last = step >= config.train_steps
     if step % config.log_every == 0 or last:
       rate_now = learning_rate(step)
@@ -316,30 +330,3 @@ def exit_status_of(train_fn):
   except NonFiniteError as error:
     logging.error("%s", error)
     raise SystemExit(1) from None
-
-
-def is_chief(strategy):
-  """Whether this process owns model_dir: the chief, or worker 0 when there is no chief."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
-                                           and resolver.task_id == 0)
-
-
-def any_worker(strategy):
-  """`agree` for `run` under `strategy`: True when the flag is set on any worker.
-
-  One tiny all-reduce per call of the train step, only when there are several workers.
-  """
-  workers = getattr(strategy.extended, "_num_workers", 1)
-  if workers <= 1:
-    return bool
-
-  @tf.function
-  def reduce(flag):
-    per_replica = strategy.run(lambda: tf.cast(flag, tf.int32))
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-  return lambda flag: int(reduce(tf.constant(flag)).numpy()) > 0

@@ -4,12 +4,12 @@ import dataclasses
 import os
 from typing import Optional, Tuple
 
+import adam_xla
 from trainers.common import config as common
 from trainers.common.config import check, one_of
+from trainers.ctr.criteo_format import NUM_SPARSE
 
 DATA_SOURCES = ("generated", "criteo")
-SPARSE_MODES = ("dense", "lazy")  # adam_xla.optimizer.SPARSE_MODES
-NUM_SPARSE = 26  # Criteo's categorical features
 MAX_TABLE_ROWS = 2**31 - 1  # ids are looked up as int32
 XLA_CPU_ISAS = ("", "SSE4_2", "AVX", "AVX2", "AVX512")  # "": XLA's own choice
 
@@ -66,8 +66,8 @@ class EmbeddingConfig:
   def validate(self, num_replicas=None):
     """Raises ValueError naming the flag, its value and what is accepted."""
     common.check_optimizer(self)
-    check(self.sparse_mode in SPARSE_MODES, "sparse_mode", self.sparse_mode,
-          one_of(SPARSE_MODES))
+    check(self.sparse_mode in adam_xla.SPARSE_MODES, "sparse_mode", self.sparse_mode,
+          one_of(adam_xla.SPARSE_MODES))
     check(len(self.table_sizes) in (0, 1, NUM_SPARSE), "table_sizes",
           ",".join(map(str, self.table_sizes)),
           f"one size for every feature or {NUM_SPARSE} sizes (C1..C26)")

@@ -26,9 +26,7 @@ from typing import Optional, Tuple
 from absl import logging
 import tensorflow as tf
 
-NUM_DENSE = 13
-NUM_SPARSE = 26
-NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
+from trainers.ctr.criteo_format import NUM_DENSE, NUM_FIELDS, NUM_SPARSE
 _PARSE_BATCH = 1024  # lines validated and parsed per vectorized call
 _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20

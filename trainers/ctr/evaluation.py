@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from trainers.common import strategies
 from trainers.ctr import metrics
 
 
@@ -14,11 +15,7 @@ def model_predictions(model, strategy):
     probabilities = tf.sigmoid(tf.cast(model(features, training=False), tf.float32))
     return tf.reshape(probabilities, [-1]), tf.reshape(tf.cast(labels, tf.float32), [-1])
 
-  @tf.function
-  def predict(batch):
-    return strategy.run(replica_predictions, args=(batch,))
-
-  return predict
+  return strategies.on_replicas(strategy, replica_predictions)
 
 
 def make_ctr_evaluator(predict, strategy, distributed_dataset_fn):
@@ -33,10 +30,9 @@ def make_ctr_evaluator(predict, strategy, distributed_dataset_fn):
   def evaluate():
     probabilities, labels = [], []
     for batch in distributed_dataset_fn():
-      replica_probabilities, replica_labels = predict(batch)
-      probabilities += [p.numpy() for p in strategy.experimental_local_results(
-          replica_probabilities)]
-      labels += [l.numpy() for l in strategy.experimental_local_results(replica_labels)]
+      batch_probabilities, batch_labels = strategies.local_values(strategy, predict(batch))
+      probabilities.append(batch_probabilities)
+      labels.append(batch_labels)
     if not labels:
       raise ValueError("evaluation found no complete batch in the evaluation split; use a "
                        "smaller --global_batch_size or more evaluation data.")

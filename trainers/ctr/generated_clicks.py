@@ -25,9 +25,8 @@ import tensorflow as tf
 
 from trainers.common import generated_files
 from trainers.ctr import metrics
+from trainers.ctr.criteo_format import NUM_DENSE, NUM_SPARSE
 
-NUM_DENSE = 13
-NUM_SPARSE = 26
 ZIPF_EXPONENT = 1.1
 MISSING_RATE = 0.02
 # Loosely Criteo-shaped: a few tiny, several mid-size and a few large vocabularies.

@@ -48,8 +48,8 @@ def main(argv):
     raise app.UsageError(str(error)) from None
   config_lib.apply_xla_cpu_isa(config.xla_cpu_max_isa)
   if config.num_logical_cpus:
-    from adam_xla import distribution  # pylint: disable=g-import-not-at-top
-    distribution.split_cpu(config.num_logical_cpus)
+    from trainers.common import strategies  # pylint: disable=g-import-not-at-top
+    strategies.split_cpu(config.num_logical_cpus)
   from trainers.ctr import train  # pylint: disable=g-import-not-at-top
   from trainers.common import training_loop  # pylint: disable=g-import-not-at-top
   metrics = training_loop.exit_status_of(lambda: train.train_and_evaluate(config))

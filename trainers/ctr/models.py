@@ -19,6 +19,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from trainers.ctr.criteo_format import NUM_DENSE
+
 
 class EmbeddingTables(keras.layers.Layer):
   """One table per categorical feature; ids [batch, features] -> list of [batch, dim]."""
@@ -98,7 +100,7 @@ class DLRM(keras.Model):
 
 
 def build_dlrm(table_sizes, embedding_dim, bottom_mlp=(64, 32), top_mlp=(128, 64),
-               num_dense=13):
+               num_dense=NUM_DENSE):
   """A built DLRM (its variables exist), for `num_dense` dense and len(table_sizes) ids."""
   model = DLRM(table_sizes, embedding_dim, bottom_mlp, top_mlp, name="dlrm")
   model({"dense": tf.zeros([1, num_dense]),

@@ -24,14 +24,13 @@ import math
 import numbers
 import types
 
+import keras
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import hyperparameters
-from adam_xla import update_rule
 from trainers.ctr import models
+from trainers.ctr.criteo_format import NUM_DENSE
 
-SPARSE_MODES = ("dense", "lazy")
 _TPU_STRATEGIES = (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)
 
 
@@ -124,7 +123,7 @@ def tpu_optimizer(learning_rate, *, beta_1, beta_2, epsilon, sparse_mode, clipva
     * Bias correction: the proto says the TPU Adam "does not implement hyper-parameter update
       ... use the dynamic learning rate feature instead, setting the learning rate to: user
       learning_rate * sqrt(1 - beta2^t) / (1 - beta1^t)". With `iterations` the learning rate
-      is that callable (computed by `update_rule.step_coefficients`, t = iterations + 1, so it
+      is that callable (`adam_xla.bias_corrected_learning_rate`, t = iterations + 1, so it
       must be read before adam_xla increments `iterations` in the same step).
     * weight decay: with a float learning rate, weight_decay_factor = lr * weight_decay (not
       multiplied by the sent rate, which is bias-corrected). With a dynamic rate and no
@@ -144,9 +143,9 @@ def tpu_optimizer(learning_rate, *, beta_1, beta_2, epsilon, sparse_mode, clipva
   Raises:
     ValueError: for a setting the TPU API cannot express, naming it and the accepted values.
   """
-  if sparse_mode not in SPARSE_MODES:
-    raise ValueError(f"tpu_optimizer: `sparse_mode` must be one of {SPARSE_MODES}; got "
-                     f"{sparse_mode!r}.")
+  if sparse_mode not in adam_xla.SPARSE_MODES:
+    raise ValueError(f"tpu_optimizer: `sparse_mode` must be one of {adam_xla.SPARSE_MODES}; "
+                     f"got {sparse_mode!r}.")
   if amsgrad:
     raise ValueError("tpu_optimizer: `amsgrad` must be False; the TPU embedding Adam has no "
                      "AMSGrad (it keeps only the momenta and velocities slots).")
@@ -217,7 +216,7 @@ def _tpu_learning_rate(learning_rate, beta_1, beta_2, iterations):
                      "zero-argument callable or a LearningRateSchedule; got "
                      f"{learning_rate!r}.")
   if iterations is None:
-    if hyperparameters.is_schedule(learning_rate):
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
       raise ValueError("tpu_optimizer: a LearningRateSchedule `learning_rate` needs "
                        "`iterations` (the step it is called with); pass Adam.iterations.")
     if is_tensor:
@@ -227,13 +226,9 @@ def _tpu_learning_rate(learning_rate, beta_1, beta_2, iterations):
     raise ValueError(f"tpu_optimizer: `iterations` must be None or the int step variable "
                      f"(adam_xla Adam.iterations); got {iterations!r}.")
 
-  def bias_corrected_rate():
-    # adam_xla's own lr_t: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = iterations + 1.
-    rate = hyperparameters.current_value(learning_rate, iterations)
-    return update_rule.step_coefficients(rate, beta_1, beta_2, 0.0, iterations,
-                                         tf.float32).lr_t
-
-  return bias_corrected_rate
+  # adam_xla's own lr_t: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = iterations + 1.
+  return lambda: adam_xla.bias_corrected_learning_rate(learning_rate, beta_1, beta_2,
+                                                       iterations)
 
 
 # ---- The train step ------------------------------------------------------------------------
@@ -265,8 +260,8 @@ class TPUEmbeddingStep(tf.Module):
     initializer_seed: see `feature_config`.
   """
 
-  def __init__(self, model, optimizer, *, global_batch_size, num_dense=13, steps_per_loop=1,
-               strategy=None, initializer_seed=None):
+  def __init__(self, model, optimizer, *, global_batch_size, num_dense=NUM_DENSE,
+               steps_per_loop=1, strategy=None, initializer_seed=None):
     super().__init__(name="tpu_embedding_step")
     if not isinstance(optimizer, adam_xla.Adam):
       raise TypeError(f"TPUEmbeddingStep: `optimizer` must be an adam_xla.Adam; got "

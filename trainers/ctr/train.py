@@ -3,14 +3,11 @@
 import os
 
 from absl import logging
-import keras
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import distribution
-from trainers.common import checkpoint_signature
 from trainers.common import optimizer_setup
-from trainers.common import training_loop
+from trainers.common import run
 from trainers.ctr import criteo_data
 from trainers.ctr import evaluation
 from trainers.ctr import generated_clicks
@@ -19,9 +16,6 @@ from trainers.ctr import models
 # Lines in the shuffle buffer: enough to mix a generated log's shards; it is saved with every
 # checkpoint (as the input position), so it stays modest.
 _SHUFFLE_BUFFER = 20_000
-# Bad-line counting with --skip_bad_records scans the files once; beyond this size it is left
-# out rather than doubling the read of a terabyte log.
-_COUNT_BAD_RECORDS_MAX_BYTES = 2 << 30
 
 
 def _split_files(text):
@@ -43,9 +37,10 @@ def prepare_data(config):
 
 
 def _log_bad_records(data_config):
+  """Counting scans the files once: left out beyond run.COUNT_BAD_RECORDS_MAX_BYTES."""
   paths = criteo_data.list_files(data_config)
   size = sum(tf.io.gfile.stat(p).length for p in paths)
-  if size > _COUNT_BAD_RECORDS_MAX_BYTES:
+  if size > run.COUNT_BAD_RECORDS_MAX_BYTES:
     logging.info("--skip_bad_records: %d files (%.1f GB) are too large to count bad lines "
                  "up front; malformed lines are skipped silently", len(paths), size / 1e9)
     return
@@ -59,8 +54,11 @@ def _memory_estimate(table_sizes, embedding_dim, amsgrad):
   return sum(table_sizes) * embedding_dim * 4 * (4 if amsgrad else 3)
 
 
-def _tpu_step(config, table_sizes, optimizer, strategy):
-  """The TPU path: tables in the TPU embedding API (see tpu_embedding; not run on hardware)."""
+def _tpu_parts(config, table_sizes, optimizer, strategy, train_data, eval_data):
+  """The TPU path: tables in the TPU embedding API (see tpu_embedding; not run on hardware).
+
+  Returns (model, step, train iterator, evaluate).
+  """
   from trainers.ctr import tpu_embedding  # pylint: disable=g-import-not-at-top
   with strategy.scope():
     model = models.DLRM(table_sizes, config.embedding_dim, config.bottom_mlp, config.top_mlp,
@@ -69,7 +67,30 @@ def _tpu_step(config, table_sizes, optimizer, strategy):
       model, optimizer, global_batch_size=config.global_batch_size,
       num_dense=criteo_data.NUM_DENSE, steps_per_loop=config.steps_per_loop,
       strategy=strategy, initializer_seed=config.seed)
-  return step, model
+  train_iterator = iter(step.distribute(criteo_data.dataset(train_data).repeat()))
+  evaluate = evaluation.make_ctr_evaluator(
+      step.predict, strategy, lambda: step.distribute(criteo_data.dataset(eval_data)))
+  return model, step, train_iterator, evaluate
+
+
+def _xla_parts(config, table_sizes, optimizer, strategy, train_data, eval_data):
+  """Everywhere else: the DLRM's own tables, trained by adam_xla's compiled step.
+
+  Returns (model, step, train iterator, evaluate).
+  """
+  with strategy.scope():
+    model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
+                              config.top_mlp, num_dense=criteo_data.NUM_DENSE)
+  step = adam_xla.make_train_step(
+      model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
+      steps_per_loop=config.steps_per_loop, skip_nonfinite=True)
+  train_iterator = iter(strategy.distribute_datasets_from_function(
+      lambda context: criteo_data.dataset(train_data, context).repeat()))
+  evaluate = evaluation.make_ctr_evaluator(
+      evaluation.model_predictions(model, strategy), strategy,
+      lambda: strategy.distribute_datasets_from_function(
+          lambda context: criteo_data.dataset(eval_data, context)))
+  return model, step, train_iterator, evaluate
 
 
 def train_and_evaluate(config):
@@ -77,11 +98,7 @@ def train_and_evaluate(config):
 
   The metrics include "planted_auc" (the generating model's own AUC) for generated data.
   """
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  keras.utils.set_random_seed(config.seed)
-  strategy = distribution.create_strategy(config.strategy, tpu=config.tpu)
-  config.validate(num_replicas=strategy.num_replicas_in_sync)
+  strategy = run.start(config)
   train_files, eval_files, table_sizes, planted_auc = prepare_data(config)
   data_config = lambda files, shuffle: criteo_data.CriteoConfig(
       files=files, table_sizes=table_sizes, batch_size=config.global_batch_size,
@@ -92,28 +109,12 @@ def train_and_evaluate(config):
     _log_bad_records(train_data)
     _log_bad_records(eval_data)
 
-  on_tpu = config.strategy == "tpu"
   with strategy.scope():
     schedule, optimizer = optimizer_setup.make_optimizer(
         config, config.train_steps, sparse_mode=config.sparse_mode)
-  if on_tpu:
-    step, model = _tpu_step(config, table_sizes, optimizer, strategy)
-    train_iterator = iter(step.distribute(criteo_data.dataset(train_data).repeat()))
-    evaluate_model = evaluation.make_ctr_evaluator(
-        step.predict, strategy, lambda: step.distribute(criteo_data.dataset(eval_data)))
-  else:
-    with strategy.scope():
-      model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
-                                config.top_mlp, num_dense=criteo_data.NUM_DENSE)
-    step = adam_xla.make_train_step(
-        model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
-        steps_per_loop=config.steps_per_loop, skip_nonfinite=True)
-    train_iterator = iter(strategy.distribute_datasets_from_function(
-        lambda context: criteo_data.dataset(train_data, context).repeat()))
-    evaluate_model = evaluation.make_ctr_evaluator(
-        evaluation.model_predictions(model, strategy), strategy,
-        lambda: strategy.distribute_datasets_from_function(
-            lambda context: criteo_data.dataset(eval_data, context)))
+  parts = _tpu_parts if config.strategy == "tpu" else _xla_parts
+  model, step, train_iterator, evaluate_model = parts(config, table_sizes, optimizer, strategy,
+                                                      train_data, eval_data)
   logging.info("DLRM: %d parameters in %d tables of dim %d (%.2f GB with Adam's state); "
                "sparse_mode %s; %d steps of %d examples; strategy %s with %d replica(s)",
                sum(table_sizes) * config.embedding_dim, len(table_sizes),
@@ -126,12 +127,6 @@ def train_and_evaluate(config):
     return {**evaluate_model(), **({"planted_auc": planted_auc} if planted_auc else {})}
 
   # On TPU the step holds the tables (step.embedding), so they are saved with it.
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
-                                   **training_loop.data_position(train_iterator))
-  return training_loop.run(
-      training_loop.loop_config(config, config.train_steps),
-      train_step=lambda: step(train_iterator), evaluate=evaluate, checkpoint=checkpoint,
-      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))),
-      step_state=None if on_tpu else step,
-      signature=checkpoint_signature.describe(model, optimizer),
-      agree=training_loop.any_worker(strategy), chief=training_loop.is_chief(strategy))
+  return run.train(config, config.train_steps, strategy, run.Training(
+      model=model, optimizer=optimizer, schedule=schedule, step=step,
+      iterator=train_iterator, evaluate=evaluate))

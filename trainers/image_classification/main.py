@@ -56,8 +56,8 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(str(error)) from None
   if config.num_logical_cpus:
-    from adam_xla import distribution  # pylint: disable=g-import-not-at-top
-    distribution.split_cpu(config.num_logical_cpus)
+    from trainers.common import strategies  # pylint: disable=g-import-not-at-top
+    strategies.split_cpu(config.num_logical_cpus)
   from trainers.image_classification import train  # pylint: disable=g-import-not-at-top
   if config.epsilon < 1e-3 and config.learning_rate > 0.05:
     logging.warning("--learning_rate=%g with --epsilon=%g: Adam's steps are about the learning "

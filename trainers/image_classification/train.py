@@ -7,11 +7,9 @@ import keras
 import tensorflow as tf
 
 import adam_xla
-from adam_xla import distribution
 from trainers.common import evaluation
-from trainers.common import checkpoint_signature
 from trainers.common import optimizer_setup
-from trainers.common import training_loop
+from trainers.common import run
 from trainers.image_classification import data
 from trainers.image_classification import generated_data
 from trainers.image_classification import models
@@ -52,14 +50,10 @@ def _data_config(config, data_dir):
       deterministic=config.deterministic, skip_bad_records=config.skip_bad_records)
 
 
-# Counting bad records with --skip_bad_records decodes every image once; beyond this size the
-# count is left out rather than reading a whole ImageNet twice.
-_COUNT_BAD_RECORDS_MAX_BYTES = 2 << 30
-
-
 def _log_bad_records(data_config, split):
+  """Counting decodes every image once: left out beyond run.COUNT_BAD_RECORDS_MAX_BYTES."""
   _, sizes = data.usable_shards(data_config.data_dir, split)
-  if sum(sizes) > _COUNT_BAD_RECORDS_MAX_BYTES:
+  if sum(sizes) > run.COUNT_BAD_RECORDS_MAX_BYTES:
     logging.info("--skip_bad_records: the %s shards (%.1f GB) are too large to count bad "
                  "records up front; they are dropped without a count", split, sum(sizes) / 1e9)
     return
@@ -79,11 +73,7 @@ def _prepare_data_dir(config):
 
 def train_and_evaluate(config):
   """Trains and evaluates as `config` says; returns the final evaluation metrics."""
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  keras.utils.set_random_seed(config.seed)
-  strategy = distribution.create_strategy(config.strategy, tpu=config.tpu)
-  config.validate(num_replicas=strategy.num_replicas_in_sync)
+  strategy = run.start(config)
   keras.mixed_precision.set_global_policy(_POLICIES[config.dtype])
   data_dir, generated_examples = _prepare_data_dir(config)
   data_config = _data_config(config, data_dir)
@@ -112,11 +102,6 @@ def train_and_evaluate(config):
   evaluate = evaluation.make_classification_evaluator(
       model, strategy, lambda: strategy.distribute_datasets_from_function(
           lambda context: data.eval_dataset(data_config, context)))
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, train_step=step,
-                                   **training_loop.data_position(train_iterator))
-  return training_loop.run(
-      training_loop.loop_config(config, total_steps), train_step=lambda: step(train_iterator),
-      evaluate=evaluate, checkpoint=checkpoint,
-      learning_rate=lambda s: float(schedule(tf.constant(s, tf.int64))), step_state=step,
-      signature=checkpoint_signature.describe(model, optimizer),
-      agree=training_loop.any_worker(strategy), chief=training_loop.is_chief(strategy))
+  return run.train(config, total_steps, strategy, run.Training(
+      model=model, optimizer=optimizer, schedule=schedule, step=step,
+      iterator=train_iterator, evaluate=evaluate))

@@ -1,0 +1,143 @@
+"""Internal: the update of one device's variables, and the choice of what computes it.
+
+A front end (`adam_xla.Adam`) owns the state (slots, iteration count, hyperparameters) and
+the gradients' preparation (replica sum, clipping, sparse duplicates summed). It then calls
+`update` once per device, with that device's copies, and everything below is decided here:
+
+* which backend computes each variable's step:
+  - the one-pass CPU kernel for dense float32 gradients (`cpu_kernel.adam_steps`, one call
+    for all of them),
+  - the CPU rows kernel for sparse gradients in dense mode (`cpu_kernel.adam_step_at_rows`),
+  - `update_rule.adam_step_at_rows` as XLA ops for other sparse gradients in dense mode,
+  - a gather / step / scatter of the batch's rows for sparse gradients in lazy mode,
+  - `update_rule.adam_step` as XLA ops for everything else (and everywhere on GPU and TPU);
+* how a step that must not happen (`apply_if` False) leaves every variable and slot exactly
+  as it was: a select of the new and old values where the select fuses into the loop that
+  computes them, and inside the kernels or the moments' coefficients where a select would
+  cost another pass over a table.
+
+The kernels are used only while tracing an XLA-compiled update (`use_cpu_kernels`), since
+their op has no implementation outside XLA.
+"""
+
+import dataclasses
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from adam_xla import cpu_kernel
+from adam_xla import sparse
+from adam_xla import update_rule
+
+SPARSE_MODES = ("dense", "lazy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What the front end fixed at construction.
+
+  sparse_mode: "dense" or "lazy" (see `adam_xla.Adam`).
+  use_cpu_kernels: whether the update is being traced for XLA, where the CPU kernels run.
+  """
+
+  sparse_mode: str = "dense"
+  use_cpu_kernels: bool = True
+
+
+def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.Moments],
+           decays: Sequence[bool], coefficients, apply_if: Optional[tf.Tensor],
+           options: Options):
+  """Applies one Adam step to `variables`, one device's copies, in place.
+
+  Args:
+    variables: the variables on this device.
+    grads: their gradients, summed over replicas and clipped; a `tf.IndexedSlices` gradient
+      must have its duplicate indices summed (`sparse.sum_duplicates`).
+    slots: each variable's slot variables on this device (vhat None without amsgrad).
+    decays: whether decoupled weight decay applies to each variable.
+    coefficients: the step's `update_rule.StepCoefficients` by dtype name; their `decay` is
+      set when weight decay is on.
+    apply_if: None, or a boolean scalar: when False, nothing changes.
+    options: the front end's fixed choices.
+  """
+  by_kernel = []
+  for var, grad, moments, decay in zip(variables, grads, slots, decays):
+    c = coefficients[var.dtype.base_dtype.name]
+    c = c if decay else c._replace(decay=None)
+    if options.use_cpu_kernels and cpu_kernel.applies(var, grad, moments.vhat):
+      by_kernel.append((var, grad, moments, decay))
+    elif not isinstance(grad, tf.IndexedSlices):
+      _assign(var, moments, *_selected(apply_if, update_rule.adam_step(
+          var, grad, moments, c), (var, moments)))
+    elif options.sparse_mode == "lazy":
+      _update_rows_lazily(var, grad, moments, c, apply_if)
+    elif options.use_cpu_kernels and cpu_kernel.applies_to_rows(var, grad, moments.vhat):
+      new_var, m, v = cpu_kernel.adam_step_at_rows(
+          var, grad.indices, grad.values, moments.m, moments.v, c, apply_if)
+      _assign(var, moments, new_var, update_rule.Moments(m, v))
+    else:
+      _assign(var, moments, *adam_step_at_rows(var, grad, moments, c, apply_if))
+  if by_kernel:
+    _update_by_kernel(by_kernel, coefficients[tf.float32.name], apply_if)
+
+
+def adam_step_at_rows(var, grad, moments, c, apply_if=None):
+  """`update_rule.adam_step_at_rows` as XLA ops, skipped when `apply_if` is False.
+
+  A select of the scattered moments would be another pass over the table. Instead a skipped
+  step keeps them through their coefficients: beta 1 keeps m and v, and the batch's rows add
+  -0.0 to m (the exact additive identity, so negative zeros survive) and +0.0 to v (never
+  negative). vhat = max(vhat, v) is then vhat again (vhat >= v always), and the variable is
+  selected, which fuses into the loop computing it. (A select of vhat as well would make XLA
+  copy the old vhat for the variable's loop.)
+  """
+  rows = grad.values
+  if apply_if is not None:
+    one = tf.ones([], c.beta_1.dtype)
+    c = c._replace(beta_1=tf.where(apply_if, c.beta_1, one),
+                   beta_2=tf.where(apply_if, c.beta_2, one))
+    # -0.0 (not tf.constant(-0.0): eagerly TF may hand back its cached 0.0, which equals it);
+    # the rows of a skipped step may be NaN, which must not reach m.
+    rows = tf.where(apply_if, rows, -tf.zeros([], rows.dtype))
+  new_var, new = update_rule.adam_step_at_rows(var, grad.indices, rows, moments, c)
+  return (new_var if apply_if is None else tf.where(apply_if, new_var, var)), new
+
+
+def _update_rows_lazily(var, grad, moments, c, apply_if):
+  """Lazy mode: the rows in `grad` and nothing else."""
+  rows = grad.indices
+  gather = lambda t: None if t is None else tf.gather(t, rows)
+  old = (gather(var), update_rule.Moments(*(gather(s) for s in moments)))
+  new = _selected(apply_if, update_rule.adam_step(
+      old[0], sparse.first_entry_padding(grad), old[1], c), old)
+  for target, value in zip(_flat(var, moments), _flat(*new)):
+    if target is not None:
+      target.scatter_update(tf.IndexedSlices(value, rows))
+
+
+def _update_by_kernel(updates, coefficients, apply_if):
+  """One call of the one-pass kernel for all the dense float32 variables, in place; the
+  kernel honours apply_if itself (the same for all)."""
+  variables, grads, slots, decays = zip(*updates)
+  results = cpu_kernel.adam_steps(variables, grads, [s.m for s in slots],
+                                  [s.v for s in slots], decays, coefficients, apply_if)
+  for var, moments, (new_var, m, v) in zip(variables, slots, results):
+    _assign(var, moments, new_var, update_rule.Moments(m, v))
+
+
+def _selected(apply_if, new, old):
+  """(var, moments) `new` where apply_if holds, else `old`."""
+  if apply_if is None:
+    return new
+  pick = lambda n, o: None if n is None else tf.where(apply_if, n, o)
+  return pick(new[0], old[0]), update_rule.Moments(*map(pick, new[1], old[1]))
+
+
+def _flat(var, moments):
+  return (var, moments.m, moments.v, moments.vhat)
+
+
+def _assign(var, slots, new_var, new_moments):
+  for target, value in zip(_flat(var, slots), _flat(new_var, new_moments)):
+    if target is not None and value is not None:
+      target.assign(value)
