@@ -122,9 +122,13 @@ class Adam(tf.Module):
 
   # ---- Public state -------------------------------------------------------------------
 
-  @property
-  def name(self):
-    return self._optimizer_name
+  name = property(lambda self: self._optimizer_name)
+  jit_compile = property(lambda self: self._settings.jit_compile)
+  amsgrad = property(lambda self: self._settings.amsgrad)
+  sparse_mode = property(lambda self: self._settings.sparse_mode)
+  beta_1 = property(lambda self: self._hyper.beta_1)
+  beta_2 = property(lambda self: self._hyper.beta_2)
+  epsilon = property(lambda self: self._hyper.epsilon)
 
   @property
   def iterations(self):
@@ -132,18 +136,6 @@ class Adam(tf.Module):
     if self._iterations is None:
       distribution.in_cross_replica_context(lambda _: self._create_step_state(None))
     return self._iterations
-
-  @property
-  def jit_compile(self):
-    return self._settings.jit_compile
-
-  @property
-  def amsgrad(self):
-    return self._settings.amsgrad
-
-  @property
-  def sparse_mode(self):
-    return self._settings.sparse_mode
 
   @property
   def learning_rate(self):
@@ -159,18 +151,6 @@ class Adam(tf.Module):
     else:
       self._hyper.learning_rate = hyperparameters.validate(
           "learning_rate", value, low=0.0, allow_schedule=True)
-
-  @property
-  def beta_1(self):
-    return self._hyper.beta_1
-
-  @property
-  def beta_2(self):
-    return self._hyper.beta_2
-
-  @property
-  def epsilon(self):
-    return self._hyper.epsilon
 
   # Not named get_slot/get_slot_names: TF's checkpointer treats objects with those methods as
   # legacy optimizers with a private restore protocol. Slots are saved under readable keys.
