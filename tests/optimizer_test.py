@@ -556,12 +556,12 @@ def test_out_of_range_indices_are_left_out_of_dense_mode_clipping_under_xla(clip
 
 def test_gradient_of_the_variables_dtype_and_shape_is_passed_through_untouched():
   """No cast or copy is added for a gradient that is already right (the common case)."""
-  from adam_xla import optimizer  # pylint: disable=import-outside-toplevel
+  from adam_xla import gradients  # pylint: disable=import-outside-toplevel
   var = tf.Variable(np.zeros((3, 2), np.float32))
   dense = tf.ones([3, 2])
-  assert optimizer._checked_gradient(dense, var) is dense  # pylint: disable=protected-access
   sparse = tf.IndexedSlices(tf.ones([2, 2]), tf.constant([0, 2]), tf.constant([3, 2]))
-  checked = optimizer._checked_gradient(sparse, var)  # pylint: disable=protected-access
+  (checked_dense, checked), _ = gradients.accepted([(dense, var), (sparse, var)])
+  assert checked_dense is dense
   assert checked.values is sparse.values and checked.indices is sparse.indices
 
 
