@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,74 @@ def test_gzip_and_plain_read_the_same(tmp_path):
   assert len(a[1]) == 49  # drop_remainder
   np.testing.assert_array_equal(a[0]["sparse"], b[0]["sparse"])
   np.testing.assert_array_equal(a[1], b[1])
+
+
+def _gzip_members(text):
+  """Two gzip members back to back, as `cat a.gz b.gz` makes (gzip reads it as one file)."""
+  middle = len(text) // 2 + 3  # within a line
+  return gzip.compress(text[:middle]) + gzip.compress(text[middle:])
+
+
+@pytest.mark.parametrize("name, encode", [
+    ("members.tsv.gz", _gzip_members),
+    ("no_final_newline.tsv.gz", lambda text: gzip.compress(text[:-1])),
+    ("crlf.tsv", lambda text: text.replace(b"\n", b"\r\n")),
+])
+def test_files_as_found_in_the_wild_read_as_plain_text(tmp_path, name, encode):
+  lines = _good_lines(30)
+  plain = _write(str(tmp_path / "plain.tsv"), lines)
+  other = tmp_path / name
+  other.write_bytes(encode("".join(line + "\n" for line in lines).encode()))
+  want = _read_all(criteo_data.CriteoConfig(files=(plain,), table_sizes=SIZES, batch_size=5))
+  config = criteo_data.CriteoConfig(files=(str(other),), table_sizes=SIZES, batch_size=5)
+  got = _read_all(config)
+  np.testing.assert_array_equal(got[0]["sparse"], want[0]["sparse"])
+  np.testing.assert_array_equal(got[0]["dense"], want[0]["dense"])
+  np.testing.assert_array_equal(got[1], want[1])
+  assert criteo_data.count_bad_records(config) == 0
+
+
+def test_remote_paths_and_globs_through_gfile(tmp_path):
+  """ram:// is TensorFlow's in-memory file system: a stand-in for gs:// reached the same way,
+  through tf.io.gfile and the tf.data file readers."""
+  root = f"ram://criteo-{tmp_path.name}"
+  tf.io.gfile.makedirs(root)
+  local = []
+  for day in range(2):
+    lines = _good_lines(20, seed=day)
+    local.append(_write(str(tmp_path / f"day_{day}.gz"), lines))
+    with tf.io.gfile.GFile(f"{root}/day_{day}.gz", "wb") as f:
+      f.write(gzip.compress("".join(line + "\n" for line in lines).encode()))
+  remote = criteo_data.CriteoConfig(files=(f"{root}/day_*.gz",), table_sizes=SIZES,
+                                    batch_size=4)
+  assert criteo_data.list_files(remote) == [f"{root}/day_0.gz", f"{root}/day_1.gz"]
+  got = _read_all(remote)
+  want = _read_all(dataclasses.replace(remote, files=tuple(local)))
+  np.testing.assert_array_equal(got[0]["sparse"], want[0]["sparse"])
+  np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("content, shown", [
+    (b"0\t1\t2", "30 09"), (b"", "nothing (empty file)")])
+def test_gz_file_that_is_not_gzip_is_named_before_reading(tmp_path, content, shown):
+  path = tmp_path / "day_0.gz"
+  path.write_bytes(content)
+  config = criteo_data.CriteoConfig(files=(str(path),), table_sizes=SIZES, batch_size=2)
+  message = f"'{path}' ends in .gz but is not gzip: it starts with {shown}, not 1f 8b"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    criteo_data.dataset(config)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    criteo_data.count_bad_records(config)
+
+
+def test_truncated_gzip_stops_at_its_cut_line_naming_it(tmp_path):
+  lines = _good_lines(2000)
+  path = tmp_path / "day_3.gz"
+  path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode())[:-3000])
+  config = criteo_data.CriteoConfig(files=(str(path),), table_sizes=SIZES, batch_size=2)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=re.escape(str(path)) + r":\d+: expected 40 tab-separated fields"):
+    _read_all(config)
 
 
 def test_hashing_in_range_and_glob(tmp_path):

@@ -1,11 +1,13 @@
 """Tests of trainers/image_classification/data.py on generated shards and on hand-made images."""
 
 import dataclasses
+import io
 import logging
 import os
 import re
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -184,6 +186,36 @@ def test_train_augmentation_crops_and_flips(tmp_path):
   spans = [abs(r[-1] - r[0]) for r in rows]  # crop width relative to the image
   assert max(spans) - min(spans) > 40
   assert max(spans) < 190
+
+
+def _cmyk_jpeg(rgb):
+  """A JPEG that stores 4 components, as some of ILSVRC's do (TensorFlow encodes 1 or 3)."""
+  encoded = io.BytesIO()
+  Image.fromarray(rgb).convert("CMYK").save(encoded, format="JPEG", quality=95)
+  return encoded.getvalue()
+
+
+def test_grayscale_and_cmyk_jpegs_of_mixed_sizes_read_as_rgb(tmp_path):
+  """Shards of other converters may keep ILSVRC's JPEGs as they are: 1 or 4 components."""
+  colors = {0: (200, 40, 40), 1: (40, 40, 200), 2: (130, 130, 130)}
+  jpegs = [
+      _cmyk_jpeg(np.full((30, 50, 3), colors[0], np.uint8)),
+      _cmyk_jpeg(np.full((64, 20, 3), colors[1], np.uint8)),
+      _jpeg(np.full((18, 40, 1), colors[2][0], np.uint8)),
+      _jpeg(np.full((40, 30, 3), colors[0], np.uint8)),
+  ]
+  labels = [1, 2, 3, 1]
+  assert [int(tf.image.extract_jpeg_shape(j)[2]) for j in jpegs] == [4, 4, 1, 3]
+  for split in ("train", "validation"):
+    _write_records(tmp_path / f"{split}-00000-of-00001", [
+        _example(jpeg, label) for jpeg, label in zip(jpegs, labels)])
+  config = _config(str(tmp_path), global_batch_size=4, shuffle_buffer=4)
+  for dataset in (data.eval_dataset(config), data.train_dataset(config).take(2)):
+    for x, y in _batches(dataset):
+      for image, label in zip(_unnormalize(x), y):
+        assert image.shape == (16, 16, 3)
+        np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), colors[label], atol=6)
+  assert data.count_bad_records(config, "train") == 0
 
 
 def test_labels_outside_num_classes_fail(shards):
@@ -459,6 +491,7 @@ def test_no_shards(tmp_path, shards):
     (dict(image_size=0), "image_size"),
     (dict(global_batch_size=2.0), "global_batch_size"),
     (dict(skip_bad_records="yes"), "skip_bad_records"),
+    (dict(source="tfds"), r"`num_classes` must be 1000 with source 'tfds'.*got 4"),
 ])
 def test_bad_config(overrides, message):
   kwargs = dict(source="tfrecord", data_dir="/tmp", image_size=16, num_classes=4,
@@ -471,7 +504,7 @@ def test_bad_config(overrides, message):
 def test_tfds_without_data_says_how_to_get_it(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   with pytest.raises(ValueError, match=r"imagenet2012.*ILSVRC2012_img_train.tar"):
-    data.train_dataset(_config(str(tmp_path), source="tfds"))
+    data.train_dataset(_config(str(tmp_path), source="tfds", num_classes=data.TFDS_CLASSES))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ Each case runs the real program in its own process, as a user would.
 """
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from tests import pytest_main
 from trainers.image_classification import generated_data
@@ -61,6 +64,27 @@ def test_missing_data_names_the_directory(tmp_path):
   result = _run(TINY_FLAGS + [f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path}"])
   assert result.returncode != 0
   assert str(tmp_path / "empty") in result.stderr
+
+
+def test_corrupt_shard_ends_the_run_naming_file_record_and_problem(tmp_path, tiny_data):
+  data_dir = str(tmp_path / "data")
+  shutil.copytree(tiny_data, data_dir)
+  shard = os.path.join(data_dir, "train-00005-of-00008")
+  sizes = [len(record.numpy()) + 16 for record in tf.data.TFRecordDataset(shard)]  # + framing
+  with open(shard, "r+b") as f:
+    f.truncate(sum(sizes[:7]) + 20)  # record 7 is cut short
+  result = _run(TINY_FLAGS + [f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'model'}"])
+  assert result.returncode == 1
+  # TensorFlow's own C++ warnings (file.cc:line) come from threads still reading ahead and
+  # may land after the program's last line.
+  lines = [line for line in result.stderr.strip().splitlines()
+           if not re.match(r"[IWEF]\d{4} \S+\s+\d+ \w+\.cc:\d+\]", line)]
+  last = lines[-1]
+  assert f"{shard}:7: TFRecord framing breaks at byte {sum(sizes[:7])}" in last
+  assert "stopped by bad data: ImageNet data: bad record" in last
+  assert "Traceback" not in result.stderr
+  assert re.search(r"training stopped at step \d+ by InvalidArgumentError: ImageNet data: bad "
+                   r"record .*:7: TFRecord framing breaks", result.stderr)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ BAD_CONFIGS = [
     ({"global_batch_size": 0}, "--global_batch_size=0 is not valid"),
     ({"label_smoothing": 1.0}, "--label_smoothing=1.0 is not valid"),
     ({"num_classes": 1}, "--num_classes=1 is not valid"),
+    ({"data_source": "tfds", "num_classes": 10},
+     r"--num_classes=10 is not valid: expected 1000 with --data_source=tfds"),
     ({"xla_scope": "all"}, "--xla_scope='all' is not valid"),
     ({"model": "vgg16"}, "--model='vgg16' is not valid: expected one of resnet50"),
     ({"beta_2": -0.1}, r"--beta_2=-0.1 is not valid: expected a number in \[0, 1\)"),

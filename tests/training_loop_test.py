@@ -46,12 +46,12 @@ class _Run:
   """A model, an optimizer, a step and the loop's arguments for a small regression."""
 
   def __init__(self, model_dir, nan_batches=(), width=6, train_steps=20, on_nonfinite="stop",
-               max_consecutive_nonfinite=3, amsgrad=False, before_each_call=None):
+               max_consecutive_nonfinite=3, amsgrad=False, before_each_call=None, data=None):
     self.model = _model(width)
     self.optimizer = adam_xla.Adam(0.05, amsgrad=amsgrad)
     self.step = adam_xla.make_train_step(self.model, _loss, self.optimizer, steps_per_loop=2,
                                          skip_nonfinite=True)
-    self.iterator = iter(_data(nan_batches))
+    self.iterator = iter(_data(nan_batches) if data is None else data)
     self.calls = 0
     self.before_each_call = before_each_call
     self.config = training_loop.LoopConfig(
@@ -169,6 +169,52 @@ def test_other_errors_are_logged_with_the_last_checkpoint(tmp_path, caplog):
   assert _latest_step(str(tmp_path)) == 4
   tf.train.Checkpoint(model=_model()).read(  # the last checkpoint still loads
       tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))).expect_partial()
+
+
+def _bad_data_at(bad_batch):
+  """The regression data, failing at `bad_batch` as the input pipelines fail on bad data."""
+
+  def check(position, batch):
+    with tf.control_dependencies([tf.debugging.Assert(
+        position != bad_batch, ["Demo data: bad record", "/data/train-00001:3: image/encoded "
+                                "is empty"])]):
+      return tf.nest.map_structure(tf.identity, batch)
+
+  return _data().enumerate().map(check)
+
+
+def test_bad_data_is_named_in_the_log_and_on_the_last_line(tmp_path, caplog):
+  run = _Run(tmp_path, data=_bad_data_at(11))  # the second step of the sixth call
+  with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stop:
+    training_loop.exit_status_of(run)
+  assert stop.value.code == 1
+  problem = "Demo data: bad record: /data/train-00001:3: image/encoded is empty"
+  assert (f"training stopped at step 10 by InvalidArgumentError: {problem}. The last "
+          "complete checkpoint is") in caplog.text
+  assert caplog.records[-1].getMessage() == f"stopped by bad data: {problem}"
+  assert _latest_step(str(tmp_path)) == 8
+
+
+def test_other_op_errors_keep_their_traceback(tmp_path):
+  def fail(run):
+    raise tf.errors.InternalError(None, None, "Graph execution error:\n\nsomething else")
+
+  with pytest.raises(tf.errors.InternalError):
+    training_loop.exit_status_of(_Run(tmp_path, before_each_call=fail))
+
+
+@pytest.mark.parametrize("message, summary", [
+    ("Graph execution error:\n\nDetected at node x\nassertion failed: [A data: bad] "
+     "[f:1: no]\n\t [[{{node Assert/Assert}}]]", "A data: bad: f:1: no"),
+    ("{{function_node f}} Error in map: assertion failed: [ImageNet data: label outside "
+     "[0, num_classes=4):] [7]\n\t [[{{node Assert}}]]",
+     "ImageNet data: label outside [0, num_classes=4): 7"),
+    ("disk full\nmore", "disk full"),
+])
+def test_error_summary(message, summary):
+  error = tf.errors.InvalidArgumentError(None, None, message)
+  assert training_loop.error_summary(error) == summary
+  assert training_loop.data_problem(error) == (summary if "data:" in summary else None)
 
 
 # ---- The loop against the train step's outputs, with a stand-in step --------------------

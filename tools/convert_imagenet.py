@@ -1,17 +1,20 @@
 """Converts a folder of class sub-folders of JPEGs into ImageNet TFRecord shards.
 
     ./bazelw run //tools:convert_imagenet -- --input_dir=ILSVRC/train --output_dir=/data/imagenet \
-        --split=train --num_shards=1024
+        --split=train
     ./bazelw run //tools:convert_imagenet -- --input_dir=ILSVRC/val --output_dir=/data/imagenet \
-        --split=validation --num_shards=128
+        --split=validation
 
 The input is the ILSVRC layout, `input_dir/<class_name>/*.JPEG` (sort the flat ILSVRC
 validation folder into class folders first, e.g. with the usual valprep.sh). The output is
 what `trainers/image_classification/data.py` reads: shards `<split>-00000-of-0000N` of
 `tf.train.Example`s with `image/encoded` (JPEG) and `image/class/label` (1-based, in sorted
 class-name order), plus `labels.txt` (one class name per line, line i is label i). Files are
-shuffled across shards with a fixed seed, so every shard mixes the classes. Images that are
-not RGB JPEGs (PNGs named .JPEG, CMYK or grayscale JPEGs) are re-encoded as RGB JPEG.
+shuffled across shards with a fixed seed, so every shard mixes the classes. Without
+--num_shards a split gets the usual converters' count, 1024 train or 128 validation shards,
+but never more shards than images (a shard per image for a small folder), so no shard is
+empty. Images that are not RGB JPEGs (PNGs named .JPEG, CMYK or grayscale JPEGs) are
+re-encoded as RGB JPEG.
 """
 
 import os
@@ -24,6 +27,7 @@ from absl import flags
 import tensorflow as tf
 
 SPLITS = ("train", "validation")
+DEFAULT_SHARDS = {"train": 1024, "validation": 128}  # as the usual ImageNet converters
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 _SHUFFLE_SEED = 12345
 _JPEG_QUALITY = 95
@@ -33,8 +37,10 @@ _INPUT_DIR = flags.DEFINE_string("input_dir", None,
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Where to write the shards and labels.txt (local or gs://).")
 _SPLIT = flags.DEFINE_string("split", None, f"Shard name prefix: one of {', '.join(SPLITS)}.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", None,
-                                   "Number of output shards (1 to the number of images).")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", None, "Number of output shards (1 to the number of images); default: "
+    f"{DEFAULT_SHARDS['train']} for train, {DEFAULT_SHARDS['validation']} for validation, at "
+    "most one per image.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Resize so the shorter side is this many pixels (keeping the aspect "
     "ratio); default: keep the original size.")
@@ -66,15 +72,17 @@ def list_images(input_dir):
 
 
 def _encode(raw, image_size):
-  """(RGB JPEG bytes, height, width), re-encoding only when needed."""
-  is_jpeg = raw[:3] == b"\xff\xd8\xff"
-  image = tf.io.decode_image(raw, channels=0, expand_animations=False)
+  """(RGB JPEG bytes, height, width), re-encoding only when needed.
+
+  A JPEG is kept as it is only if it stores 3 components: TensorFlow decodes CMYK JPEGs to 3
+  channels too, but other readers may not, and the record says `image/channels` 3.
+  """
+  is_rgb_jpeg = (raw[:3] == b"\xff\xd8\xff" and
+                 int(tf.image.extract_jpeg_shape(raw, output_type=tf.int64)[2]) == 3)
+  image = tf.io.decode_image(raw, channels=3, expand_animations=False)
   needs_resize = image_size and min(image.shape[0], image.shape[1]) != image_size
-  if is_jpeg and image.shape[-1] == 3 and not needs_resize:
+  if is_rgb_jpeg and not needs_resize:
     return raw, image.shape[0], image.shape[1]
-  if image.shape[-1] != 3:
-    image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else (
-        tf.io.decode_image(raw, channels=3, expand_animations=False))
   if needs_resize:
     height, width = image.shape[0], image.shape[1]
     scale = image_size / min(height, width)
@@ -125,22 +133,31 @@ class _Progress:
     self._stream.flush()
 
 
-def convert(input_dir, output_dir, split, num_shards, image_size=None, progress=True):
+def default_num_shards(split, num_images):
+  """The usual converters' shard count of `split`, capped so that no shard is empty."""
+  return min(DEFAULT_SHARDS[split], num_images)
+
+
+def convert(input_dir, output_dir, split, num_shards=None, image_size=None, progress=True):
   """Writes the shards and labels.txt; returns the list of shard paths.
 
-  Raises ValueError naming the flag when an input is invalid, before writing anything.
+  num_shards None: `default_num_shards`. Raises ValueError naming the flag when an input is
+  invalid, before writing anything.
   """
   if split not in SPLITS:
     _fail("split", split, f"must be one of {', '.join(SPLITS)}.")
-  if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-    _fail("num_shards", num_shards, "must be an integer >= 1.")
+  if num_shards is not None and (isinstance(num_shards, bool) or
+                                 not isinstance(num_shards, int) or num_shards < 1):
+    _fail("num_shards", num_shards, "must be an integer >= 1, or unset for the default.")
   if image_size is not None and (isinstance(image_size, bool) or
                                  not isinstance(image_size, int) or image_size < 1):
     _fail("image_size", image_size, "must be an integer >= 1, or unset to keep the size.")
   if not output_dir:
     _fail("output_dir", output_dir, "required: where to write the shards.")
   classes, images = list_images(input_dir)
-  if num_shards > len(images):
+  if num_shards is None:
+    num_shards = default_num_shards(split, len(images))
+  elif num_shards > len(images):
     _fail("num_shards", num_shards, f"more shards than the {len(images)} images in "
           f"'{input_dir}'.")
   labels_path = os.path.join(output_dir, "labels.txt")

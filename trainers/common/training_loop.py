@@ -16,11 +16,16 @@ Failure behaviour (the README's "Failure behaviour" section lists it for users):
 * Any other error: logged with the step and the last complete checkpoint, which stays
   readable (checkpoints are written to new files and published by an atomic rename of the
   `checkpoint` index file).
+* Bad data: the input pipelines stop with a `tf.debugging.Assert` whose items are a header
+  starting "<Source> data: " and "<file>:<record>: <problem>" (`data_problem`). The log line
+  quotes them rather than TensorFlow's first line ("Graph execution error:"), and
+  `exit_status_of` ends the program with them as its last line, without a traceback.
 """
 
 import dataclasses
 import math
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -35,6 +40,13 @@ from trainers.common import checkpoint_signature
 # Exit status of a trainer stopped by SIGTERM/SIGINT after writing its checkpoint: EX_TEMPFAIL
 # of sysexits.h, "try again later", which is what a preempted job should do.
 INTERRUPTED_EXIT_CODE = 75
+
+
+# A failed tf.debugging.Assert prints its items as "assertion failed: [item] [item] ...".
+_ASSERTION = "assertion failed: "
+# The first item of the input pipelines' bad-data assertions: "ImageNet data: ...", "Criteo
+# data: ...".
+_DATA_HEADER = re.compile(r"[A-Z][A-Za-z]* data: ")
 
 
 class Interrupted(Exception):
@@ -271,7 +283,7 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
   except BaseException as error:
     logging.error("training stopped at step %d by %s: %s. The last complete checkpoint is %s; "
                   "rerun the same command to resume from it.", int(steps_done.numpy()),
-                  type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+                  type(error).__name__, error_summary(error),
                   manager.latest_checkpoint or "none (nothing to resume)")
     raise
 
@@ -316,11 +328,49 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
   return eval_metrics
 
 
+def _assertion_items(error):
+  """The items of the failed tf.debugging.Assert that `error` reports, or None."""
+  text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+  for line in text.splitlines():
+    if _ASSERTION in line:
+      items = line.split(_ASSERTION, 1)[1].strip()
+      if items.startswith("[") and items.endswith("]"):
+        return items[1:-1].split("] [")
+  return None
+
+
+def _joined(items):
+  """"a: b: c" from the items, whether or not an item ends with a colon already."""
+  return " ".join([item.rstrip(":") + ":" for item in items[:-1]] + items[-1:])
+
+
+def error_summary(error):
+  """One line about `error`: a failed assertion's items (where the problem is named; the
+  error's first line may only say "Graph execution error:"), else the first line."""
+  items = _assertion_items(error)
+  if items:
+    return _joined(items)
+  text = str(error)
+  return text.splitlines()[0] if text else ""
+
+
+def data_problem(error):
+  """"<Source> data: <what>: <file>:<record>: <problem>" if `error` is an input pipeline's
+  bad-data assertion, else None."""
+  if not isinstance(error, tf.errors.OpError):
+    return None
+  items = _assertion_items(error)
+  if not items or not _DATA_HEADER.match(items[0]):
+    return None
+  return _joined(items)
+
+
 def exit_status_of(train_fn):
   """Calls train_fn() for a program's main: its result, or a logged exit with a status.
 
   Interrupted -> INTERRUPTED_EXIT_CODE (a checkpoint was written; rerun to resume);
-  NonFiniteError -> 1 with its message and no traceback (the message says it all).
+  NonFiniteError -> 1 with its message and no traceback (the message says it all); bad data
+  (`data_problem`) -> 1 with the file, record and problem as the last line, no traceback.
   """
   try:
     return train_fn()
@@ -329,4 +379,10 @@ def exit_status_of(train_fn):
     raise SystemExit(INTERRUPTED_EXIT_CODE) from None
   except NonFiniteError as error:
     logging.error("%s", error)
+    raise SystemExit(1) from None
+  except tf.errors.OpError as error:
+    problem = data_problem(error)
+    if problem is None:
+      raise
+    logging.error("stopped by bad data: %s", problem)
     raise SystemExit(1) from None

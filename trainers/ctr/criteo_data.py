@@ -2,8 +2,10 @@
 
 Each line is `label \\t I1 .. I13 \\t C1 .. C26`: the label 0 or 1, 13 integer features and 26
 categorical features as hex strings (8 hex digits in Criteo's releases); any feature may be
-empty, meaning missing. Files ending in `.gz` are read as gzip. The pipeline yields batches
-of ({"dense": float32 [B, 13], "sparse": int64 [B, 26]}, label float32 [B]).
+empty, meaning missing. Files ending in `.gz` are read as gzip (one whose first bytes are not
+gzip's is refused up front, by name; a truncated one usually ends in a cut line, reported as
+malformed). Lines may end in CRLF; the last needs no newline. The pipeline yields batches of
+({"dense": float32 [B, 13], "sparse": int64 [B, 26]}, label float32 [B]).
 
 Dense features are log(1 + max(x, 0)), as in DLRM; missing is 0.
 Categorical ids: the hex string is converted to an int64 (up to 16 hex digits; 16 digits may
@@ -33,6 +35,7 @@ _READ_BUFFER_BYTES = 8 << 20
 _HEX_DIGITS = 16
 _INT_PATTERN = r"-?[0-9]{1,18}"  # fits int64 exactly; larger counts are not Criteo's
 _HEX_PATTERN = r"[0-9a-fA-F]{1,16}"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +76,33 @@ class CriteoConfig:
 
 
 def list_files(config):
-  """Sorted, de-duplicated paths matching `config.files`; ValueError if a pattern matches none."""
+  """Sorted, de-duplicated paths matching `config.files`; ValueError if a pattern matches none
+  or a `.gz` file is not gzip."""
   paths = set()
   for pattern in config.files:
     matches = tf.io.gfile.glob(pattern)
     if not matches:
       raise ValueError(f"Criteo data: no file matches '{pattern}'.")
     paths.update(matches)
+  for path in sorted(paths):
+    _check_gzip(path)
   return sorted(paths)
+
+
+def _check_gzip(path):
+  """ValueError naming a `.gz` file that does not start as gzip does.
+
+  Reading it would fail mid-run with an inflate error that names no file.
+  """
+  if not path.endswith(".gz"):
+    return
+  with tf.io.gfile.GFile(path, "rb") as f:
+    start = f.read(len(_GZIP_MAGIC))
+  if start != _GZIP_MAGIC:
+    shown = " ".join(f"{byte:02x}" for byte in start) or "nothing (empty file)"
+    raise ValueError(f"Criteo data: '{path}' ends in .gz but is not gzip: it starts with "
+                     f"{shown}, not 1f 8b. Decompress it, or rename it without .gz if it is "
+                     "plain text.")
 
 
 def dataset(config, input_context=None):

@@ -14,6 +14,7 @@ SCHEDULES = common.SCHEDULES
 XLA_SCOPES = ("auto", "step", "update")
 MODELS = ("resnet50", "resnet18", "resnet_small")  # the builders in models.MODELS
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
+TFDS_CLASSES = 1000  # TFDS imagenet2012 labels are 0-based over its 1,000 classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,12 @@ class ImagenetConfig:
     check(self.data_source in DATA_SOURCES, "data_source", self.data_source,
           one_of(DATA_SOURCES))
     check(self.data_source == "generated" or bool(self.data_dir), "data_dir", self.data_dir,
+          "the TFDS data dir (its manual download dir is DATA_DIR/downloads/manual)"
+          if self.data_source == "tfds" else
           f"a directory of shards for --data_source={self.data_source}")
+    check(self.data_source != "tfds" or self.num_classes == TFDS_CLASSES, "num_classes",
+          self.num_classes, f"{TFDS_CLASSES} with --data_source=tfds (imagenet2012 labels are "
+          f"0-based over its {TFDS_CLASSES} classes, whichever of them the data holds)")
     check(self.dtype in DTYPES, "dtype", self.dtype, one_of(DTYPES))
     check((self.train_steps is None) != (self.train_epochs is None), "train_steps",
           self.train_steps, "set exactly one of --train_steps and --train_epochs")

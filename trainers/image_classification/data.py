@@ -36,6 +36,8 @@ from typing import Optional
 from absl import logging
 import tensorflow as tf
 
+from trainers.image_classification.config import TFDS_CLASSES
+
 SOURCES = ("tfrecord", "tfds", "generated")  # generated data is read as tfrecord shards
 SPLIT_PREFIXES = {"train": "train", "validation": "validation"}
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -105,6 +107,10 @@ class DataConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"DataConfig: `{name}` must be an integer >= 1; got {value!r}.")
+    if self.source == "tfds" and self.num_classes != TFDS_CLASSES:
+      raise ValueError(f"DataConfig: `num_classes` must be {TFDS_CLASSES} with source 'tfds' "
+                       f"(imagenet2012 labels are 0-based over its {TFDS_CLASSES} classes); "
+                       f"got {self.num_classes!r}.")
     if not isinstance(self.skip_bad_records, bool):
       raise ValueError(f"DataConfig: `skip_bad_records` must be True or False; got "
                        f"{self.skip_bad_records!r}.")
