@@ -16,6 +16,17 @@ The public API is what this module exports:
 Every other module of the package is internal: its names may change without notice.
 """
 
+# The package's version, the one place it is written: pyproject.toml reads it without
+# importing the package (setuptools' static `attr`).
+__version__ = "0.1.0"
+
+# pylint: disable=wrong-import-position
+# First, so that a missing or unsupported TensorFlow is one clear ImportError (pip installs no
+# TensorFlow for adam_xla; see environment.py).
+from adam_xla import environment as _environment
+
+_environment.check_tensorflow()
+
 from adam_xla.optimizer import Adam
 from adam_xla.optimizer import bias_corrected_learning_rate
 from adam_xla.optimizer import SPARSE_MODES

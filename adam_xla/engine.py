@@ -2,7 +2,8 @@
 
 A front end (`adam_xla.Adam`) owns the state (slots, iteration count, hyperparameters) and
 the gradients' preparation (replica sum, clipping, sparse duplicates summed). It then calls
-`update` once per device, with that device's copies, and everything below is decided here:
+`update`, then `constrain`, once per device, with that device's copies, and everything below
+is decided here:
 
 * which backend computes each variable's step:
   - the one-pass CPU kernel for dense float32 gradients (`cpu_kernel.adam_steps`, one call
@@ -14,7 +15,8 @@ the gradients' preparation (replica sum, clipping, sparse duplicates summed). It
 * how a step that must not happen (`apply_if` False) leaves every variable and slot exactly
   as it was: a select of the new and old values where the select fuses into the loop that
   computes them, and inside the kernels or the moments' coefficients where a select would
-  cost another pass over a table.
+  cost another pass over a table;
+* variables' constraints, applied after the step (`constrain`).
 
 The kernels are used only while tracing an XLA-compiled update (`use_cpu_kernels`), since
 their op has no implementation outside XLA.
@@ -79,6 +81,19 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
       _assign(var, moments, *adam_step_at_rows(var, grad, moments, c, apply_if))
   if by_kernel:
     _update_by_kernel(by_kernel, coefficients[tf.float32.name], apply_if)
+
+
+def constrain(variables, constraints, apply_if: Optional[tf.Tensor]):
+  """Applies each variable's constraint (None: none) to it after its step, as Keras does.
+
+  A skipped step (`apply_if` False) keeps the variable as it was: a variable need not start
+  inside its constraint, and a constraint need not be idempotent (MaxNorm scales by
+  norm / (epsilon + norm) every time). Variables without a constraint cost nothing.
+  """
+  for var, constraint in zip(variables, constraints):
+    if constraint is not None:
+      new = tf.convert_to_tensor(constraint(var), var.dtype.base_dtype)
+      var.assign(new if apply_if is None else tf.where(apply_if, new, var))
 
 
 def adam_step_at_rows(var, grad, moments, c, apply_if=None):

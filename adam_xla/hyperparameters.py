@@ -3,7 +3,9 @@
 A hyperparameter is a Python number, a tensor, a zero-argument callable, or (learning rate
 only) a Keras `LearningRateSchedule` called with the iteration count. Schedules and callables
 are evaluated inside the step, so their changing values never retrace; a numeric learning
-rate is held in a variable (see `Adam._create_step_state`) for the same reason.
+rate is held in a variable (see `Adam._held_rate`) for the same reason. What a traced step
+read it keeps, so a hyperparameter that is not a variable is replaced only before that
+(`check_replaceable`).
 """
 
 import math
@@ -18,6 +20,34 @@ LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 def is_schedule(value):
   return isinstance(value, LearningRateSchedule)
+
+
+def is_variable(value):
+  """Whether `value` is a tf or Keras variable: a step reads it (never calls it), so a value
+  assigned to it reaches steps already compiled."""
+  return isinstance(value, (tf.Variable, keras.Variable))
+
+
+def check_replaceable(name, current, new, traced):
+  """Raises TypeError where replacing hyperparameter `current` by `new` would go stale.
+
+  For every change but a number assigned to a variable (which steps read, so it reaches them).
+  A schedule never becomes a number (Keras' rule: a schedule's rate is not settable).
+  Otherwise replacing is fine until a traced step has read `current` (`traced`): that step
+  keeps what it read (the old variable, or a graph of the old schedule or callable).
+  """
+  if is_schedule(current) and not callable(new):
+    raise TypeError(
+        f"Adam: `{name}` cannot be set to {new!r}: this optimizer's `{name}` is a "
+        "LearningRateSchedule, whose rate is not settable (as in Keras). For a settable rate, "
+        f"create the optimizer with a float `{name}`.")
+  if traced:
+    raise TypeError(
+        f"Adam: `{name}` cannot be replaced by {new!r} after a step has been traced: the "
+        f"traced step holds the previous `{name}` and would not see the new one. Create a "
+        f"new optimizer (and step) with the new `{name}`; to change it during training, "
+        "create the optimizer with a float and assign numbers, or with a schedule or callable "
+        "that computes it.")
 
 
 def validate(name, value, low, high=math.inf, *, low_open=False, high_open=False,
@@ -102,7 +132,7 @@ def current_value(value, iterations):
   """The hyperparameter's value for the step about to run (iterations steps done so far)."""
   if is_schedule(value):
     return value(iterations)
-  if callable(value) and not isinstance(value, (tf.Variable, keras.Variable)):
+  if callable(value) and not is_variable(value):
     return value()
   return value
 

@@ -3,8 +3,9 @@
 This class owns the state (hyperparameters, slots, iteration count, configuration) and the
 order of a step, the Keras one: gradients accepted (`gradients`), summed over replicas,
 made canonical and clipped (`clipping`), then applied by `engine.update` once per device
-(`distribution`). The arithmetic is `update_rule`'s (or the CPU kernels', which compute the
-same), so another front end can share everything but this class.
+(`distribution`), followed there by the variables' constraints (`engine.constrain`). The
+arithmetic is `update_rule`'s (or the CPU kernels', which compute the same), so another front
+end can share everything but this class.
 """
 
 import dataclasses
@@ -114,6 +115,9 @@ class Adam(tf.Module):
         beta_1=hyperparameters.validate("beta_1", beta_1, 0.0, 1.0, high_open=True),
         beta_2=hyperparameters.validate("beta_2", beta_2, 0.0, 1.0, high_open=True),
         epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0, low_open=True))
+    # Whether a traced (graph) step has read the hyperparameters: it keeps what it read, so
+    # from then on a schedule or callable can no longer be replaced (see `learning_rate`).
+    self._traced = False
     # What checkpoints see: the iteration count and every slot under a readable key; both
     # are filled in by `build` (see `slots`).
     self._iterations = None
@@ -139,18 +143,26 @@ class Adam(tf.Module):
 
   @property
   def learning_rate(self):
-    return self._hyper.learning_rate
+    """The rate of the next step, as Keras gives it: the variable that holds a numeric rate,
+    a schedule's value at `iterations`, a callable's value. Reading it creates the step
+    state, as reading `iterations` does. (`get_config` gives the schedule itself.)"""
+    return self._current("learning_rate")
 
   @learning_rate.setter
   def learning_rate(self, value):
-    """Assigns a new rate; numbers go into the existing variable, so nothing retraces."""
+    """Sets the rate so that compiled steps see it, or raises: never a stale step.
+
+    A number (or tensor) is assigned to the rate's variable, which compiled steps read. A
+    schedule cannot become a number (Keras raises too). A schedule or callable, or a number
+    in place of a callable, replaces the rate only until a traced step has read it.
+    """
+    value = hyperparameters.validate("learning_rate", value, low=0.0, allow_schedule=True)
     current = self._hyper.learning_rate
-    if isinstance(current, tf.Variable) and not callable(value):
-      hyperparameters.validate("learning_rate", value, low=0.0)
+    if hyperparameters.is_variable(current) and not callable(value):
       current.assign(tf.cast(value, current.dtype))
-    else:
-      self._hyper.learning_rate = hyperparameters.validate(
-          "learning_rate", value, low=0.0, allow_schedule=True)
+      return
+    hyperparameters.check_replaceable("learning_rate", current, value, self._traced)
+    self._hyper.learning_rate = self._held_rate(value)
 
   # Not named get_slot/get_slot_names: TF's checkpointer treats objects with those methods as
   # legacy optimizers with a private restore protocol. Slots are saved under readable keys.
@@ -196,18 +208,29 @@ class Adam(tf.Module):
       self._slot_table.create(var)
 
   def _create_step_state(self, anchor):
-    """The iteration count, and a variable for a numeric learning rate.
+    """The iteration count, and a variable for a numeric learning rate (`_held_rate`).
 
-    The learning rate is a (float32, as in Keras) variable so that assigning a new value
-    reaches an already compiled step. Numeric betas and epsilon stay Python floats, cast to
-    each variable's dtype exactly; pass a callable to vary them during training.
+    Numeric betas and epsilon stay Python floats, cast to each variable's dtype exactly (they
+    cannot be set later); pass a callable to vary them during training.
     """
     with distribution.creation_scope(anchor):
-      if isinstance(self._hyper.learning_rate, (int, float)):
-        self._hyper.learning_rate = tf.Variable(
-            float(self._hyper.learning_rate), dtype=tf.float32, trainable=False,
-            name=f"{self.name}/learning_rate")
       self._iterations = distribution.step_variable(0, tf.int64, f"{self.name}/iterations")
+    self._hyper.learning_rate = self._held_rate(self._hyper.learning_rate)
+
+  def _held_rate(self, value):
+    """A numeric rate as a variable once the step state exists, else `value` as it is.
+
+    The variable (float32 for a number, as in Keras) is what compiled steps read, so that
+    assigning a new number reaches them. It is placed and replicated like `iterations`, and
+    not saved in checkpoints: a resumed run uses the rate it is started with.
+    """
+    if self._iterations is None or callable(value) or hyperparameters.is_variable(value):
+      return value
+    dtype = value.dtype if isinstance(value, tf.Tensor) and value.dtype.is_floating else (
+        tf.float32)
+    with distribution.creation_scope(self._iterations):
+      return distribution.step_variable(tf.cast(value, dtype), dtype,
+                                        f"{self.name}/learning_rate")
 
   # ---- Updates ------------------------------------------------------------------------
 
@@ -232,10 +255,12 @@ class Adam(tf.Module):
   def apply_gradients(self, grads_and_vars, *, apply_if=None):
     """Applies one Adam step; returns `iterations`.
 
-    Pairs whose gradient is None are skipped with a warning. Gradients are cast to their
-    variable's dtype (as Keras does) and must have its shape (no broadcasting); then they are
-    summed over replicas when called in a replica context (the Keras convention: scale the
-    loss by the global batch size), clipped, and applied to every copy of each variable.
+    Pairs whose gradient is None are skipped with a warning; no pairs at all change nothing
+    (not even `iterations`), as in Keras. Gradients are cast to their variable's dtype (as
+    Keras does) and must have its shape (no broadcasting); then they are summed over replicas
+    when called in a replica context (the Keras convention: scale the loss by the global batch
+    size), clipped, and applied to every copy of each variable, followed by the variable's
+    `constraint` if it has one (as Keras does).
 
     Args:
       grads_and_vars: pairs of (gradient, variable).
@@ -245,7 +270,11 @@ class Adam(tf.Module):
         `iterations` keep their values): a way to skip steps whose gradients are not finite
         without leaving the compiled program.
     """
+    grads_and_vars = list(grads_and_vars)
     grads, variables = gradients.accepted(grads_and_vars)
+    if not variables:  # no gradients at all: nothing to do, as in Keras' `apply`
+      return self.iterations
+    constraints = gradients.constraints(grads_and_vars)
     self.build(variables)
     grads = distribution.sum_over_replicas(grads)
     if callable(apply_if):
@@ -253,14 +282,14 @@ class Adam(tf.Module):
     grads = [gradients.canonical(g, v, self.sparse_mode) for g, v in zip(grads, variables)]
     grads = clipping.clip_gradients(grads, self._settings.clip)
     distribution.in_cross_replica_context(
-        self._apply_in_cross_replica, grads, variables, apply_if)
+        self._apply_in_cross_replica, grads, variables, constraints, apply_if)
     return self.iterations
 
-  def _apply_in_cross_replica(self, strategy, grads, variables, apply_if):
+  def _apply_in_cross_replica(self, strategy, grads, variables, constraints, apply_if):
     dtypes = dict.fromkeys(v.dtype.base_dtype for v in variables)
     coefficients = {dtype.name: self._step_coefficients(dtype) for dtype in dtypes}
     per_variable = (grads, [self._slot_table[v] for v in variables],
-                    [self._decays(v) for v in variables])
+                    [self._decays(v) for v in variables], constraints)
     distribution.update_on_each_device(strategy, self._compiled.update_on_device, variables,
                                        per_variable, (coefficients, apply_if))
     if apply_if is None:
@@ -270,23 +299,31 @@ class Adam(tf.Module):
       self._iterations.assign_add(tf.cast(applied, tf.int64))
 
   def _step_coefficients(self, dtype):
-    step = self._iterations
-    value = lambda key: hyperparameters.current_value(getattr(self._hyper, key), step)
+    value = self._current
     return update_rule.step_coefficients(
         value("learning_rate"), value("beta_1"), value("beta_2"), value("epsilon"),
-        step, dtype, weight_decay=self._settings.weight_decay)
+        self._iterations, dtype, weight_decay=self._settings.weight_decay)
+
+  def _current(self, key):
+    """Hyperparameter `key`'s value for the step about to run; notes a traced step's read."""
+    if not tf.executing_eagerly():
+      self._traced = True
+    iterations = self.iterations  # first: creating the step state may turn a number into a variable
+    return hyperparameters.current_value(getattr(self._hyper, key), iterations)
 
   def _update_on_device(self, variables, per_variable, shared):
-    """`engine.update` of one device's copies (compiled as one XLA program per device).
+    """`engine.update` of one device's copies, then their constraints (compiled as one XLA
+    program per device).
 
     Its ops are named under the optimizer's name, so that profiles and XLA dumps (op_name
     metadata) tell the update's kernels from the model's.
     """
-    grads, slots, decays = per_variable
+    grads, slots, decays, constraints = per_variable
     coefficients, apply_if = shared
     options = engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)
     with tf.name_scope(self.name):
       engine.update(variables, grads, slots, decays, coefficients, apply_if, options)
+      engine.constrain(variables, constraints, apply_if)
 
   def _decays(self, var):
     """Whether decoupled weight decay applies to `var` (see `exclude_from_weight_decay`)."""

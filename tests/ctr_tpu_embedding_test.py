@@ -7,6 +7,7 @@ TPU configuration proto documents (no bias correction, epsilon after the sqrt, l
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -262,6 +263,18 @@ def test_matches_adam_xla(sparse_mode):
   expected_moved = [True] * 6 if sparse_mode == "dense" else [False, True, False, True, True,
                                                                False]
   np.testing.assert_array_equal(moved_in_last_step, expected_moved)
+
+
+def test_tpu_optimizer_like_follows_a_schedule():
+  schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+  adam = adam_xla.Adam(schedule, **ADAM)
+  opt = tpu_embedding.tpu_optimizer_like(adam)
+  for step in (0, 3):
+    adam.iterations.assign(step)
+    t = step + 1
+    np.testing.assert_allclose(float(opt.learning_rate()),
+                               0.1 * 0.5**step * math.sqrt(1 - 0.95**t) / (1 - 0.8**t),
+                               rtol=1e-6)
 
 
 def test_tpu_optimizer_like():

@@ -123,7 +123,7 @@ def _worker_helpers(strategy):
   resolver = strategy.cluster_resolver
   worker_1 = resolver is not None and resolver.task_type == "worker" and resolver.task_id == 1
   return {"num_workers": strategies.num_workers(strategy),
-          "is_chief": strategies.is_chief(strategy),
+          "worker_index": strategies.worker_index(strategy),
           "any_worker": strategies.any_worker(strategy)(worker_1)}
 
 

@@ -141,12 +141,12 @@ def test_multi_worker_training_equals_single_device(tmp_path):
     assert info["replica_devices"][0].endswith("/device:CPU:0"), info
     assert info["variable_types"] == ["MirroredVariable"], info
   assert single["info"]["plan"] == "single_program", single["info"]
-  for run, chief_flag in ((chief, True), (worker1, False)):
+  for run, index in ((chief, 0), (worker1, 1)):
     assert run["info"]["num_workers"] == NUM_WORKERS, run["info"]
-    assert run["info"]["is_chief"] is chief_flag, run["info"]
+    assert run["info"]["worker_index"] == index, run["info"]
     assert run["info"]["any_worker"] is True, run["info"]
   assert single["info"]["num_workers"] == 1, single["info"]
-  assert single["info"]["is_chief"] is True and single["info"]["any_worker"] is False
+  assert single["info"]["worker_index"] == 0 and single["info"]["any_worker"] is False
   assert single["info"]["iterations"] == [STEPS], single["info"]
 
   # Every process built the same initial weights (the seed works), so any difference at the

@@ -57,7 +57,7 @@ def test_create_strategy_rejects_unknown_kind_and_tpu_without_address():
 def test_one_process_is_one_worker_and_the_chief(kind):
   strategy = strategies.create_strategy(kind)
   assert strategies.num_workers(strategy) == 1
-  assert strategies.is_chief(strategy)
+  assert strategies.worker_index(strategy) == 0
   assert strategies.any_worker(strategy) is bool  # no all-reduce for one worker
 
 

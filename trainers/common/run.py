@@ -26,15 +26,16 @@ class Training:
   """A trainer's parts, built under the strategy `start` returned.
 
   model, optimizer, step and iterator are saved in every checkpoint (under the keys "model",
-  "optimizer", "train_step" and, where tf.data can save it, "data_position"), so these keys
-  are the checkpoint format: renaming one breaks resuming older runs.
+  "optimizer", "train_step" and "data_position"; with several workers each worker's
+  "data_position" in its own, see `training_loop.run`), so these keys are the checkpoint
+  format: renaming one breaks resuming older runs.
   """
 
   model: Any
   optimizer: Any  # an adam_xla.Adam
   schedule: Callable[[tf.Tensor], tf.Tensor]  # the learning rate at an int64 step
   step: Callable[[Any], Dict[str, tf.Tensor]]  # iterator -> the outputs of steps_per_loop
-  iterator: Any  # over the distributed training data
+  iterator: Any  # over the distributed training data, from `resumable_input.iterate`
   evaluate: Callable[[], Dict[str, float]]
 
 
@@ -55,13 +56,14 @@ def start(config):
 def train(config, total_steps, strategy, training):
   """Runs the training loop to `total_steps` (resuming, checkpointing, evaluating) under
   `strategy`; returns the last evaluation's metrics."""
-  checkpointed = dict(model=training.model, optimizer=training.optimizer,
-                      train_step=training.step,
-                      **training_loop.data_position(training.iterator))
   return training_loop.run(
       training_loop.loop_config(config, total_steps),
       train_step=lambda: training.step(training.iterator), evaluate=training.evaluate,
-      checkpointed=checkpointed,
+      checkpointed=dict(model=training.model, optimizer=training.optimizer,
+                        train_step=training.step),
+      per_worker=dict(data_position=training.iterator),
       learning_rate=lambda s: float(training.schedule(tf.constant(s, tf.int64))),
       signature=checkpoint_signature.describe(training.model, training.optimizer),
-      agree=strategies.any_worker(strategy), chief=strategies.is_chief(strategy))
+      workers=training_loop.Workers(index=strategies.worker_index(strategy),
+                                    count=strategies.num_workers(strategy),
+                                    any_of=strategies.any_worker(strategy)))

@@ -5,7 +5,8 @@ which process owns the model directory, how the workers agree to stop and how ev
 results come back from the replicas are the trainers' business, and live here:
 
 * `split_cpu` and `create_strategy`: the devices and the strategy a --strategy flag names;
-* `is_chief`, `num_workers` and `any_worker`: who writes, and stopping together;
+* `worker_index`, `num_workers` and `any_worker`: who writes, which share of the
+  input a worker reads, and stopping together;
 * `on_replicas` and `local_values`: a function run on every replica, its results summed or
   brought to this host.
 """
@@ -57,14 +58,17 @@ def create_strategy(kind, *, tpu=None):
   return tf.distribute.TPUStrategy(resolver)
 
 
-def is_chief(strategy):
-  """Whether this process owns model_dir: the chief, or worker 0 when there is no chief."""
+def worker_index(strategy):
+  """This process's place among the workers, numbered as TensorFlow does to split the input: a
+  chief task first, then the workers. Worker 0 (the chief, or worker 0 when there is no
+  chief) owns model_dir."""
   resolver = strategy.cluster_resolver
   if resolver is None or not resolver.task_type:
-    return True
+    return 0
   has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
-                                           and resolver.task_id == 0)
+  if resolver.task_type == "chief":
+    return 0
+  return resolver.task_id + (1 if has_chief else 0)
 
 
 def num_workers(strategy):

@@ -5,7 +5,7 @@ computes; everything with side effects on disk or screen happens here, between c
 Failure behaviour (the README's "Failure behaviour" section lists it for users):
 * SIGTERM (preemption) or SIGINT: the call in flight finishes, a checkpoint is written, the
   stop is logged and `Interrupted` is raised; the trainers exit with `INTERRUPTED_EXIT_CODE`.
-  Under several workers, every worker stops after the same call (`agree`).
+  Under several workers, every worker stops after the same call (`Workers.any_of`).
 * Non-finite gradients (the step runs with `skip_nonfinite`, so a bad update is never
   applied, and reports it in its outputs, see `_NonFiniteWatch`): "stop" raises
   `NonFiniteError` naming the step and the variables; "skip" goes on, counts the skipped
@@ -82,19 +82,84 @@ def loop_config(config, total_steps):
       max_consecutive_nonfinite=config.max_consecutive_nonfinite)
 
 
-def data_position(iterator):
-  """The input iterator as a checkpoint entry, where tf.data can save it.
+@dataclasses.dataclass(frozen=True)
+class Workers:
+  """This process among the processes that run the steps together (default: the only one)."""
 
-  A single-device iterator saves its position (shuffle buffers included), so a resumed run
-  sees exactly the examples an uninterrupted one would. Distributed iterators from
-  `distribute_datasets_from_function` cannot be saved; a resumed run then restarts the input
-  pipeline (same seed, so from the same first example).
+  index: int = 0  # 0 owns model_dir: writes the shared checkpoints and TensorBoard
+  count: int = 1
+  # Maps this worker's "a stop signal arrived" to whether any worker got one; every worker
+  # calls it after the same step, so that all stop together.
+  any_of: Callable[[bool], bool] = bool
+
+  @property
+  def chief(self):
+    return self.index == 0
+
+
+class _Checkpoints:
+  """A run's checkpoints: what every worker holds alike, and what is each worker's own.
+
+  The shared state is saved by every worker (the save is collective) but kept only in the
+  chief's files; the others write theirs to a private temporary directory, and all restore
+  from the chief's. Each worker's own state (its input position) goes into the shared
+  checkpoint when there is one worker, and into checkpoints/worker-<index>/ when there are
+  several, written before the shared checkpoint of the same step, which is what a resumed
+  run looks for.
   """
-  if isinstance(iterator, tf.__internal__.tracking.Trackable):
-    return {"data_position": iterator}
-  logging.warning("the input position cannot be checkpointed under this strategy; a resumed "
-                  "run restarts the input pipeline from its beginning")
-  return {}
+
+  def __init__(self, config, workers, shared, own):
+    self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
+    self._directory = os.path.join(config.model_dir, "checkpoints")
+    self._workers = workers
+    if workers.count > 1:
+      shared, own = dict(shared), dict(own)
+    else:
+      shared, own = {**shared, **own}, {}
+    self._checkpoint = tf.train.Checkpoint(**shared, steps_done=self.steps_done)
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint,
+        self._directory if workers.chief else tempfile.mkdtemp(prefix="adam_xla-worker-"),
+        max_to_keep=config.keep_checkpoints if workers.chief else 1)
+    self._own = None
+    if own:
+      self._own = tf.train.CheckpointManager(
+          tf.train.Checkpoint(**own), os.path.join(self._directory, f"worker-{workers.index}"),
+          max_to_keep=config.keep_checkpoints)
+
+  @property
+  def latest(self):
+    return self._manager.latest_checkpoint
+
+  def restore(self, signature):
+    """Restores the latest checkpoint of model_dir, if any; returns the steps done."""
+    latest = tf.train.latest_checkpoint(self._directory)
+    if not latest:
+      if signature is not None and self._workers.chief:
+        checkpoint_signature.write(self._directory, signature)
+      return 0
+    if signature is not None:
+      checkpoint_signature.check(self._directory, signature)
+    self._checkpoint.restore(latest).assert_existing_objects_matched()
+    step = int(self.steps_done.numpy())
+    if self._own is not None:
+      self._restore_own(step)
+    logging.info("resuming from %s at step %d", latest, step)
+    return step
+
+  def _restore_own(self, step):
+    path = os.path.join(self._own.directory, f"ckpt-{step}")
+    if not tf.io.gfile.exists(f"{path}.index"):
+      logging.warning("no state of worker %d saved at step %d (%s is missing: was the run "
+                      "started with another number of workers?); its input starts from the "
+                      "beginning", self._workers.index, step, path)
+      return
+    self._own.checkpoint.restore(path).assert_existing_objects_matched()
+
+  def save(self, step):
+    if self._own is not None:
+      self._own.save(checkpoint_number=step)
+    self._manager.save(checkpoint_number=step)
 
 
 class Progress:
@@ -225,8 +290,8 @@ class _NonFiniteWatch:
 
 def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
         evaluate: Callable[[], Dict[str, float]], checkpointed: Mapping[str, Any],
-        learning_rate: Callable[[int], float], signature: Optional[dict] = None,
-        agree: Callable[[bool], bool] = bool, chief: bool = True):
+        per_worker: Mapping[str, Any] = None, learning_rate: Callable[[int], float],
+        signature: Optional[dict] = None, workers: Workers = Workers()):
   """Trains to `config.train_steps`, resuming from the last checkpoint in model_dir.
 
   Args:
@@ -235,17 +300,15 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
       skip_nonfinite the non-finite report `_NonFiniteWatch` reads (the on_nonfinite policy
       needs it; without it any non-finite metric stops the run).
     evaluate: returns evaluation metrics (floats).
-    checkpointed: everything to save and restore, by checkpoint key (model, optimizer, train
-      step, data position); the loop saves them with its step count, "steps_done".
+    checkpointed: what all workers hold alike (model, optimizer, train step), by checkpoint
+      key; the loop saves them with its step count, "steps_done".
+    per_worker: what is each worker's own (its input position), by checkpoint key; see
+      `_Checkpoints` for where it is saved.
     learning_rate: the rate at a step, for the progress lines and TensorBoard.
     signature: `checkpoint_signature.describe(...)` of this run; a checkpoint written with
       another one is refused before anything is restored.
-    agree: maps this worker's "a stop signal arrived" to whether any worker got one (all
-      workers must stop after the same call); the identity for one worker.
-    chief: whether this worker owns model_dir. Under MultiWorkerMirroredStrategy every
-      worker takes part in saving (the save is collective), but only the chief's files are
-      kept; the others write theirs to a private temporary directory, and write no
-      TensorBoard events. All restore from the chief's checkpoints.
+    workers: this process among the workers. Only the chief writes TensorBoard events and
+      keeps the shared checkpoints (see `_Checkpoints`).
 
   Returns:
     The last evaluation's metrics.
@@ -254,43 +317,30 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
     Interrupted: on SIGTERM/SIGINT, after writing a checkpoint.
     NonFiniteError: per the on_nonfinite policy.
   """
-  if chief:
+  if workers.chief:
     _check_writable(config.model_dir)
-  checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
-  steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
-  checkpoint = tf.train.Checkpoint(**checkpointed, steps_done=steps_done)
-  latest = tf.train.latest_checkpoint(checkpoint_dir)
-  if latest:
-    if signature is not None:
-      checkpoint_signature.check(checkpoint_dir, signature)
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    logging.info("resuming from %s at step %d", latest, int(steps_done.numpy()))
-  elif signature is not None and chief:
-    checkpoint_signature.write(checkpoint_dir, signature)
-  manager = tf.train.CheckpointManager(
-      checkpoint, checkpoint_dir if chief else tempfile.mkdtemp(prefix="adam_xla-worker-"),
-      max_to_keep=config.keep_checkpoints if chief else 1)
-  step = int(steps_done.numpy())
+  checkpoints = _Checkpoints(config, workers, checkpointed, per_worker or {})
+  step = checkpoints.restore(signature)
   if step >= config.train_steps:
     logging.info("already trained %d of %d steps; evaluating only", step, config.train_steps)
     return evaluate()
   try:
     with _StopSignals() as signals:
-      return _train(config, step, steps_done, manager, signals, train_step, evaluate,
-                    learning_rate, _NonFiniteWatch(config), agree, chief)
+      return _train(config, step, checkpoints, signals, train_step, evaluate, learning_rate,
+                    _NonFiniteWatch(config), workers)
   except (Interrupted, NonFiniteError):
     raise
   except BaseException as error:
     logging.error("training stopped at step %d by %s: %s. The last complete checkpoint is %s; "
-                  "rerun the same command to resume from it.", int(steps_done.numpy()),
-                  type(error).__name__, error_summary(error),
-                  manager.latest_checkpoint or "none (nothing to resume)")
+                  "rerun the same command to resume from it.",
+                  int(checkpoints.steps_done.numpy()), type(error).__name__,
+                  error_summary(error), checkpoints.latest or "none (nothing to resume)")
     raise
 
 
-def _train(config, step, steps_done, manager, signals, train_step, evaluate, learning_rate,
-           nonfinite, agree, chief):
-  if chief:
+def _train(config, step, checkpoints, signals, train_step, evaluate, learning_rate, nonfinite,
+           workers):
+  if workers.chief:
     train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval"))
   else:
@@ -300,8 +350,8 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
   eval_metrics, saved_step = {}, step
   while step < config.train_steps:
     metrics, report = nonfinite.metrics(train_step())
-    step = int(steps_done.assign_add(config.steps_per_loop).numpy())
-    nonfinite.check(step, metrics, report, manager.latest_checkpoint)
+    step = int(checkpoints.steps_done.assign_add(config.steps_per_loop).numpy())
+    nonfinite.check(step, metrics, report, checkpoints.latest)
     last = step >= config.train_steps
     if step % config.log_every == 0 or last:
       rate_now = learning_rate(step)
@@ -314,17 +364,15 @@ def _train(config, step, steps_done, manager, signals, train_step, evaluate, lea
       logging.info("eval at step %d: %s", step,
                    "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
       _write_scalars(eval_writer, step, eval_metrics)
-      manager.save(checkpoint_number=step)
+      checkpoints.save(step)
       saved_step = step
-    if agree(signals.received is not None):
+    if workers.any_of(signals.received is not None):
       if saved_step != step:
-        manager.save(checkpoint_number=step)
+        checkpoints.save(step)
       name = signal.Signals(signals.received).name if signals.received else "another worker"
       logging.warning("stopped by %s at step %d of %d; checkpoint %s written. Rerun the same "
-                      "command to resume.", name, step, config.train_steps,
-                      manager.latest_checkpoint)
-      raise Interrupted(f"stopped by {name} at step {step}; resume from "
-                        f"{manager.latest_checkpoint}")
+                      "command to resume.", name, step, config.train_steps, checkpoints.latest)
+      raise Interrupted(f"stopped by {name} at step {step}; resume from {checkpoints.latest}")
   return eval_metrics
 
 

@@ -192,8 +192,10 @@ def tpu_optimizer(learning_rate, *, beta_1, beta_2, epsilon, sparse_mode, clipva
 def tpu_optimizer_like(optimizer):
   """`tpu_optimizer` with the settings of an `adam_xla.Adam`, bias-corrected by its step."""
   config = optimizer.get_config()
+  # A callable: `learning_rate` reads the rate at the current step (a schedule's value), so
+  # reading it once here would freeze a schedule.
   return tpu_optimizer(
-      optimizer.learning_rate, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
+      lambda: optimizer.learning_rate, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
       epsilon=optimizer.epsilon, sparse_mode=optimizer.sparse_mode,
       clipvalue=config["clipvalue"], weight_decay=config["weight_decay"],
       amsgrad=optimizer.amsgrad, clipnorm=config["clipnorm"],
@@ -306,17 +308,21 @@ class TPUEmbeddingStep(tf.Module):
     self._loop = tf.function(self._run_steps)
     self._predict = tf.function(self._predict_batch)
 
-  def distribute(self, dataset):
-    """(features, labels) batches of the global size -> the distributed input of a call.
-
-    Each element becomes (ids, (dense, labels)), ids a tuple of one [batch] int tensor per
-    feature, kept on the host as `enqueue` requires (experimental_fetch_to_device=False).
-    """
-    def split(features, labels):
+  @staticmethod
+  def split(dataset):
+    """(features, labels) batches -> (ids, (dense, labels)) batches, the elements a call takes:
+    ids a tuple of one [batch] int tensor per feature. Batches stay on the host, as `enqueue`
+    requires (the trainer's `resumable_input` keeps them there)."""
+    def split_features(features, labels):
       return tuple(tf.unstack(features["sparse"], axis=1)), (features["dense"], labels)
 
+    return dataset.map(split_features)
+
+  def distribute(self, dataset):
+    """(features, labels) batches of the global size -> the distributed input of a call, kept
+    on the host (experimental_fetch_to_device=False)."""
     return self._parts.strategy.experimental_distribute_dataset(
-        dataset.map(split),
+        self.split(dataset),
         options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
 
   def __call__(self, iterator):

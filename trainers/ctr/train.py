@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import adam_xla
 from trainers.common import optimizer_setup
+from trainers.common import resumable_input
 from trainers.common import run
 from trainers.ctr import criteo_data
 from trainers.ctr import evaluation
@@ -67,7 +68,8 @@ def _tpu_parts(config, table_sizes, optimizer, strategy, train_data, eval_data):
       model, optimizer, global_batch_size=config.global_batch_size,
       num_dense=criteo_data.NUM_DENSE, steps_per_loop=config.steps_per_loop,
       strategy=strategy, initializer_seed=config.seed)
-  train_iterator = iter(step.distribute(criteo_data.dataset(train_data).repeat()))
+  train_iterator = resumable_input.iterate(
+      strategy, lambda context: step.split(criteo_data.dataset(train_data, context).repeat()))
   evaluate = evaluation.make_ctr_evaluator(
       step.predict, strategy, lambda: step.distribute(criteo_data.dataset(eval_data)))
   return model, step, train_iterator, evaluate
@@ -84,8 +86,8 @@ def _xla_parts(config, table_sizes, optimizer, strategy, train_data, eval_data):
   step = adam_xla.make_train_step(
       model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
       steps_per_loop=config.steps_per_loop, skip_nonfinite=True)
-  train_iterator = iter(strategy.distribute_datasets_from_function(
-      lambda context: criteo_data.dataset(train_data, context).repeat()))
+  train_iterator = resumable_input.iterate(
+      strategy, lambda context: criteo_data.dataset(train_data, context).repeat())
   evaluate = evaluation.make_ctr_evaluator(
       evaluation.model_predictions(model, strategy), strategy,
       lambda: strategy.distribute_datasets_from_function(

@@ -9,6 +9,7 @@ import tensorflow as tf
 import adam_xla
 from trainers.common import evaluation
 from trainers.common import optimizer_setup
+from trainers.common import resumable_input
 from trainers.common import run
 from trainers.image_classification import data
 from trainers.image_classification import generated_data
@@ -97,8 +98,8 @@ def train_and_evaluate(config):
                config.global_batch_size, type(strategy).__name__,
                strategy.num_replicas_in_sync, data_dir)
 
-  train_iterator = iter(strategy.distribute_datasets_from_function(
-      lambda context: data.train_dataset(data_config, context)))
+  train_iterator = resumable_input.iterate(
+      strategy, lambda context: data.train_dataset(data_config, context))
   evaluate = evaluation.make_classification_evaluator(
       model, strategy, lambda: strategy.distribute_datasets_from_function(
           lambda context: data.eval_dataset(data_config, context)))
