@@ -67,12 +67,12 @@ class _Run:
       self.before_each_call(self)
     return self.step(self.iterator)
 
-  def __call__(self):
+  def __call__(self, per_worker=None, workers=training_loop.Workers()):
     return training_loop.run(
         self.config, train_step=self.train_step, evaluate=lambda: {"weight_sum": float(
             sum(tf.reduce_sum(v) for v in self.model.trainable_variables))},
-        checkpointed=self.checkpointed, learning_rate=lambda s: 0.05,
-        signature=checkpoint_signature.describe(self.model, self.optimizer))
+        checkpointed=self.checkpointed, per_worker=per_worker, learning_rate=lambda s: 0.05,
+        signature=checkpoint_signature.describe(self.model, self.optimizer), workers=workers)
 
 
 def _latest_step(model_dir):
@@ -92,6 +92,49 @@ def test_stop_policy_names_step_and_variables_and_keeps_the_last_checkpoint(tmp_
   assert _latest_step(str(tmp_path)) == 8
   assert all(np.isfinite(v.numpy()).all() for v in run.model.trainable_variables)
   assert int(run.optimizer.iterations.numpy()) == 9  # the bad step was not applied
+
+
+def _positions(first_value):
+  """A worker's own state: an iterator over 1000 numbers from `first_value` on."""
+  return iter(tf.data.Dataset.range(first_value, first_value + 1000))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_each_workers_own_state_is_saved_and_restored_at_the_same_step(tmp_path, count):
+  """With one worker the own state is in the shared checkpoint, with several in
+  checkpoints/worker-<index>; either way a resumed worker continues from its own."""
+  workers = training_loop.Workers(index=0, count=count)
+  positions = _positions(0)
+  run = _Run(tmp_path, train_steps=8, before_each_call=lambda _: next(positions))
+  run(per_worker={"position": positions}, workers=workers)
+  shared = tf.train.load_checkpoint(str(tmp_path / "checkpoints")).get_variable_to_shape_map()
+  own_dir = tmp_path / "checkpoints" / "worker-0"
+  if count == 1:
+    assert any(n.startswith("position/") for n in shared) and not own_dir.exists()
+  else:
+    assert not any(n.startswith("position/") for n in shared)
+    assert sorted(p.name for p in own_dir.glob("ckpt-*.index")) == ["ckpt-4.index",
+                                                                      "ckpt-8.index"]
+  resumed = _positions(0)
+  taken = []
+  run = _Run(tmp_path, train_steps=12, before_each_call=lambda _: taken.append(
+      int(next(resumed))))
+  run(per_worker={"position": resumed}, workers=workers)
+  assert taken == [4, 5]  # 4 calls took 0..3 before the checkpoint of step 8
+
+
+def test_a_worker_without_its_own_state_starts_its_input_from_the_beginning(tmp_path, caplog):
+  run = _Run(tmp_path, train_steps=4)
+  run(per_worker={"position": _positions(0)}, workers=training_loop.Workers(index=0, count=2))
+  resumed = _positions(100)
+  taken = []
+  run = _Run(tmp_path, train_steps=6, before_each_call=lambda _: taken.append(
+      int(next(resumed))))
+  with caplog.at_level(logging.WARNING):
+    run(per_worker={"position": resumed}, workers=training_loop.Workers(index=1, count=2))
+  assert taken == [100]
+  assert "no state of worker 1 saved at step 4" in caplog.text
+  assert "checkpoints/worker-1/ckpt-4 is missing" in caplog.text
 
 
 def test_skip_policy_counts_and_goes_on(tmp_path):

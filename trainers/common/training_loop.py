@@ -26,6 +26,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -101,8 +102,8 @@ class _Checkpoints:
   """A run's checkpoints: what every worker holds alike, and what is each worker's own.
 
   The shared state is saved by every worker (the save is collective) but kept only in the
-  chief's files; the others write theirs to a private temporary directory, and all restore
-  from the chief's. Each worker's own state (its input position) goes into the shared
+  chief's files; the others write theirs to a private temporary directory (deleted at the
+  end of the run), and all restore from the chief's. Each worker's own state (its input position) goes into the shared
   checkpoint when there is one worker, and into checkpoints/worker-<index>/ when there are
   several, written before the shared checkpoint of the same step, which is what a resumed
   run looks for.
@@ -117,9 +118,9 @@ class _Checkpoints:
     else:
       shared, own = {**shared, **own}, {}
     self._checkpoint = tf.train.Checkpoint(**shared, steps_done=self.steps_done)
+    self._scratch = None if workers.chief else tempfile.mkdtemp(prefix="adam_xla-worker-")
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint,
-        self._directory if workers.chief else tempfile.mkdtemp(prefix="adam_xla-worker-"),
+        self._checkpoint, self._scratch or self._directory,
         max_to_keep=config.keep_checkpoints if workers.chief else 1)
     self._own = None
     if own:
@@ -160,6 +161,11 @@ class _Checkpoints:
     if self._own is not None:
       self._own.save(checkpoint_number=step)
     self._manager.save(checkpoint_number=step)
+
+  def close(self):
+    """Deletes a non-chief worker's private copy of the shared checkpoints."""
+    if self._scratch:
+      shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 class Progress:
@@ -320,6 +326,15 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
   if workers.chief:
     _check_writable(config.model_dir)
   checkpoints = _Checkpoints(config, workers, checkpointed, per_worker or {})
+  try:
+    return _restore_and_train(config, checkpoints, signature, train_step, evaluate,
+                              learning_rate, workers)
+  finally:
+    checkpoints.close()
+
+
+def _restore_and_train(config, checkpoints, signature, train_step, evaluate, learning_rate,
+                       workers):
   step = checkpoints.restore(signature)
   if step >= config.train_steps:
     logging.info("already trained %d of %d steps; evaluating only", step, config.train_steps)
