@@ -29,8 +29,8 @@ TRAINERS = {
                   "--epsilon=1.0", "--data_source=tfrecord", "--seed=3"]),
     "ctr": ("trainers.ctr.main",
             ["--generated_train_lines=2048", "--generated_eval_lines=256",
-             "--global_batch_size=32", "--table_sizes=1000", "--embedding_dim=4", "--bottom_mlp=8", "--top_mlp=8",
-             "--seed=4"]),
+             "--global_batch_size=32", "--table_sizes=1000", "--embedding_dim=4",
+             "--bottom_mlp=8", "--top_mlp=8", "--seed=4"]),
 }
 STRATEGIES = {"mirrored": ["--strategy=mirrored", "--num_logical_cpus=2"],
               "multi_worker": ["--strategy=multi_worker"]}

@@ -103,10 +103,10 @@ class _Checkpoints:
 
   The shared state is saved by every worker (the save is collective) but kept only in the
   chief's files; the others write theirs to a private temporary directory (deleted at the
-  end of the run), and all restore from the chief's. Each worker's own state (its input position) goes into the shared
-  checkpoint when there is one worker, and into checkpoints/worker-<index>/ when there are
-  several, written before the shared checkpoint of the same step, which is what a resumed
-  run looks for.
+  end of the run), and all restore from the chief's. Each worker's own state (its input
+  position) goes into the shared checkpoint when there is one worker, and into
+  checkpoints/worker-<index>/ when there are several, written before the shared checkpoint
+  of the same step, which is what a resumed run looks for.
   """
 
   def __init__(self, config, workers, shared, own):
