@@ -255,13 +255,14 @@ def test_pip_check_finds_adam_xla_requirements_met_by_the_workspace(new_venv, ou
   assert "adam" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("version", ["2.15.1", "2.16.0", "2.16.2", "2.21.0", "2.22.0", "3.0.0"])
+@pytest.mark.parametrize("version", ["2.15.1", "2.16.0", "2.20.1", "2.21.0", "2.21.2", "2.22.0",
+                                     "3.0.0"])
 def test_version_check_agrees_with_pip_on_releases(version):
   assert environment.supported(version) == (version in SpecifierSet(
       environment.TENSORFLOW_VERSIONS))
 
 
-@pytest.mark.parametrize("version", ["2.16.0rc0", "2.21.1", "2.21.0-dev20260101"])
+@pytest.mark.parametrize("version", ["2.21.0rc0", "2.21.1", "2.21.0-dev20260101"])
 def test_version_check_accepts_candidates_and_nightlies_of_supported_releases(version):
   assert environment.supported(version)
 
