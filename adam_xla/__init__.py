@@ -4,8 +4,10 @@ The public API is what this module exports:
 
 * `Adam`: the optimizer `tf.keras.optimizers.Adam` documents (epsilon hat, amsgrad, the
   three clip options, decoupled weight decay), with dense and lazy updates for sparse
-  (`tf.IndexedSlices`) gradients. Use it on its own (`minimize`, `apply_gradients`) or in a
-  train step.
+  (`tf.IndexedSlices`) gradients. A Keras optimizer: use it in `model.compile`, on its own
+  (`minimize`, `apply_gradients`) or in a train step.
+* `compile_model`: `model.compile` with fit's train step compiled by XLA as far as the
+  model's `tf.distribute` strategy allows.
 * `make_train_step` (with `StepConfig`, its options, and `TrainStep`, what it returns): a
   model, a loss and an `Adam` as one compiled step under any `tf.distribute` strategy.
 * `sparse_top1_accuracy`: the per-example metric the step accepts as "accuracy".
@@ -27,6 +29,7 @@ from adam_xla import environment as _environment
 
 _environment.check_tensorflow()
 
+from adam_xla.keras_fit import compile_model
 from adam_xla.optimizer import Adam
 from adam_xla.optimizer import bias_corrected_learning_rate
 from adam_xla.optimizer import SPARSE_MODES
@@ -35,5 +38,6 @@ from adam_xla.train_step import sparse_top1_accuracy
 from adam_xla.train_step import StepConfig
 from adam_xla.train_step import TrainStep
 
-__all__ = ["Adam", "bias_corrected_learning_rate", "make_train_step", "SPARSE_MODES",
+__all__ = ["Adam", "bias_corrected_learning_rate", "compile_model", "make_train_step",
+           "SPARSE_MODES",
            "sparse_top1_accuracy", "StepConfig", "TrainStep"]

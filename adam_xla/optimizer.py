@@ -12,6 +12,8 @@ import dataclasses
 import inspect
 import types
 
+import keras
+from keras.src.utils import tracking as keras_tracking
 import tensorflow as tf
 
 from adam_xla import clipping
@@ -38,13 +40,19 @@ class _Settings:
   clip: clipping.ClipConfig
 
 
-# Checkpoints track tf.Module attributes that are variables, lists, dicts or trackables; a
-# SimpleNamespace is none of these, so what it holds is not saved. Hyperparameter variables are
-# kept there so that a resumed run uses the hyperparameters it was started with.
+# Checkpoints track attributes that are variables, lists, dicts or trackables; a SimpleNamespace
+# is none of these, so what it holds is not saved. Hyperparameter variables are kept there so
+# that a resumed run uses the hyperparameters it was started with.
 _Untracked = types.SimpleNamespace
 
 
-class Adam(tf.Module):
+def _no_keras_rate():
+  """Given to Keras' base class as the rate, so that it makes no rate variable of its own."""
+  return 0.0
+
+
+@keras.saving.register_keras_serializable(package="adam_xla", name="Adam")
+class Adam(keras.optimizers.Optimizer):
   """Adam, exactly as `tf.keras.optimizers.Adam` is documented, for XLA-compiled steps.
 
   Args:
@@ -96,13 +104,18 @@ class Adam(tf.Module):
                amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
                clipnorm=None, clipvalue=None, global_clipnorm=None, jit_compile=True,
                **unknown):
-    super().__init__()
     _reject_unknown_arguments(unknown)
-    self._optimizer_name = name
-    self._settings = _validated_settings(
+    settings = _validated_settings(
         amsgrad=amsgrad, name=name, sparse_mode=sparse_mode, weight_decay=weight_decay,
         jit_compile=jit_compile, clip=dict(clipnorm=clipnorm, clipvalue=clipvalue,
                                            global_clipnorm=global_clipnorm))
+    super().__init__(learning_rate=_no_keras_rate, name=name)
+    self._leave_keras_state_out_of_checkpoints()
+    self._settings = settings
+    # Read by Keras users as on keras.optimizers.Adam; this class's step reads `_settings`.
+    self.weight_decay = settings.weight_decay
+    self.clipnorm, self.clipvalue, self.global_clipnorm = (
+        clipnorm, clipvalue, global_clipnorm)
     self._decay_exclusions = _Untracked(refs=set(), names=set())
     # The update of all variables on one device, as one XLA program. Inside a step that is
     # itself compiled it is inlined into that program.
@@ -121,12 +134,23 @@ class Adam(tf.Module):
     # What checkpoints see: the iteration count and every slot under a readable key; both
     # are filled in by `build` (see `slots`).
     self._iterations = None
-    self._slots = {}
+    with keras_tracking.DotNotTrackScope():  # a dict TensorFlow wraps and saves, not Keras
+      self._slots = {}
     self._slot_table = slots_lib.SlotTable(name, self.slot_names, self._slots)
+
+  def _leave_keras_state_out_of_checkpoints(self):
+    """Drops what Keras' base class tracked, so that checkpoints hold this class's state only.
+
+    Keras made an `iteration` variable in the current strategy and tracks lists of variables
+    (which include the model's); this class makes its step count lazily, in the first
+    variable's context, under the same checkpoint key `_iterations` it has always had.
+    """
+    del self._iterations
+    for keras_list in ("_variables", "_trainable_variables", "_trainable_variables_indices"):
+      self._delete_tracking(keras_list)
 
   # ---- Public state -------------------------------------------------------------------
 
-  name = property(lambda self: self._optimizer_name)
   jit_compile = property(lambda self: self._settings.jit_compile)
   amsgrad = property(lambda self: self._settings.amsgrad)
   sparse_mode = property(lambda self: self._settings.sparse_mode)
@@ -180,6 +204,17 @@ class Adam(tf.Module):
                      f"{self.slot_names}.")
     return getattr(self._slot_table[distribution.as_tf_variable(var)], slot_name)
 
+  @property
+  def variables(self):
+    """The step count, the rate's variable (if the rate is a number) and every slot, in the
+    order they were built: what Keras saves in `.keras` and weights files, by position."""
+    if self._iterations is None:
+      return []
+    rate = self._hyper.learning_rate
+    return ([self._iterations] + ([rate] if hyperparameters.is_variable(rate) else [])
+            + [slot for var in self._slot_table.variables()
+               for slot in self._slot_table[var] if slot is not None])
+
   # ---- State creation -----------------------------------------------------------------
 
   def build(self, var_list):
@@ -194,6 +229,7 @@ class Adam(tf.Module):
     if new or self._iterations is None:
       distribution.in_cross_replica_context(
           lambda _: self._create_state(new, variables[0] if variables else None))
+    self.built = True  # what Keras' compile_from_config and BackupAndRestore test
 
   def _create_state(self, new_variables, anchor):
     for var in new_variables:  # every check before any state is created
@@ -251,6 +287,17 @@ class Adam(tf.Module):
       var_list = var_list()
     grads = tape.gradient(loss, var_list)
     return self.apply_gradients(zip(grads, var_list))
+
+  def apply(self, grads, trainable_variables=None):
+    """Keras' form of `apply_gradients` (what LossScaleOptimizer calls): gradients and their
+    variables as two lists, the variables by default those given to `build`."""
+    if trainable_variables is None:
+      trainable_variables = self._slot_table.variables()
+    grads, trainable_variables = list(grads), list(trainable_variables)
+    if len(grads) != len(trainable_variables):
+      raise ValueError(f"Adam.apply: {len(grads)} gradients for {len(trainable_variables)} "
+                       "variables; pass one gradient per variable.")
+    self.apply_gradients(zip(grads, trainable_variables))
 
   def apply_gradients(self, grads_and_vars, *, apply_if=None):
     """Applies one Adam step; returns `iterations`.
@@ -349,9 +396,11 @@ class Adam(tf.Module):
     return config
 
   @classmethod
-  def from_config(cls, config):
+  def from_config(cls, config, custom_objects=None):
+    del custom_objects  # schedules are found by their registered names
     config = dict(config)
-    config["learning_rate"] = hyperparameters.from_config(config["learning_rate"])
+    if "learning_rate" in config:  # absent when Keras makes one from the registered name
+      config["learning_rate"] = hyperparameters.from_config(config["learning_rate"])
     return cls(**config)
 
 

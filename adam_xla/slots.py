@@ -28,6 +28,10 @@ class SlotTable:
     """`var`'s slots as `update_rule.Moments` (vhat None without amsgrad)."""
     return self._by_variable[var.ref()]
 
+  def variables(self):
+    """The variables that have slots, in the order they were built."""
+    return [ref.deref() for ref in self._by_variable]
+
   def create(self, var):
     """Zero-filled slots for `var`, placed and replicated like it."""
     key = self._unique_key(var)

@@ -1,5 +1,7 @@
 """One process of tests/multi_worker_test.py: 20 steps of `adam_xla.make_train_step`, then
-the trainers' worker helpers (trainers/common/strategies.py) under the same strategy.
+the trainers' worker helpers (trainers/common/strategies.py) under the same strategy, then 20
+steps of Keras `fit` with an `adam_xla.Adam`, once after `model.compile` and once after
+`adam_xla.compile_model`.
 
 With --mode=multi_worker it reads TF_CONFIG from the environment and trains under a
 MultiWorkerMirroredStrategy (one replica per process, on its one CPU); with --mode=single it
@@ -110,6 +112,43 @@ def train(mode):
   return initial, _weights(model), losses, info, strategy
 
 
+FIT_COMPILERS = ("compile", "compile_model")
+
+
+def fit(strategy, compiler):
+  """STEPS steps of Keras fit from the same initial weights; final weights and a summary.
+
+  With model.compile and 2+ workers, Keras 3's own fit fails before its first step
+  (keras-team/keras#20585); the error is recorded.
+  """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  import keras
+
+  import adam_xla
+
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = _model(keras)
+    optimizer = adam_xla.Adam(learning_rate=LEARNING_RATE)
+    compile_args = dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        metrics=["accuracy"])
+    if compiler == "compile_model":
+      plan = adam_xla.compile_model(model, optimizer, **compile_args)
+    else:
+      plan = None
+      model.compile(optimizer=optimizer, **compile_args)
+  try:
+    history = model.fit(_dataset(tf), steps_per_epoch=STEPS // 2, epochs=2, verbose=0,
+                        shuffle=False)
+  except Exception as e:  # pylint: disable=broad-except
+    if compiler == "compile_model" or strategy is None:
+      raise
+    return _weights(model), {"plan": plan, "error": f"{type(e).__name__}: {e}"[:300]}
+  summary = {"plan": plan, "history": history.history,
+             "iterations": int(optimizer.iterations.numpy())}
+  return _weights(model), summary
+
+
 def _worker_helpers(strategy):
   """What trainers/common/strategies.py says of this process and its cluster.
 
@@ -145,7 +184,11 @@ def main(argv=None):
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   initial, final, losses, info, strategy = train(args.mode)
   info.update(_worker_helpers(strategy))
-  arrays = {f"initial_{i}": w for i, w in enumerate(initial)}
+  arrays = {}
+  for compiler in FIT_COMPILERS:
+    weights, info[compiler] = fit(strategy, compiler)
+    arrays.update({f"{compiler}_{i}": w for i, w in enumerate(weights)})
+  arrays.update({f"initial_{i}": w for i, w in enumerate(initial)})
   arrays.update({f"final_{i}": w for i, w in enumerate(final)})
   arrays["losses"] = np.array(losses, np.float64)
   arrays["info"] = np.array(json.dumps(info))

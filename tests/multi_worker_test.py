@@ -103,6 +103,8 @@ def _load(path):
         "initial": [data[f"initial_{i}"] for i in range(count)],
         "final": [data[f"final_{i}"] for i in range(count)],
         "losses": data["losses"],
+        **{compiler: [data[f"{compiler}_{i}"] for i in range(count)]
+           for compiler in multi_worker_program.FIT_COMPILERS},
         "info": json.loads(str(data["info"])),
     }
 
@@ -127,8 +129,14 @@ def _run(tmp_path):
     signal.signal(signal.SIGTERM, previous_handler)
 
 
-def test_multi_worker_training_equals_single_device(tmp_path):
-  processes, (chief, worker1, single) = _run(tmp_path)
+@pytest.fixture(name="runs", scope="module")
+def _runs(tmp_path_factory):
+  """One run of the three processes for all the tests."""
+  return _run(tmp_path_factory.mktemp("multi_worker"))
+
+
+def test_multi_worker_training_equals_single_device(runs):
+  processes, (chief, worker1, single) = runs
   logs = "".join(p.report(tail_chars=1500) for p in processes)
 
   for run in (chief, worker1):
@@ -172,6 +180,39 @@ def test_multi_worker_training_equals_single_device(tmp_path):
   # The step's loss is the global batch mean, on every worker.
   for run in (chief, worker1):
     np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-5)
+
+
+def test_keras_fit_multi_worker_equals_single_device(runs):
+  """fit with an adam_xla.Adam, after adam_xla.compile_model and after model.compile."""
+  processes, (chief, worker1, single) = runs
+  logs = "".join(p.report(tail_chars=1500) for p in processes)
+  assert single["info"]["compile_model"]["plan"] == "single_program", single["info"]
+  for run in (chief, worker1):
+    assert run["info"]["compile_model"]["plan"] == "replica_programs", run["info"]
+  for compiler in multi_worker_program.FIT_COMPILERS:
+    if compiler == "compile" and "error" in chief["info"][compiler]:
+      # Keras 3's own fit under MultiWorkerMirroredStrategy (keras-team/keras#20585): it
+      # reduces a tuple of per-replica batches, which this strategy cannot do.
+      assert "PerReplica" in chief["info"][compiler]["error"], chief["info"]
+      continue
+    for run in (chief, worker1, single):
+      assert run["info"][compiler]["iterations"] == STEPS, run["info"]
+    for i, (initial, final) in enumerate(zip(single["initial"], single[compiler])):
+      assert np.abs(final - initial).max() > 1e-2, f"{compiler}: variable {i} barely changed"
+    for i, (a, b) in enumerate(zip(chief[compiler], worker1[compiler])):
+      np.testing.assert_array_equal(a, b, err_msg=f"{compiler}: workers differ: var {i}\n{logs}")
+    for i, (got, want) in enumerate(zip(chief[compiler], single[compiler])):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7,
+                                 err_msg=f"{compiler}: multi-worker vs single: var {i}\n{logs}")
+    # Keras' fit on the same batches as make_train_step: the same weights.
+    for i, (got, want) in enumerate(zip(single[compiler], single["final"])):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7,
+                                 err_msg=f"{compiler} vs make_train_step: var {i}")
+    # Every worker's History (what callbacks see) is the global one.
+    for run in (chief, worker1):
+      for key, values in single["info"][compiler]["history"].items():
+        np.testing.assert_allclose(run["info"][compiler]["history"][key], values, rtol=1e-5,
+                                   err_msg=f"{compiler}: History {key}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ and epsilon):
                               iterator over step.distribute(dataset)
   adam_xla xla_scope=update   the same with xla_scope="update": only the Adam update is an
                               XLA program; forward and backward run as TensorFlow ops
+  adam_xla fit                model.fit, adam_xla.compile_model(model, adam_xla.Adam(...))
+  adam_xla fit spe=10         the same with steps_per_execution=10
   keras fit jit               model.fit, compile(jit_compile=True)
   keras fit no-jit            model.fit, compile(jit_compile=False)
   keras fit jit spe=10        model.fit, compile(jit_compile=True, steps_per_execution=10)
@@ -52,9 +54,9 @@ RSS once glibc has returned the heap's freed pages (malloc_trim; "in use"), whic
 peak then starts from, with its file-backed part (library code) and the thread count; a second
 table shows that breakdown.
 
-Checks (the project's targets): per strategy and model, the best adam_xla variant's median
-steps/s over the best Keras variant's must be at least 1.25x on one device and 1.5x under
-MirroredStrategy.
+Checks (the project's targets): per strategy and model, the best make_train_step variant's
+median steps/s over the best Keras variant's must be at least 1.25x on one device and 1.5x
+under MirroredStrategy; the same for the best "adam_xla fit" variant.
 
 Nothing is set globally for one side: it is one process, so environment settings such as
 TF_CPU_ALLOCATOR_USE_BFC (read by TensorFlow from the environment) apply to every variant; the
@@ -109,6 +111,7 @@ _PREFETCH = 2  # batches; a fixed buffer (not AUTOTUNE) so every variant gets th
 _LEARNING_RATE = 1e-3
 _KERAS_SPE = 10
 _BASELINE = "keras fit jit"
+FIT_KIND = "adam_xla fit"  # fit with adam_xla.compile_model and adam_xla.Adam
 _MEMORY_PROBE_CALLS = 5  # calls after the warm-up call(s) in a memory probe
 _MEMORY_PROBE_TIMEOUT = 1200  # seconds per child process
 _MEMORY_PROBE_TAG = "memory_probe_result"
@@ -374,9 +377,10 @@ class _FitEndClock(keras.callbacks.Callback):
   finished = None
 
   def on_train_end(self, logs=None):
-    iterations = self.model.optimizer.iterations
-    for value in self.model.distribute_strategy.experimental_local_results(
-        getattr(iterations, "value", iterations)):
+    iterations = self.model.optimizer.iterations  # a keras.Variable or (adam_xla) a tf.Variable
+    if isinstance(iterations, keras.Variable):
+      iterations = iterations.value
+    for value in self.model.distribute_strategy.experimental_local_results(iterations):
       value.numpy()
     self.finished = time.perf_counter()
 
@@ -389,6 +393,9 @@ class KerasFitVariant:
   the steps of the call (measured here: about 0.3 s in about half the calls on one device
   with tf.data autotuning on, about 0 with it off, and 0 to 5 s under MirroredStrategy
   either way), so it is paid once per fit call, i.e. per epoch in real training.
+
+  With `jit_compile=None` the model is compiled by `adam_xla.compile_model` with an
+  `adam_xla.Adam` (kind "adam_xla fit"), else by `model.compile` with Keras' Adam.
   """
 
   kind = "keras"
@@ -398,9 +405,15 @@ class KerasFitVariant:
   def __init__(self, name, model, dataset, jit_compile, steps_per_execution):
     self.name, self.model, self.steps_per_call = name, model, steps_per_execution
     self._dataset = dataset
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=_LEARNING_RATE),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    compile_args = dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        steps_per_execution=steps_per_execution)
+    if jit_compile is None:
+      self.kind = FIT_KIND
+      self.plan = adam_xla.compile_model(model, adam_xla.Adam(learning_rate=_LEARNING_RATE),
+                                         **compile_args)
+    else:
+      model.compile(optimizer=keras.optimizers.Adam(learning_rate=_LEARNING_RATE),
+                    jit_compile=jit_compile, **compile_args)
 
   def run(self, calls):
     # With an endless dataset Keras runs whole executions of steps_per_execution steps, so
@@ -423,6 +436,7 @@ class VariantSpec:
   name: str
   construct: Callable[[str], object]
   may_fail: bool = False
+  kind: str = "keras"  # the kind of its row when it is unsupported
 
 
 def make_variants(config, strategy_name, strategy, model_name, dataset):
@@ -448,6 +462,9 @@ def make_variants(config, strategy_name, strategy, model_name, dataset):
   if model_name == "mlp16m" and config.mlp_spl10_row and spl != 10:
     specs.append(VariantSpec("adam_xla fused spl=10", fused(10)))
   specs.append(VariantSpec(f"adam_xla xla_scope=update spl={spl}", fused(spl, "update")))
+  specs.append(VariantSpec("adam_xla fit", keras_fit(None, 1)))
+  specs.append(VariantSpec(f"adam_xla fit spe={_KERAS_SPE}", keras_fit(None, _KERAS_SPE),
+                           may_fail=strategy_name == "mirrored", kind=FIT_KIND))
   # Under MirroredStrategy, Keras 3.15 on TensorFlow 2.21 fails with jit_compile=True (the
   # compiled function reads the other replica's variables) and with steps_per_execution > 1
   # (its in-graph loop over an Optional: "You must feed a value for placeholder tensor");
@@ -492,7 +509,7 @@ def benchmark_group(config, strategy_name, strategy, model_name):
         raise
       reason = f"{type(e).__name__}: {error_summary(str(e))}"
       logging.warning("[%s] %s: unsupported (%s)", tag, spec.name, reason)
-      unsupported[spec.name] = reason
+      unsupported[spec.name] = (reason, spec.kind)
       variant = None
       gc.collect()
       continue
@@ -555,12 +572,12 @@ def benchmark_group(config, strategy_name, strategy, model_name):
                  "median_steps_per_s_whole_calls": statistics.median(call_rates),
                  "call_seconds_per_round": timings[variant.name],
                  "fit_teardown_seconds_per_round": (teardowns[variant.name]
-                                                    if variant.kind == "keras" else None),
+                                                    if variant.kind != "adam_xla" else None),
                  "other_cpu_load_per_round": other_loads[variant.name],
                  **setup[variant.name]})
-  for name, reason in unsupported.items():
+  for name, (reason, kind) in unsupported.items():
     rows.append({"strategy": strategy_name, "model": model_name, "variant": name,
-                 "kind": "keras", "plan": None, "supported": False, "error": reason,
+                 "kind": kind, "plan": None, "supported": False, "error": reason,
                  "median_steps_per_s": None, "other_cpu_load_per_round": []})
   order = [spec.name for spec in specs]
   rows.sort(key=lambda row: order.index(row["variant"]))
@@ -604,31 +621,35 @@ def add_ratios(rows):
 
 
 def compute_checks(results):
-  """Per strategy and model: best adam_xla / best Keras median steps/s against its target.
+  """Per strategy and model: best adam_xla / best Keras median steps/s against its target,
+  for make_train_step ("adam_xla") and for fit with compile_model ("adam_xla fit").
 
   Keras is timed without its fit teardown (see KerasFitVariant); "value_whole_fit_calls" is
   the same ratio with it, for reference.
   """
   checks = []
+  whole = "median_steps_per_s_whole_calls"
   for result in results:
     strategy_name, rows = result["strategy"], result["rows"]
     target = TARGET_RATIOS[strategy_name]
-    fused, keras_best = _best(rows, "adam_xla"), _best(rows, "keras")
-    value = (fused["median_steps_per_s"] / keras_best["median_steps_per_s"]
-             if fused and keras_best else None)
-    whole = "median_steps_per_s_whole_calls"
-    fused_w, keras_w = _best(rows, "adam_xla", whole), _best(rows, "keras", whole)
-    value_whole = (fused_w.get(whole, fused_w["median_steps_per_s"]) /
-                   keras_w.get(whole, keras_w["median_steps_per_s"])
-                   if fused_w and keras_w else None)
-    checks.append({
-        "name": (f"{strategy_name}/{result['model']}: best adam_xla "
-                 f"({fused['variant'] if fused else 'none'}) / best keras "
-                 f"({keras_best['variant'] if keras_best else 'none'})"),
-        "strategy": strategy_name, "model": result["model"],
-        "value": value, "target": f">= {target:g}x",
-        "passed": value is not None and value >= target, "unit": "x",
-        "value_whole_fit_calls": value_whole})
+    keras_best, keras_w = _best(rows, "keras"), _best(rows, "keras", whole)
+    for kind in ("adam_xla", FIT_KIND):
+      ours, ours_w = _best(rows, kind), _best(rows, kind, whole)
+      if ours is None and kind == FIT_KIND:
+        continue  # results written before the fit variants existed
+      value = (ours["median_steps_per_s"] / keras_best["median_steps_per_s"]
+               if ours and keras_best else None)
+      value_whole = (ours_w.get(whole, ours_w["median_steps_per_s"]) /
+                     keras_w.get(whole, keras_w["median_steps_per_s"])
+                     if ours_w and keras_w else None)
+      checks.append({
+          "name": (f"{strategy_name}/{result['model']}: best {kind} "
+                   f"({ours['variant'] if ours else 'none'}) / best keras "
+                   f"({keras_best['variant'] if keras_best else 'none'})"),
+          "strategy": strategy_name, "model": result["model"],
+          "value": value, "target": f">= {target:g}x",
+          "passed": value is not None and value >= target, "unit": "x",
+          "value_whole_fit_calls": value_whole})
   return checks
 
 
