@@ -37,10 +37,11 @@ timed in interleaved rounds (every variant once per round, the order rotated fro
 round) so that machine noise hits all of them alike. The table gives the median steps/second
 over the rounds, the range, and the ratios to "keras fit jit" and to the best Keras variant of
 the same strategy and model (jit on/off x steps_per_execution 1/10, whichever is fastest).
-A Keras round is one fit call, timed from the call until its last step has finished (seen
-from its on_train_end callback); the wait after that, while fit tears down the epoch's input
-iterator (idle, once per fit call: 0-5 s per call under MirroredStrategy here), is reported
-beside it and left out of the ratios, since real training pays it once per epoch.
+A fit round is one fit call, timed from the start of its first step (its first
+on_train_batch_begin callback) until its last step has finished (on_train_end); the call's
+overhead outside its steps (setting up the epoch before them; tearing down its input iterator
+after them, idle, 0-5 s per call under MirroredStrategy here) is reported beside it and left
+out of the ratios, since real training pays it once per epoch.
 
 With --memory (the default for full runs; off with --quick unless given), each variant is also
 run alone in a child process of this tool (--memory_probe=strategy:model:variant), which
@@ -349,7 +350,7 @@ class FusedVariant:
   """adam_xla.make_train_step; one call runs `steps_per_loop` steps."""
 
   kind = "adam_xla"
-  last_teardown_seconds = None  # one iterator for all calls: nothing to tear down
+  last_overhead_seconds = None  # one iterator for all calls: nothing to tear down
 
   def __init__(self, name, model, dataset, steps_per_loop, xla_scope="step"):
     self.name, self.model, self.steps_per_call = name, model, steps_per_loop
@@ -370,11 +371,16 @@ class FusedVariant:
     return float(np.mean([float(loss) for loss in losses]))
 
 
-class _FitEndClock(keras.callbacks.Callback):
-  """Notes when fit's last step has finished: at on_train_end, once every replica's copy of
-  the optimizer's step count (written by each step's update) has been read back."""
+class _FitClock(keras.callbacks.Callback):
+  """Notes when fit's first step starts and when its last step has finished: at on_train_end,
+  once every replica's copy of the optimizer's step count (written by each step's update) has
+  been read back."""
 
-  finished = None
+  started = finished = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self.started is None:
+      self.started = time.perf_counter()
 
   def on_train_end(self, logs=None):
     iterations = self.model.optimizer.iterations  # a keras.Variable or (adam_xla) a tf.Variable
@@ -388,11 +394,12 @@ class _FitEndClock(keras.callbacks.Callback):
 class KerasFitVariant:
   """model.fit(dataset, steps_per_epoch=calls * steps_per_execution, epochs=1).
 
-  After a run, `last_teardown_seconds` is the time fit took to return after its last step had
-  finished: tearing down the epoch's input iterator. It uses no CPU and does not grow with
-  the steps of the call (measured here: about 0.3 s in about half the calls on one device
-  with tf.data autotuning on, about 0 with it off, and 0 to 5 s under MirroredStrategy
-  either way), so it is paid once per fit call, i.e. per epoch in real training.
+  After a run, `last_overhead_seconds` is the time of the fit call outside its steps: before
+  the first step starts (setting up the epoch: its input iterator, callbacks) and after the
+  last step has finished (tearing down the epoch's input iterator, idle: about 0.3 s in about
+  half the calls on one device with tf.data autotuning on, about 0 with it off, and 0 to 5 s
+  under MirroredStrategy either way). It does not grow with the steps of the call, so it is
+  paid once per fit call, i.e. per epoch in real training.
 
   With `jit_compile=None` the model is compiled by `adam_xla.compile_model` with an
   `adam_xla.Adam` (kind "adam_xla fit"), else by `model.compile` with Keras' Adam.
@@ -400,7 +407,7 @@ class KerasFitVariant:
 
   kind = "keras"
   plan = None
-  last_teardown_seconds = None
+  last_overhead_seconds = None
 
   def __init__(self, name, model, dataset, jit_compile, steps_per_execution):
     self.name, self.model, self.steps_per_call = name, model, steps_per_execution
@@ -418,10 +425,10 @@ class KerasFitVariant:
   def run(self, calls):
     # With an endless dataset Keras runs whole executions of steps_per_execution steps, so
     # steps_per_epoch is a multiple of it.
-    clock = _FitEndClock()
+    clock, start = _FitClock(), time.perf_counter()
     history = self.model.fit(self._dataset, steps_per_epoch=calls * self.steps_per_call,
                              epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-    self.last_teardown_seconds = time.perf_counter() - clock.finished
+    self.last_overhead_seconds = (clock.started - start) + (time.perf_counter() - clock.finished)
     return float(history.history["loss"][-1])
 
 
@@ -532,7 +539,7 @@ def benchmark_group(config, strategy_name, strategy, model_name):
       variant.run(math.ceil(steps / variant.steps_per_call))
 
   timings = {v.name: [] for v in variants}  # whole calls
-  teardowns = {v.name: [] for v in variants}
+  overheads = {v.name: [] for v in variants}
   other_loads = {v.name: [] for v in variants}
   meter = cpu_load.CpuMeter()
   executed = {}
@@ -546,21 +553,21 @@ def benchmark_group(config, strategy_name, strategy, model_name):
       loss = variant.run(calls)
       seconds = time.perf_counter() - start
       other = meter.stop(started)[2]
-      teardown = variant.last_teardown_seconds or 0.0
+      overhead = variant.last_overhead_seconds or 0.0
       timings[variant.name].append(seconds)
-      teardowns[variant.name].append(teardown)
+      overheads[variant.name].append(overhead)
       other_loads[variant.name].append(other)
       logging.info("[%s] round %d/%d  %-28s %3d steps in %6.2f s = %6.2f steps/s  (fit "
-                   "teardown %.2f s; loss %.4f; other processes %s of the CPUs)", tag, r + 1,
-                   rounds, variant.name, executed[variant.name], seconds - teardown,
-                   executed[variant.name] / (seconds - teardown), teardown, loss,
+                   "overhead %.2f s; loss %.4f; other processes %s of the CPUs)", tag, r + 1,
+                   rounds, variant.name, executed[variant.name], seconds - overhead,
+                   executed[variant.name] / (seconds - overhead), overhead, loss,
                    "?" if other is None else f"{other:.0%}")
 
   rows = []
   for variant in variants:
     steps_done = executed[variant.name]
-    seconds = [call - teardown for call, teardown in zip(timings[variant.name],
-                                                         teardowns[variant.name])]
+    seconds = [call - overhead for call, overhead in zip(timings[variant.name],
+                                                         overheads[variant.name])]
     rates = [steps_done / s for s in seconds]
     call_rates = [steps_done / s for s in timings[variant.name]]
     rows.append({"strategy": strategy_name, "model": model_name, "variant": variant.name,
@@ -571,7 +578,7 @@ def benchmark_group(config, strategy_name, strategy, model_name):
                  "steps_per_s_per_round": rates,
                  "median_steps_per_s_whole_calls": statistics.median(call_rates),
                  "call_seconds_per_round": timings[variant.name],
-                 "fit_teardown_seconds_per_round": (teardowns[variant.name]
+                 "fit_overhead_seconds_per_round": (overheads[variant.name]
                                                     if variant.kind != "adam_xla" else None),
                  "other_cpu_load_per_round": other_loads[variant.name],
                  **setup[variant.name]})
@@ -624,7 +631,7 @@ def compute_checks(results):
   """Per strategy and model: best adam_xla / best Keras median steps/s against its target,
   for make_train_step ("adam_xla") and for fit with compile_model ("adam_xla fit").
 
-  Keras is timed without its fit teardown (see KerasFitVariant); "value_whole_fit_calls" is
+  fit is timed without its per-call overhead (see KerasFitVariant); "value_whole_fit_calls" is
   the same ratio with it, for reference.
   """
   checks = []
@@ -757,7 +764,7 @@ def _mb(value):
 
 def format_table(results):
   header = ("strategy", "model", "variant", "median steps/s", "min", "max", "vs keras jit",
-            "vs best keras", "fit teardown s", "other load", "warm-up s", "warm-up loss",
+            "vs best keras", "fit overhead s", "other load", "warm-up s", "warm-up loss",
             "peak RSS MB", "peak-base MB")
   lines = []
   for result in results:
@@ -770,7 +777,7 @@ def format_table(results):
                     f"{row['median_steps_per_s']:.2f}", f"{row['min_steps_per_s']:.2f}",
                     f"{row['max_steps_per_s']:.2f}", _ratio(row["ratio_vs_keras_jit"]),
                     _ratio(row["ratio_vs_best_keras"]),
-                    _teardown_summary(row.get("fit_teardown_seconds_per_round")),
+                    _overhead_summary(row.get("fit_overhead_seconds_per_round")),
                     _load_summary(row["other_cpu_load_per_round"]),
                     f"{row['warmup_seconds']:.1f}", f"{row['warmup_loss']:.4f}",
                     _mb(row.get("peak_rss_mb")), _mb(row.get("peak_over_baseline_mb"))))
@@ -793,14 +800,14 @@ def format_memory_table(results):
 
 def format_checks(checks):
   figure = lambda value, unit: "n/a" if value is None else f"{value:.2f}{unit}"
-  return text_table.table(("check", "figure", "target", "result", "with fit teardown"),
+  return text_table.table(("check", "figure", "target", "result", "with fit overhead"),
                           [(c["name"], figure(c["value"], c["unit"]), c["target"],
                             "PASS" if c["passed"] else "FAIL",
                             figure(c.get("value_whole_fit_calls"), c["unit"]))
                            for c in checks], left=1)
 
 
-def _teardown_summary(seconds):
+def _overhead_summary(seconds):
   if not seconds:
     return "-"
   return f"{statistics.median(seconds):.2f} ({max(seconds):.2f})"
@@ -865,10 +872,10 @@ def _print_report(config, results, checks, wall):
         "compile(jit_compile=True / False); spe=10 = also steps_per_execution=10.\n"
         "Ratios are of median steps/s; 'best keras' is the fastest Keras variant of that "
         "strategy and model (spl/spe=10 variants\n  run whole calls of 10 steps). Keras times "
-        "include model.fit's per-call overhead (one fit call per round) up to its last\n  "
-        "step's end, not the fit teardown after it: the idle wait, without CPU use, for the "
-        "epoch's input iterator to be\n  destroyed when fit returns, paid once per fit call "
-        "whatever its length (median (max) over the rounds shown;\n  the checks' last column "
+        "run from the start of fit's first step to the end of its last; the fit call's "
+        "overhead outside its steps\n  (setting up the epoch before them, tearing down its "
+        "input iterator after them) is paid once per fit call\n  (per epoch) whatever its "
+        "length and is shown apart (median (max) over the rounds; the checks' last column\n  "
         "counts it as the whole fit calls would).\n"
         "Warm-up: untimed first call(s), compilation included; warm-up loss: mean loss of its "
         "steps (same weights and batches,\n  so equal across variants with the same steps per "
