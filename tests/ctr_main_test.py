@@ -22,18 +22,6 @@ def _run(flags, timeout=240):
                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_mirrored_lazy_run_on_two_logical_cpus(tmp_path):
-  result = _run(TINY_FLAGS + [f"--model_dir={tmp_path}", "--strategy=mirrored",
-                              "--num_logical_cpus=2", "--sparse_mode=lazy"])
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "replica_programs plan" in result.stderr
-  assert "sparse_mode lazy" in result.stderr and "with 2 replica(s)" in result.stderr
-  assert "step 10/10 (100%)" in result.stderr and "examples/s" in result.stderr
-  assert "final evaluation: auc" in result.stdout
-  assert "planted model's AUC" in result.stdout
-  assert os.path.exists(os.path.join(tmp_path, "checkpoints", "checkpoint"))
-
-
 @pytest.mark.parametrize("flag,message", [
     ("--sparse_mode=eager", "--sparse_mode='eager' is not valid: expected one of dense, lazy"),
     ("--table_sizes=10,x", "--table_sizes item 'x' is not valid: expected an integer"),

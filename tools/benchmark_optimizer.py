@@ -285,8 +285,7 @@ class AdamXla(Variant):
       self._update.get_concrete_function()  # traces now; later calls reuse this trace
 
   def state_bytes(self):
-    extra = [self._opt.learning_rate] if isinstance(self._opt.learning_rate, tf.Variable) else []
-    return _variables_bytes(list(self._opt.variables) + extra)
+    return _variables_bytes(self._opt.variables)  # iterations, the rate's variable, the slots
 
 
 @contextlib.contextmanager
