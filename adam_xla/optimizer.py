@@ -1,5 +1,9 @@
 """`adam_xla.Adam`: the Adam optimizer of the Keras documentation, built to compile with XLA.
 
+It is a `keras.optimizers.Optimizer`, so Keras takes it wherever it takes an optimizer
+(`model.compile`, `.keras` files, callbacks, LossScaleOptimizer), but it keeps none of the
+base class's state or update path: its checkpoint keys, its slots and its step are its own.
+
 This class owns the state (hyperparameters, slots, iteration count, configuration) and the
 order of a step, the Keras one: gradients accepted (`gradients`), summed over replicas,
 made canonical and clipped (`clipping`), then applied by `engine.update` once per device
