@@ -5,7 +5,8 @@ it would compile `strategy.run` as a whole, which fails under MirroredStrategy (
 function cannot read the other replicas' variables). `compile_model` picks the largest XLA
 programs the model's strategy allows (`distribution.compile_plan`), as `make_train_step`
 does, and keeps everything else of `fit` (callbacks, progress bar, History, validation,
-sample and class weights, multi-output models, `add_loss`, `steps_per_execution`).
+sample and class weights, multi-output models, `add_loss`). Under MultiWorkerMirroredStrategy
+it also works around the Keras bugs that stop `fit` there.
 """
 
 from absl import logging

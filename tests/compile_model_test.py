@@ -122,6 +122,13 @@ def test_mirrored_class_weight():
                         metrics=["accuracy"]),
                    dict(x=X, y=Y_CLASS, batch_size=16, class_weight={0: 1.0, 1: 3.0, 2: 0.5}))
   _assert_same(runs)
+  # evaluate and predict (Keras' own steps) of the trained models.
+  keras_model, ours = runs["keras"][2], runs["compile_model"][2]
+  np.testing.assert_allclose(ours.evaluate(X, Y_CLASS, batch_size=16, verbose=0),
+                             keras_model.evaluate(X, Y_CLASS, batch_size=16, verbose=0),
+                             rtol=1e-5)
+  np.testing.assert_allclose(ours.predict(X, batch_size=16, verbose=0), ours(X).numpy(),
+                             rtol=1e-5, atol=1e-6)
 
 
 @needs_two_cpus
@@ -160,6 +167,9 @@ def test_one_device_is_keras_step_compiled_whole():
   eager = reference.fit(**_TWO_OUTPUT_FIT, epochs=3, verbose=0, shuffle=False).history
   for key, values in eager.items():
     np.testing.assert_allclose(compiled[key], values, rtol=1e-5, err_msg=key)
+  predicted = model.predict(X, batch_size=16, verbose=0)
+  for name, values in reference.predict(X, batch_size=16, verbose=0).items():
+    np.testing.assert_allclose(predicted[name], values, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 class _NotForXla(keras.layers.Layer):
