@@ -19,8 +19,8 @@ Checked, and against what:
   (TF's deferred restoration), by `build` or by the first step of `fit`.
 
 The models are tiny Dense networks trained on fixed data without shuffling, so two runs that
-do the same steps end in the same state. (Strategies are tested in strategies_test.py and
-resume_under_strategies_test.py.)
+do the same steps end in the same state. (fit under strategies: keras_fit_trajectory_test.py,
+compile_model_test.py and multi_worker_test.py.)
 """
 
 import glob
