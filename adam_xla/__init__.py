@@ -39,5 +39,4 @@ from adam_xla.train_step import StepConfig
 from adam_xla.train_step import TrainStep
 
 __all__ = ["Adam", "bias_corrected_learning_rate", "compile_model", "make_train_step",
-           "SPARSE_MODES",
-           "sparse_top1_accuracy", "StepConfig", "TrainStep"]
+           "SPARSE_MODES", "sparse_top1_accuracy", "StepConfig", "TrainStep"]

@@ -86,13 +86,12 @@ def _work_around_keras_multi_worker_bugs(model):
     fails on scalars: the steps' logs are given that axis (one element per replica).
   """
   strategy = model.distribute_strategy
-  first = lambda v: (strategy.experimental_local_results(v)[0]
-                     if isinstance(v, tf.distribute.DistributedValues) else v)
 
   def build_from_first_replica(iterator=None, data_batch=None):
     if iterator is not None:
       for _, _, batches in iterator:
-        data_batch = tf.nest.map_structure(first, next(batches))
+        data_batch = tf.nest.map_structure(
+            lambda value: distribution.first_local_value(strategy, value), next(batches))
         break
     with strategy.scope():
       model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
