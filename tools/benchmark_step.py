@@ -40,7 +40,7 @@ the same strategy and model (jit on/off x steps_per_execution 1/10, whichever is
 A fit round is one fit call, timed from the start of its first step (its first
 on_train_batch_begin callback) until its last step has finished (on_train_end); the call's
 overhead outside its steps (setting up the epoch before them; tearing down its input iterator
-after them, idle, 0-5 s per call under MirroredStrategy here) is reported beside it and left
+after them, idle, 0-30 s per call under MirroredStrategy here) is reported beside it and left
 out of the ratios, since real training pays it once per epoch.
 
 With --memory (the default for full runs; off with --quick unless given), each variant is also
@@ -397,7 +397,7 @@ class KerasFitVariant:
   After a run, `last_overhead_seconds` is the time of the fit call outside its steps: before
   the first step starts (setting up the epoch: its input iterator, callbacks) and after the
   last step has finished (tearing down the epoch's input iterator, idle: about 0.3 s in about
-  half the calls on one device with tf.data autotuning on, about 0 with it off, and 0 to 5 s
+  half the calls on one device with tf.data autotuning on, about 0 with it off, and 0 to 30 s
   under MirroredStrategy either way). It does not grow with the steps of the call, so it is
   paid once per fit call, i.e. per epoch in real training.
 
