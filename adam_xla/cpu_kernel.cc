@@ -4,9 +4,10 @@
 // new m and v), which moves 40 bytes per parameter; this loop reads param, grad, m and v and
 // writes param, m and v once: 28 bytes. adam_xla/cpu_kernel.py compiles this file on first use
 // and calls it once for all the tensors of one device's update, from inside the update's XLA
-// program, with the outputs aliased to the inputs, so the update stays in place. The work is
-// split between the calling thread and one helper thread: one core alone does not reach the
-// machine's memory bandwidth.
+// program, with the outputs aliased to the inputs, so the update stays in place. The m and v
+// of many small variables may be ranges of two shared buffers (adam_xla/slots.py), which the
+// kernel reads by offset. The work is shared, in chunks, between the calling thread and one
+// helper thread: one core alone does not reach the machine's memory bandwidth.
 //
 // A second target does the dense-mode update of a table with a sparse (row) gradient,
 // update_rule.adam_step_at_rows: every row moves, the gradient's rows with their gradient and
@@ -123,21 +124,40 @@ void UpdateRange(const Tensor& t, const Coefficients& c, long begin, long end) {
   }
 }
 
+// The tensors laid end to end: tensor i is elements [starts[i], starts[i + 1]).
+struct Work {
+  const std::vector<Tensor>* tensors;
+  std::vector<long> starts;
+  Coefficients c;
+};
+
 // Elements [begin, end) of all the tensors laid end to end.
-void UpdateSpan(const std::vector<Tensor>& tensors, const Coefficients& c, long begin, long end) {
-  long offset = 0;
-  for (const Tensor& t : tensors) {
-    const long lo = begin > offset ? begin - offset : 0;
-    const long hi = end - offset < t.size ? end - offset : t.size;
-    if (lo < hi) UpdateRange(t, c, lo, hi);
-    offset += t.size;
-    if (offset >= end) break;
+void UpdateSpan(const Work& work, long begin, long end) {
+  const std::vector<long>& starts = work.starts;
+  size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+  for (; i < work.tensors->size() && starts[i] < end; ++i) {
+    const long lo = std::max(begin, starts[i]) - starts[i];
+    const long hi = std::min(end, starts[i + 1]) - starts[i];
+    if (lo < hi) UpdateRange((*work.tensors)[i], work.c, lo, hi);
   }
 }
 
-// One helper thread that takes the second half of large updates. It polls (yielding) for a
-// while after each piece of work, as updates come step after step, then sleeps. If it is busy
-// (two updates at once, e.g. two devices' programs), the caller does all the work itself.
+// Pieces the threads take in turn: small enough that a thread slowed by other work on its
+// core leaves the rest to the other, large enough (256 KiB per array) to stream.
+constexpr long kChunkElements = 1L << 16;
+
+// Takes chunks from `next` until none are left.
+void UpdateChunks(const Work& work, std::atomic<long>& next, long total) {
+  for (long begin = next.fetch_add(kChunkElements, std::memory_order_relaxed); begin < total;
+       begin = next.fetch_add(kChunkElements, std::memory_order_relaxed)) {
+    UpdateSpan(work, begin, std::min(begin + kChunkElements, total));
+  }
+}
+
+// One helper thread that shares large updates with the caller, chunk by chunk. It polls
+// (yielding) for a while after each piece of work, as updates come step after step, then
+// sleeps. If it is busy (two updates at once, e.g. two devices' programs), the caller does all
+// the work itself.
 class Helper {
  public:
   static Helper& Get() {
@@ -145,32 +165,35 @@ class Helper {
     return *helper;
   }
 
-  void Run(const std::vector<Tensor>& tensors, const Coefficients& c, long total) {
+  void Run(const Work& work, long total) {
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
-      UpdateSpan(tensors, c, 0, total);
+      UpdateSpan(work, 0, total);
       return;
     }
-    const long half = (total / 2) & ~15L;  // a multiple of 16 floats: whole vectors
     {
       std::lock_guard<std::mutex> lock(mu_);
-      tensors_ = &tensors;
-      coefficients_ = c;
-      begin_ = half;
-      end_ = total;
+      work_ = &work;
+      total_ = total;
+      next_.store(0, std::memory_order_relaxed);
       state_.store(kWork, std::memory_order_release);
     }
     cv_.notify_one();
-    UpdateSpan(tensors, c, 0, half);
-    while (state_.load(std::memory_order_acquire) != kDone) {
-      std::this_thread::yield();  // other threads (TensorFlow's) may need this core meanwhile
+    UpdateChunks(work, next_, total);
+    // If the helper has not started (its core is busy elsewhere), nothing is left for it:
+    // take the work back rather than wait for it to be scheduled.
+    int state = kWork;
+    if (!state_.compare_exchange_strong(state, kIdle, std::memory_order_acq_rel)) {
+      while (state_.load(std::memory_order_acquire) != kDone) {
+        std::this_thread::yield();  // other threads (TensorFlow's) may need this core meanwhile
+      }
+      state_.store(kIdle, std::memory_order_relaxed);
     }
-    state_.store(kIdle, std::memory_order_relaxed);
     busy_.store(false, std::memory_order_release);
   }
 
  private:
-  enum { kIdle = 0, kWork = 1, kDone = 2 };
+  enum { kIdle = 0, kWork = 1, kRunning = 2, kDone = 3 };
 
   Helper() : thread_([this] { Loop(); }) { thread_.detach(); }
 
@@ -184,18 +207,20 @@ class Helper {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return state_.load(std::memory_order_acquire) == kWork; });
       }
-      UpdateSpan(*tensors_, coefficients_, begin_, end_);
+      int state = kWork;  // the caller may have taken the work back meanwhile
+      if (!state_.compare_exchange_strong(state, kRunning, std::memory_order_acq_rel)) continue;
+      UpdateChunks(*work_, next_, total_);
       state_.store(kDone, std::memory_order_release);
     }
   }
 
   std::atomic<bool> busy_{false};
   std::atomic<int> state_{kIdle};
+  std::atomic<long> next_{0};
   std::mutex mu_;
   std::condition_variable cv_;
-  const std::vector<Tensor>* tensors_ = nullptr;
-  Coefficients coefficients_{};
-  long begin_ = 0, end_ = 0;
+  const Work* work_ = nullptr;
+  long total_ = 0;
   std::thread thread_;
 };
 
@@ -204,39 +229,59 @@ constexpr long kSplitElements = 1L << 18;
 
 // All the tensors' elements, on two threads when there are enough of them.
 void Update(const std::vector<Tensor>& tensors, const Coefficients& c, long total) {
+  Work work{&tensors, {0}, c};
+  work.starts.reserve(tensors.size() + 1);
+  for (const Tensor& t : tensors) work.starts.push_back(work.starts.back() + t.size);
   if (total >= kSplitElements) {
-    Helper::Get().Run(tensors, c, total);
+    Helper::Get().Run(work, total);
   } else {
-    UpdateSpan(tensors, c, 0, total);
+    UpdateSpan(work, 0, total);
   }
 }
 
-// Operands: for each tensor i param, grad, m, v (4i .. 4i+3), then the coefficients
-// {lr_t, beta_1, beta_2, epsilon, decay, apply}; results: the tuple of param, m, v of each
-// tensor (3i .. 3i+2). `opaque` lists "size:decays" per tensor, comma-separated.
+// Operands: param and grad of each tensor i (2i, 2i+1), then K state buffers (2n .. 2n+K-1),
+// then the coefficients {lr_t, beta_1, beta_2, epsilon, decay, apply}; results: the tuple of
+// the n params, then the K state buffers. `opaque` lists "size:decays:m:v:offset" per tensor,
+// comma-separated: tensor i's m and v are elements [offset, offset + size) of state buffers m
+// and v (a variable's own m and v with offset 0, or a range of buffers shared by several).
 void AdamUpdateF32(void* out, const void** in, const char* opaque, size_t opaque_len,
                    XlaCustomCallStatus_* /*status*/) {
   const std::string spec(opaque, opaque_len);
-  std::vector<Tensor> tensors;
-  void** outs = static_cast<void**>(out);
-  long total = 0;
-  const char* cursor = spec.c_str();
-  while (*cursor != '\0') {
+  struct Layout {
+    long size, m, v, offset;
+    bool decays;
+  };
+  std::vector<Layout> layouts;
+  long buffers = 0;
+  for (const char* cursor = spec.c_str(); *cursor != '\0';) {
     char* next = nullptr;
-    const long size = std::strtol(cursor, &next, 10);
-    const bool decays = next[0] == ':' && next[1] == '1';
-    const size_t i = tensors.size();
-    tensors.push_back({static_cast<float*>(outs[3 * i]), static_cast<float*>(outs[3 * i + 1]),
-                       static_cast<float*>(outs[3 * i + 2]),
-                       static_cast<const float*>(in[4 * i]),
-                       static_cast<const float*>(in[4 * i + 1]),
-                       static_cast<const float*>(in[4 * i + 2]),
-                       static_cast<const float*>(in[4 * i + 3]), size, decays});
-    total += size;
-    cursor = next + 2;
-    if (*cursor == ',') ++cursor;
+    Layout layout{};
+    layout.size = std::strtol(cursor, &next, 10);
+    layout.decays = std::strtol(next + 1, &next, 10) != 0;
+    layout.m = std::strtol(next + 1, &next, 10);
+    layout.v = std::strtol(next + 1, &next, 10);
+    layout.offset = std::strtol(next + 1, &next, 10);
+    buffers = std::max(buffers, std::max(layout.m, layout.v) + 1);
+    layouts.push_back(layout);
+    cursor = *next == ',' ? next + 1 : next;
   }
-  const float* c = static_cast<const float*>(in[4 * tensors.size()]);
+  const long n = static_cast<long>(layouts.size());
+  void** outs = static_cast<void**>(out);
+  std::vector<Tensor> tensors;
+  tensors.reserve(n);
+  long total = 0;
+  for (long i = 0; i < n; ++i) {
+    const Layout& l = layouts[i];
+    tensors.push_back({static_cast<float*>(outs[i]),
+                       static_cast<float*>(outs[n + l.m]) + l.offset,
+                       static_cast<float*>(outs[n + l.v]) + l.offset,
+                       static_cast<const float*>(in[2 * i]),
+                       static_cast<const float*>(in[2 * i + 1]),
+                       static_cast<const float*>(in[2 * n + l.m]) + l.offset,
+                       static_cast<const float*>(in[2 * n + l.v]) + l.offset, l.size, l.decays});
+    total += l.size;
+  }
+  const float* c = static_cast<const float*>(in[2 * n + buffers]);
   Update(tensors, Coefficients{c[0], c[1], c[2], c[3], c[4], c[5] != 0.0f}, total);
 }
 

@@ -174,13 +174,18 @@ def applies_to_rows(var, grad, vhat):
 
 
 def _kernel_can_update(var, vhat):
-  """What both kernels need of the variable: switched on, no amsgrad, float32, a static
-  non-empty shape, on a CPU device, while tracing."""
-  if not enabled() or vhat is not None or var.dtype.base_dtype != tf.float32:
+  """What both kernels need of the variable: `can_update`, no amsgrad, while tracing."""
+  return vhat is None and not tf.executing_eagerly() and can_update(var, load_kernel=False)
+
+
+def can_update(var, load_kernel=True):
+  """Whether the kernels can update `var` (switched on, float32, a static non-empty shape,
+  on a CPU device) and, with `load_kernel`, are built and loaded."""
+  if not enabled() or var.dtype.base_dtype != tf.float32 or not _on_cpu(var):
     return False
-  if tf.executing_eagerly() or not _on_cpu(var):
+  if var.shape.num_elements() in (None, 0):
     return False
-  return var.shape.num_elements() not in (None, 0)
+  return load() if load_kernel else True
 
 
 def _on_cpu(var):
@@ -229,26 +234,29 @@ def _scalars(c, apply_if):
                    zero if c.decay is None else c.decay, apply])
 
 
-def adam_steps(params, grads, ms, vs, decays, coefficients, apply_if=None):
+def adam_steps(params, grads, buffers, layouts, decays, coefficients, apply_if=None):
   """`update_rule.adam_step` (without amsgrad) of several tensors by one call of the kernel.
 
-  Returns [(param, m, v)] in the order given. `decays[i]` says whether decoupled weight decay
-  (coefficients.decay) applies to tensor i. Call only where `applies` is true for each.
-  With `apply_if` False the inputs come back unchanged.
+  `buffers` are the m and v state as 1-D float32 tensors; `layouts[i]` = (m, v, offset) says
+  that tensor i's m and v are elements [offset, offset + size) of buffers[m] and buffers[v].
+  Returns (the new params, shaped as given; the new buffers). `decays[i]` says whether
+  decoupled weight decay (coefficients.decay) applies to tensor i. Call only where `applies`
+  is true for each. With `apply_if` False the inputs come back unchanged.
   """
   c = coefficients
   shapes = [param.shape for param in params]
   sizes = [shape.num_elements() for shape in shapes]
   decays = [bool(d) and c.decay is not None for d in decays]
-  operands = []  # param, grad, m, v of tensor i at 4i .. 4i+3, then the coefficients
-  for param, grad, m, v, size in zip(params, grads, ms, vs, sizes):
-    operands += [tf.reshape(t, [size]) for t in (param, grad, m, v)]
-  operands.append(_scalars(c, apply_if))
-  updated = [4 * i + k for i in range(len(sizes)) for k in (0, 2, 3)]  # param, m, v
-  config = ",".join(f"{size}:{int(decay)}" for size, decay in zip(sizes, decays))
+  operands = []  # param and grad of tensor i at 2i, 2i+1, then the buffers, the coefficients
+  for param, grad, size in zip(params, grads, sizes):
+    operands += [tf.reshape(param, [size]), tf.reshape(grad, [size])]
+  operands += list(buffers) + [_scalars(c, apply_if)]
+  n = len(params)
+  updated = [2 * i for i in range(n)] + [2 * n + j for j in range(len(buffers))]
+  config = ",".join(f"{size}:{int(decay)}:{m}:{v}:{offset}"
+                    for size, decay, (m, v, offset) in zip(sizes, decays, layouts))
   outputs = _call_in_place(TARGET, operands, updated, config)
-  return [tuple(tf.reshape(t, shape) for t in outputs[3 * i:3 * i + 3])
-          for i, shape in enumerate(shapes)]
+  return ([tf.reshape(t, shape) for t, shape in zip(outputs[:n], shapes)], list(outputs[n:]))
 
 
 def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=None):

@@ -7,7 +7,7 @@ is decided here:
 
 * which backend computes each variable's step:
   - the one-pass CPU kernel for dense float32 gradients (`cpu_kernel.adam_steps`, one call
-    for all of them),
+    for all of them, reading packed m and v (`slots.Packed`) by offset),
   - the CPU rows kernel for sparse gradients in dense mode (`cpu_kernel.adam_step_at_rows`),
   - `update_rule.adam_step_at_rows` as XLA ops for other sparse gradients in dense mode,
   - a gather / step / scatter of the batch's rows for sparse gradients in lazy mode,
@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from adam_xla import cpu_kernel
+from adam_xla import slots as slots_lib
 from adam_xla import sparse
 from adam_xla import update_rule
 
@@ -66,7 +67,13 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
   for var, grad, moments, decay in zip(variables, grads, slots, decays):
     c = coefficients[var.dtype.base_dtype.name]
     c = c if decay else c._replace(decay=None)
-    if options.use_cpu_kernels and cpu_kernel.applies(var, grad, moments.vhat):
+    if isinstance(moments, slots_lib.Packed):
+      grad = _dense(grad, var)  # small, and dense mode's step is the dense one
+      if options.use_cpu_kernels and cpu_kernel.applies(var, grad, None):
+        by_kernel.append((var, grad, moments, decay))
+      else:
+        _update_packed_with_xla(var, grad, moments, c, apply_if)
+    elif options.use_cpu_kernels and cpu_kernel.applies(var, grad, moments.vhat):
       by_kernel.append((var, grad, moments, decay))
     elif not isinstance(grad, tf.IndexedSlices):
       _assign(var, moments, *_selected(apply_if, update_rule.adam_step(
@@ -81,6 +88,14 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
       _assign(var, moments, *adam_step_at_rows(var, grad, moments, c, apply_if))
   if by_kernel:
     _update_by_kernel(by_kernel, coefficients[tf.float32.name], apply_if)
+
+
+def packs_slots(var, options, amsgrad):
+  """Whether `var`'s m and v may live in flat buffers shared with other variables'
+  (`slots.Packed`): only where the CPU kernel, which reads them by offset, will update it.
+  Lazy mode is left out: its row updates need a variable's own slots."""
+  return (options.use_cpu_kernels and options.sparse_mode == "dense" and not amsgrad
+          and cpu_kernel.can_update(var))
 
 
 def constrain(variables, constraints, apply_if: Optional[tf.Tensor]):
@@ -132,12 +147,42 @@ def _update_rows_lazily(var, grad, moments, c, apply_if):
 
 def _update_by_kernel(updates, coefficients, apply_if):
   """One call of the one-pass kernel for all the dense float32 variables, in place; the
-  kernel honours apply_if itself (the same for all)."""
+  kernel honours apply_if itself (the same for all). Each slot variable or packed buffer is
+  one operand, however many variables' m or v it holds."""
   variables, grads, slots, decays = zip(*updates)
-  results = cpu_kernel.adam_steps(variables, grads, [s.m for s in slots],
-                                  [s.v for s in slots], decays, coefficients, apply_if)
-  for var, moments, (new_var, m, v) in zip(variables, slots, results):
-    _assign(var, moments, new_var, update_rule.Moments(m, v))
+  buffers, positions, layouts = [], {}, []
+  def position(buffer):
+    if buffer.ref() not in positions:
+      positions[buffer.ref()] = len(buffers)
+      buffers.append(buffer)
+    return positions[buffer.ref()]
+  for moments in slots:
+    offset = moments.offset if isinstance(moments, slots_lib.Packed) else 0
+    layouts.append((position(moments.m), position(moments.v), offset))
+  new_variables, new_buffers = cpu_kernel.adam_steps(
+      variables, grads, [tf.reshape(b, [b.shape.num_elements()]) for b in buffers], layouts,
+      decays, coefficients, apply_if)
+  for target, value in zip(variables + tuple(buffers), new_variables + new_buffers):
+    target.assign(tf.reshape(value, target.shape))
+
+
+def _dense(grad, var):
+  if not isinstance(grad, tf.IndexedSlices):
+    return grad
+  return tf.scatter_nd(tf.expand_dims(grad.indices, -1), grad.values, var.shape)
+
+
+def _update_packed_with_xla(var, grad, packed, c, apply_if):
+  """`update_rule.adam_step` of a variable whose m and v are a range of packed buffers
+  (where the kernel is off): read the range, step, write it back."""
+  end = packed.offset + packed.size
+  read = lambda flat: tf.reshape(tf.convert_to_tensor(flat)[packed.offset:end], var.shape)
+  old = update_rule.Moments(read(packed.m), read(packed.v))
+  new_var, new = _selected(apply_if, update_rule.adam_step(var, grad, old, c), (var, old))
+  var.assign(new_var)
+  for flat, value in ((packed.m, new.m), (packed.v, new.v)):
+    tf.raw_ops.ResourceStridedSliceAssign(ref=flat.handle, begin=[packed.offset], end=[end],
+                                          strides=[1], value=tf.reshape(value, [packed.size]))
 
 
 def _selected(apply_if, new, old):

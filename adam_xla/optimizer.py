@@ -206,7 +206,7 @@ class Adam(keras.optimizers.Optimizer):
     if slot_name not in self.slot_names:
       raise KeyError(f"Adam: unknown slot {slot_name!r}; this optimizer has "
                      f"{self.slot_names}.")
-    return getattr(self._slot_table[distribution.as_tf_variable(var)], slot_name)
+    return self._slot_table.slot(distribution.as_tf_variable(var), slot_name)
 
   @property
   def variables(self):
@@ -217,7 +217,7 @@ class Adam(keras.optimizers.Optimizer):
     rate = self._hyper.learning_rate
     return ([self._iterations] + ([rate] if hyperparameters.is_variable(rate) else [])
             + [slot for var in self._slot_table.variables()
-               for slot in self._slot_table[var] if slot is not None])
+               for slot in self._slot_table.slot_objects(var)])
 
   # ---- State creation -----------------------------------------------------------------
 
@@ -244,8 +244,8 @@ class Adam(keras.optimizers.Optimizer):
       distribution.check_created_in_scope(var)
     if self._iterations is None:
       self._create_step_state(anchor)
-    for var in new_variables:
-      self._slot_table.create(var)
+    self._slot_table.create(new_variables, lambda var: engine.packs_slots(
+        var, self._engine_options(), self.amsgrad))
 
   def _create_step_state(self, anchor):
     """The iteration count, and a variable for a numeric learning rate (`_held_rate`).
@@ -371,10 +371,13 @@ class Adam(keras.optimizers.Optimizer):
     """
     grads, slots, decays, constraints = per_variable
     coefficients, apply_if = shared
-    options = engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)
     with tf.name_scope(self.name):
-      engine.update(variables, grads, slots, decays, coefficients, apply_if, options)
+      engine.update(variables, grads, slots, decays, coefficients, apply_if,
+                    self._engine_options())
       engine.constrain(variables, constraints, apply_if)
+
+  def _engine_options(self):
+    return engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)
 
   def _decays(self, var):
     """Whether decoupled weight decay applies to `var` (see `exclude_from_weight_decay`)."""

@@ -16,6 +16,7 @@ import tensorflow as tf
 import adam_xla
 from adam_xla import cpu_kernel
 from adam_xla import engine
+from adam_xla import slots
 from adam_xla import sparse
 from adam_xla import update_rule
 from tests import numpy_adam
@@ -36,20 +37,37 @@ def _problem(shape, seed):
   return init, grads
 
 
-def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel):
+def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel, packed=False):
   """STEPS steps of several variables in one jit function, by one call of the kernel or by
-  update_rule.adam_step per variable. grads[step][i] is variable i's gradient at that step."""
+  update_rule.adam_step per variable. grads[step][i] is variable i's gradient at that step.
+  With `packed`, the kernel finds every m in one flat buffer and every v in another."""
   learning_rate, beta_1, beta_2, epsilon = hyper
   params = [tf.Variable(init) for init in inits]
   ms = [tf.Variable(tf.zeros_like(init)) for init in inits]
   vs = [tf.Variable(tf.zeros_like(init)) for init in inits]
+  sizes = [init.size for init in inits]
+  offsets = np.cumsum([0] + sizes).tolist()
+  flat_m, flat_v = (tf.Variable(tf.zeros([offsets[-1]])) for _ in range(2))
 
   @tf.function(jit_compile=True)
   def step(step_grads, iterations):
     c = update_rule.step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations,
                                       tf.float32, weight_decay=weight_decay)
-    if use_kernel:
-      results = cpu_kernel.adam_steps(params, step_grads, ms, vs, decays, c)
+    if use_kernel and packed:
+      layouts = [(0, 1, offset) for offset in offsets[:-1]]
+      new_params, (new_m, new_v) = cpu_kernel.adam_steps(
+          params, step_grads, [flat_m, flat_v], layouts, decays, c)
+      flat_m.assign(new_m)
+      flat_v.assign(new_v)
+      results = [(p, tf.reshape(new_m[o:o + n], p.shape), tf.reshape(new_v[o:o + n], p.shape))
+                 for p, o, n in zip(new_params, offsets, sizes)]
+    elif use_kernel:
+      buffers = [tf.reshape(t, [n]) for m, v, n in zip(ms, vs, sizes) for t in (m, v)]
+      layouts = [(2 * i, 2 * i + 1, 0) for i in range(len(params))]
+      new_params, new_buffers = cpu_kernel.adam_steps(params, step_grads, buffers, layouts,
+                                                      decays, c)
+      results = [(p, new_buffers[2 * i], new_buffers[2 * i + 1])
+                 for i, p in enumerate(new_params)]
     else:
       results = []
       for param, grad, m, v, decay in zip(params, step_grads, ms, vs, decays):
@@ -58,7 +76,7 @@ def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel):
         results.append((new_param, moments.m, moments.v))
     for targets, values in zip(zip(params, ms, vs), results):
       for target, value in zip(targets, values):
-        target.assign(value)
+        target.assign(tf.reshape(value, target.shape))
 
   for iterations, step_grads in enumerate(grads):
     step([tf.constant(g) for g in step_grads], tf.constant(iterations, tf.int64))
@@ -105,6 +123,11 @@ def test_several_tensors_in_one_call_split_over_two_threads():
   by_kernel = _run_rule(inits, steps, hyper, 0.01, decays, use_kernel=True)
   by_xla = _run_rule(inits, steps, hyper, 0.01, decays, use_kernel=False)
   _assert_close(by_kernel, by_xla)
+  # m and v read and written by offset in shared buffers: the very same values.
+  packed = _run_rule(inits, steps, hyper, 0.01, decays, use_kernel=True, packed=True)
+  for own, shared in zip(by_kernel, packed):
+    for a, b in zip(own, shared):
+      np.testing.assert_array_equal(a, b)
   # Decay matters: the same run with decay everywhere differs on the tensors without it.
   all_decay = _run_rule(inits, steps, hyper, 0.01, [True] * len(shapes), use_kernel=True)
   assert not np.allclose(all_decay[1][0], by_kernel[1][0], rtol=1e-6, atol=0)
@@ -150,16 +173,20 @@ def _optimized_hlo(optimizer, variables, grads):
 
 
 def test_update_is_one_in_place_custom_call_for_all_variables():
-  shapes = [(1000,), (30, 7), (5,)]
+  # The three small variables' m and v are packed (two buffers); the large one has its own.
+  big = slots.PACK_MAX_ELEMENTS + 1
+  shapes = [(1000,), (30, 7), (big,), (5,)]
   variables = [tf.Variable(np.ones(shape, np.float32)) for shape in shapes]
   hlo = _optimized_hlo(adam_xla.Adam(), variables, [tf.ones(shape) for shape in shapes])
   calls = [line for line in hlo.splitlines() if f'custom_call_target="{cpu_kernel.TARGET}"' in line]
   assert len(calls) == 1
-  aliasing = ", ".join(f"{{{3 * i + k}}}: ({4 * i + operand}, {{}})"
-                       for i in range(len(shapes)) for k, operand in enumerate((0, 2, 3)))
+  n, buffers = len(shapes), 4  # packed m, packed v, the large variable's m and v
+  aliasing = ", ".join([f"{{{i}}}: ({2 * i}, {{}})" for i in range(n)] +
+                       [f"{{{n + j}}}: ({2 * n + j}, {{}})" for j in range(buffers)])
   assert f"output_to_operand_aliasing={{{aliasing}}}" in calls[0]
+  assert f"f32[{1000 + 210 + 5}]" in calls[0] and f"f32[{big}]" in calls[0]
   # No copy of a variable-sized buffer: the kernel writes straight into the variables' buffers.
-  for size in (1000, 210):
+  for size in (1000, 210, 1215, big):
     assert not [line for line in hlo.splitlines() if f"f32[{size}]{{0}} copy(" in line]
 
 

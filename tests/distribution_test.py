@@ -27,6 +27,7 @@ from tensorflow.python.distribute import values as values_lib
 
 import adam_xla
 from adam_xla import distribution
+from adam_xla import slots
 from tests import numpy_adam
 from tests import pytest_main
 
@@ -37,7 +38,10 @@ STEPS = 20
 
 
 def assert_mirrored(variable, num_replicas=2):
-  assert isinstance(variable, values_lib.MirroredVariable), type(variable)
+  """A mirrored variable, or a packed slot (a range of a mirrored buffer), with one copy on
+  each device."""
+  held = variable.buffer if isinstance(variable, slots.PackedSlot) else variable
+  assert isinstance(held, values_lib.MirroredVariable), type(variable)
   assert len(variable.values) == num_replicas
   devices = {tf.DeviceSpec.from_string(v.device).device_index for v in variable.values}
   assert devices == {0, 1}

@@ -43,6 +43,7 @@ from tensorflow.python.distribute import values as values_lib
 
 import adam_xla
 from adam_xla import cpu_kernel
+from adam_xla import slots
 from tests import numpy_adam
 from tests import pytest_main
 
@@ -431,8 +432,9 @@ def test_fit_under_mirrored_strategy_equals_one_device(option, devices):
       np.testing.assert_array_equal(copy, copies[0])
     for name in optimizer.slot_names:
       slot = optimizer.slot(var, name)
-      assert isinstance(slot, values_lib.MirroredVariable), (var.path, name)
-      slot_copies = [c.numpy() for c in strategy.experimental_local_results(slot)]
+      held = slot.buffer if isinstance(slot, slots.PackedSlot) else slot
+      assert isinstance(held, values_lib.MirroredVariable), (var.path, name)
+      slot_copies = [c.numpy() for c in slot.values]
       assert len(slot_copies) == devices
       assert np.all(slot_copies[0] != 0) if name == "v" else np.any(slot_copies[0] != 0)
       for copy in slot_copies[1:]:
