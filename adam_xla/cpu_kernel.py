@@ -49,7 +49,12 @@ _state = {"loaded": None, "reason": None}
 
 def enabled():
   """False when ADAM_XLA_CPU_KERNEL=0 asks for XLA's own loops."""
-  return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+  return switched_on(ENV_SWITCH)
+
+
+def switched_on(variable):
+  """False when the environment variable is set to 0, false, no or off."""
+  return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _compile_flags():

@@ -33,6 +33,7 @@ from adam_xla import sparse
 from adam_xla import update_rule
 
 SPARSE_MODES = ("dense", "lazy")
+PACK_SWITCH = "ADAM_XLA_PACK_SLOTS"  # "0": every variable keeps its own m and v (read at build)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
     apply_if: None, or a boolean scalar: when False, nothing changes.
     options: the front end's fixed choices.
   """
-  by_kernel = []
+  by_kernel, packed_by_xla = [], []
   for var, grad, moments, decay in zip(variables, grads, slots, decays):
     c = coefficients[var.dtype.base_dtype.name]
     c = c if decay else c._replace(decay=None)
@@ -72,7 +73,7 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
       if options.use_cpu_kernels and cpu_kernel.applies(var, grad, None):
         by_kernel.append((var, grad, moments, decay))
       else:
-        _update_packed_with_xla(var, grad, moments, c, apply_if)
+        packed_by_xla.append((var, grad, moments, c))
     elif options.use_cpu_kernels and cpu_kernel.applies(var, grad, moments.vhat):
       by_kernel.append((var, grad, moments, decay))
     elif not isinstance(grad, tf.IndexedSlices):
@@ -88,6 +89,8 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
       _assign(var, moments, *adam_step_at_rows(var, grad, moments, c, apply_if))
   if by_kernel:
     _update_by_kernel(by_kernel, coefficients[tf.float32.name], apply_if)
+  if packed_by_xla:
+    _update_packed_with_xla(packed_by_xla, apply_if)
 
 
 def packs_slots(var, options, amsgrad):
@@ -95,7 +98,7 @@ def packs_slots(var, options, amsgrad):
   (`slots.Packed`): only where the CPU kernel, which reads them by offset, will update it.
   Lazy mode is left out: its row updates need a variable's own slots."""
   return (options.use_cpu_kernels and options.sparse_mode == "dense" and not amsgrad
-          and cpu_kernel.can_update(var))
+          and cpu_kernel.switched_on(PACK_SWITCH) and cpu_kernel.can_update(var))
 
 
 def constrain(variables, constraints, apply_if: Optional[tf.Tensor]):
@@ -172,17 +175,34 @@ def _dense(grad, var):
   return tf.scatter_nd(tf.expand_dims(grad.indices, -1), grad.values, var.shape)
 
 
-def _update_packed_with_xla(var, grad, packed, c, apply_if):
-  """`update_rule.adam_step` of a variable whose m and v are a range of packed buffers
-  (where the kernel is off): read the range, step, write it back."""
-  end = packed.offset + packed.size
-  read = lambda flat: tf.reshape(tf.convert_to_tensor(flat)[packed.offset:end], var.shape)
-  old = update_rule.Moments(read(packed.m), read(packed.v))
-  new_var, new = _selected(apply_if, update_rule.adam_step(var, grad, old, c), (var, old))
-  var.assign(new_var)
-  for flat, value in ((packed.m, new.m), (packed.v, new.v)):
-    tf.raw_ops.ResourceStridedSliceAssign(ref=flat.handle, begin=[packed.offset], end=[end],
-                                          strides=[1], value=tf.reshape(value, [packed.size]))
+def _update_packed_with_xla(updates, apply_if):
+  """`update_rule.adam_step` of variables whose m and v are ranges of packed buffers, where
+  the kernel is off (ADAM_XLA_CPU_KERNEL=0 set after the slots were built packed): correct,
+  but slower than either the kernel or XLA on a variable's own slots. Each buffer is read once
+  and written once whole, the new ranges and the untouched ones between them; writing each
+  range on its own made XLA copy the whole buffer per variable."""
+  by_buffer = {}
+  for update in updates:
+    by_buffer.setdefault(update[2].m.ref(), []).append(update)
+  for group in by_buffer.values():
+    m_buffer, v_buffer = group[0][2].m, group[0][2].v
+    old_m, old_v = tf.convert_to_tensor(m_buffer), tf.convert_to_tensor(v_buffer)
+    new_ranges = {}
+    for var, grad, packed, c in group:
+      end = packed.offset + packed.size
+      old = update_rule.Moments(tf.reshape(old_m[packed.offset:end], var.shape),
+                                tf.reshape(old_v[packed.offset:end], var.shape))
+      new_var, new = _selected(apply_if, update_rule.adam_step(var, grad, old, c), (var, old))
+      var.assign(new_var)
+      new_ranges[packed.offset] = (end, new)
+    for buffer, old_flat, moment in ((m_buffer, old_m, "m"), (v_buffer, old_v, "v")):
+      pieces, at = [], 0
+      for offset in sorted(new_ranges):
+        end, new = new_ranges[offset]
+        pieces += [old_flat[at:offset], tf.reshape(getattr(new, moment), [end - offset])]
+        at = end
+      pieces.append(old_flat[at:])
+      buffer.assign(tf.concat(pieces, 0))
 
 
 def _selected(apply_if, new, old):

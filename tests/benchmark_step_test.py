@@ -19,7 +19,8 @@ benchmark_step.define_flags()
 
 _TINY = dict(models=("mlp16m",), strategies=("default",), rounds=1, steps=2, batch_size=8,
              mlp_hidden=(64, 64), memory=False)
-_DEFAULT_VARIANTS = ("adam_xla fused spl=1", "adam_xla fused spl=10",
+_DEFAULT_VARIANTS = ("adam_xla fused spl=1", "adam_xla fused spl=1 own slots",
+                     "adam_xla fused spl=10",
                      "adam_xla xla_scope=update spl=1", "adam_xla fit",
                      "adam_xla fit spe=10", "keras fit jit", "keras fit jit spe=10",
                      "keras fit no-jit", "keras fit no-jit spe=10")
@@ -74,6 +75,9 @@ def test_run_times_every_default_variant(tiny_report):
   assert rows["adam_xla fused spl=1"]["warmup_loss"] == pytest.approx(
       rows["keras fit jit"]["warmup_loss"], rel=1e-4)
   assert rows["adam_xla fused spl=1"]["plan"] == "single_program"
+  # Packed or not, the slots hold the same values: the same losses.
+  assert rows["adam_xla fused spl=1 own slots"]["warmup_loss"] == pytest.approx(
+      rows["adam_xla fused spl=1"]["warmup_loss"], rel=1e-6)
   assert rows["keras fit jit"]["ratio_vs_keras_jit"] == pytest.approx(1.0)
   assert max(row["ratio_vs_best_keras"] for row in rows.values()
              if row["kind"] == "keras") == pytest.approx(1.0)

@@ -1,6 +1,12 @@
-"""Times the Adam update alone (gradients given) of adam_xla beside Keras 3 and TensorFlow.
+"""Times the Adam update alone (gradients given) of adam_xla beside Keras 3, TF, torch, optax.
 
     ./bazelw run //tools:benchmark_optimizer -- [--cases=16000000x50,1000000x200] [--quick]
+        [--peer_python=$PWD/.venv-peers/bin/python]
+
+torch and optax are not this project's dependencies; they run in an interpreter of their own:
+    python3 -m venv .venv-peers && .venv-peers/bin/pip install -r tools/requirements-peers.txt
+Without --peer_python (or when its interpreter cannot import torch or jax) their rows are
+skipped and the report says which and why.
 
 No model, no loss, no input pipeline: each case is PARAMS float32 parameters split into
 TENSORS equally sized 1-D variables of PARAMS/TENSORS elements each (PARAMS must be a multiple
@@ -32,16 +38,26 @@ same ones and holds its own copy of the variables. The variants (registry VARIAN
                         variable, as XLA's loops: the variables and bytes (28 per parameter) of
                         an Adam with per-variable m and v, with the least arithmetic; what
                         Keras jit pays before its arithmetic (checked against nothing)
-  bandwidth probe       v = v * 0.5 + 1 in place over --bandwidth_mb of float32, compiled with
-                        XLA: reads and writes 8 bytes per element. It is one of the timed
-                        variants, so the bandwidth is measured under the same conditions as
-                        the updates it is held against.
+  torch fused           torch.optim.Adam(fused=True), torch.set_num_threads(os.cpu_count())
+  optax                 optax.adam; update and apply_updates in one jax.jit, params and state
+                        donated. These two "peers" run tools/peer_adam.py in a process of their
+                        own under --peer_python, on a copy of the same problem (an .npz in a
+                        temporary directory), driven over a line protocol; a round of a peer
+                        is timed here around its "run N" command (the round trip, which waits
+                        for the updates; the pipe adds well under 1 ms), and the peer's own CPU
+                        time is counted as this tool's, not as other processes' load.
+  bandwidth probe       tools/stream_probe.cc: native code on every usable core streaming four
+                        float32 arrays of --bandwidth_mb / 4 each as Adam does (read p, g, m,
+                        v; write p, m, v in place: 28 bytes per element). It is one of the
+                        timed variants, so the bandwidth is measured under the same conditions
+                        as the updates it is held against.
 
 All use the Keras defaults beta_1 = 0.9, beta_2 = 0.999, epsilon = 1e-7. Adam must read the
 parameter, its gradient, m and v and write the parameter, m and v: 28 bytes per float32
 parameter. The floor of a case is 28 B x PARAMS / (probe bandwidth), and "x floor" is how far
-above it an update runs. A single-threaded NumPy `x += 1` bandwidth is measured once and
-reported beside the probe (it is not used for the floor: TensorFlow uses every core).
+above it an update runs. The probe on one thread is measured once and reported beside it
+(informational). torch and optax add epsilon after the bias correction,
+p -= lr m_hat / (sqrt(v_hat) + eps), where adam_xla and Keras use epsilon hat; same bytes.
 
 Each variant is built and called once untimed (tracing, XLA compilation), then all of them run
 --warmup_rounds untimed rounds and --rounds timed rounds, every variant once per round (--steps
@@ -51,14 +67,16 @@ timed run ends by fetching a value, which waits for its work. Figures are median
 rounds, with the range, and the largest share of the CPUs other processes used during a run.
 Cases run one after the other, each one's variables freed before the next.
 
-Checks (the issue's targets, module constants; each only when its case was run): at
-16,000,000 x 50, adam_xla within 1.4x of the floor and keras jit / adam_xla >= 1.6; at
-1,000,000 x 200 (per-variable overhead dominates), keras jit / adam_xla >= 5.
+Checks (the issue's targets, module constants TARGETS; each only when its case and the variant
+it compares with were run): at 16,000,000 x 50, adam_xla within 1.2x of the floor, adam_xla /
+torch fused <= 1 and keras jit / adam_xla >= 1.6; at 1,000,000 x 200 (per-variable overhead
+dominates), adam_xla / optax <= 1, adam_xla / torch fused <= 1.5, keras jit / adam_xla >= 5.
 
 A timing of different work is worthless, so after the rounds the tool checks that every
 optimizer variant applied the same number of steps and ends with the same parameters: each is
 compared with adam_xla over all tensors and, on the first tensor, with a float64 NumPy Adam
-(see `tolerance`). A disagreement stops the tool with a non-zero exit and the differences.
+(see `tolerance`); each peer on the first tensor with a float64 NumPy Adam of its own formula
+(epsilon after). A disagreement stops the tool with a non-zero exit and the differences.
 """
 
 import contextlib
@@ -68,8 +86,11 @@ import gc
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -80,9 +101,9 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
-from tools import bandwidth_probe
 from tools import cpu_load
 from tools import run_info
+from tools import stream_probe
 from tools import text_table
 
 # adam_xla's user-facing switch of its one-pass CPU kernel (see the README): "0" makes it
@@ -96,7 +117,8 @@ _INITIAL_SCALE, _GRADIENT_SCALE = 0.05, 0.01
 # round of an update variant, and above the 0.1 s cpu_load.CpuMeter needs).
 _PROBE_SECONDS_PER_ROUND = 0.2
 _PROBE_MIN_PASSES = 3
-_NUMPY_PASSES = 5
+_SINGLE_THREAD_PASSES = 5
+_PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_adam.py")
 # Default updates per round: this many parameter-updates, within [_MIN_STEPS, _MAX_STEPS]
 # (20 at 16M parameters, 100 at 1M): a few tenths of a second per variant and round.
 _PARAMS_PER_ROUND = 320_000_000
@@ -105,16 +127,25 @@ _MIN_STEPS, _MAX_STEPS = 5, 100
 REFERENCE = "adam_xla"  # what every other optimizer variant is compared with
 BASELINE = "keras jit"  # the "keras jit / this" column
 PROBE = "bandwidth probe"
+TORCH, OPTAX = "torch fused", "optax"  # the peers, and the ratio columns "x torch", "x optax"
 
 # The issue's targets. Each check is emitted only when its case (params, tensors) was run.
-FLOOR_RATIO_MAX_16M = 1.4  # adam_xla median / Adam floor at 16,000,000 x 50
+FLOOR_RATIO_MAX_16M = 1.2  # adam_xla median / Adam floor at 16,000,000 x 50
+TORCH_RATIO_MAX_16M = 1.0  # adam_xla / torch fused at 16,000,000 x 50
 KERAS_OVER_ADAM_XLA_MIN_16M = 1.6  # keras jit / adam_xla at 16,000,000 x 50
+OPTAX_RATIO_MAX_1M = 1.0  # adam_xla / optax at 1,000,000 x 200
+TORCH_RATIO_MAX_1M = 1.5  # adam_xla / torch fused at 1,000,000 x 200
 KERAS_OVER_ADAM_XLA_MIN_1M = 5.0  # keras jit / adam_xla at 1,000,000 x 200
 TARGETS = (
-    # (params, tensors, figure, comparison, threshold)
-    (16_000_000, 50, "x floor", "<=", FLOOR_RATIO_MAX_16M),
-    (16_000_000, 50, "keras jit / adam_xla", ">=", KERAS_OVER_ADAM_XLA_MIN_16M),
-    (1_000_000, 200, "keras jit / adam_xla", ">=", KERAS_OVER_ADAM_XLA_MIN_1M),
+    # (params, tensors, figure, adam_xla's result key, comparison, threshold)
+    (16_000_000, 50, "x floor", "x_floor", "<=", FLOOR_RATIO_MAX_16M),
+    (16_000_000, 50, "adam_xla / torch fused", "x_torch", "<=", TORCH_RATIO_MAX_16M),
+    (16_000_000, 50, "keras jit / adam_xla", "keras_jit_over_this", ">=",
+     KERAS_OVER_ADAM_XLA_MIN_16M),
+    (1_000_000, 200, "adam_xla / optax", "x_optax", "<=", OPTAX_RATIO_MAX_1M),
+    (1_000_000, 200, "adam_xla / torch fused", "x_torch", "<=", TORCH_RATIO_MAX_1M),
+    (1_000_000, 200, "keras jit / adam_xla", "keras_jit_over_this", ">=",
+     KERAS_OVER_ADAM_XLA_MIN_1M),
 )
 
 DEFAULT_CASES = ("16000000x50", "1000000x200")
@@ -124,6 +155,10 @@ QUICK = {"cases": ("400000x20", "100000x50"), "rounds": 1, "warmup_rounds": 1, "
 
 class ParameterMismatch(RuntimeError):
   """Optimizer variants ended with different parameters (or step counts): timings invalid."""
+
+
+class PeerUnavailable(RuntimeError):
+  """No --peer_python, or it cannot import the peer's library: the peer's row is skipped."""
 
 
 # ---- Configuration -----------------------------------------------------------------------
@@ -157,6 +192,7 @@ class Config:
   variants: tuple = ()  # () means every registered variant
   json_out: str | None = None
   quick: bool = False
+  peer_python: str | None = None  # interpreter with torch and jax/optax for the peers
   command: str | None = None  # for the report; None: this process's command line
 
 
@@ -209,16 +245,19 @@ class Problem:
 
   case: Case
   initial: np.ndarray  # [tensors, size] float32; row i is variable i
+  grad_values: np.ndarray  # the same for the gradients
   grads: list  # tf.Tensor per variable, constant
   bandwidth_mb: int
+  peer_python: str | None = None
 
 
-def make_problem(case, seed, bandwidth_mb):
+def make_problem(case, seed, bandwidth_mb, peer_python=None):
   rng = np.random.default_rng(seed)
   shape = (case.tensors, case.size)
   initial = rng.standard_normal(shape, dtype=np.float32) * np.float32(_INITIAL_SCALE)
   grads = rng.standard_normal(shape, dtype=np.float32) * np.float32(_GRADIENT_SCALE)
-  return Problem(case, initial, [tf.constant(g) for g in grads], bandwidth_mb)
+  return Problem(case, initial, grads, [tf.constant(g) for g in grads], bandwidth_mb,
+                 peer_python)
 
 
 def _variables_bytes(variables):
@@ -240,6 +279,8 @@ class Variant:
   """
 
   kind = "optimizer"
+  epsilon_hat = True  # its formula: the float64 NumPy Adam it is checked against
+  child_cpu_seconds = 0.0  # CPU time of its own process during the last run (peers)
 
   def __init__(self, problem):
     self.params_count = problem.case.params
@@ -264,12 +305,16 @@ class Variant:
   def state_bytes(self):
     raise NotImplementedError
 
+  def close(self):
+    """Frees what outlives the variant's Python object (a peer's process)."""
+
 
 class AdamXla(Variant):
   """adam_xla.Adam, its apply_gradients in one tf.function(jit_compile=True).
 
-  With cpu_kernel=False the function is traced with ADAM_XLA_CPU_KERNEL=0, so that the update
-  is XLA's own loops rather than adam_xla's one-pass CPU kernel.
+  With cpu_kernel=False the optimizer is built and its function traced with
+  ADAM_XLA_CPU_KERNEL=0, so that the update is XLA's own loops over each variable's own m and
+  v (what adam_xla does on GPU and TPU) rather than adam_xla's one-pass CPU kernel.
   """
 
   def __init__(self, problem, learning_rate=LEARNING_RATE, use_cpu_kernel=True):
@@ -277,11 +322,11 @@ class AdamXla(Variant):
     self._vars = [tf.Variable(row) for row in problem.initial]
     self._opt = adam_xla.Adam(learning_rate=learning_rate, beta_1=BETA_1, beta_2=BETA_2,
                               epsilon=EPSILON)
-    self._opt.build(self._vars)
     pairs = list(zip(problem.grads, self._vars))
     self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
                                jit_compile=True)
     with _cpu_kernel_switch(use_cpu_kernel):
+      self._opt.build(self._vars)  # packed slots only where the kernel is on
       self._update.get_concrete_function()  # traces now; later calls reuse this trace
 
   def state_bytes(self):
@@ -354,13 +399,13 @@ class TfResourceApplyAdam(Variant):
 
 
 class BandwidthProbe(Variant):
-  """The bandwidth probe (tools/bandwidth_probe.py) over bandwidth_mb, as a timed variant."""
+  """The native bandwidth probe (tools/stream_probe.py) over bandwidth_mb, as a timed variant."""
 
   kind = "probe"
 
   def __init__(self, problem):  # pylint: disable=super-init-not-called
-    self._probe = bandwidth_probe.InPlaceProbe(problem.bandwidth_mb)
-    self.megabytes = problem.bandwidth_mb
+    self._probe = stream_probe.StreamProbe(problem.bandwidth_mb)
+    self.megabytes, self.threads = problem.bandwidth_mb, self._probe.threads
     self.passes = self._passes_per_round()
 
   def _passes_per_round(self):
@@ -388,6 +433,77 @@ class BandwidthProbe(Variant):
   def state_bytes(self):
     return 0
 
+  def close(self):
+    self._probe.close()
+
+
+class PeerAdam(Variant):
+  """Another library's Adam (tools/peer_adam.py --system=SYSTEM) in a process of its own under
+  problem.peer_python, fed a copy of the problem through an .npz in a temporary directory.
+  Raises PeerUnavailable when there is no such interpreter or it lacks the library."""
+
+  kind = "peer"
+  epsilon_hat = False  # torch, optax (and the NumPy stand-in) add epsilon after the correction
+
+  def __init__(self, problem, system, learning_rate=LEARNING_RATE):
+    super().__init__(problem)
+    if not problem.peer_python:
+      raise PeerUnavailable("no --peer_python given")
+    self._system, self._state_bytes = system, 0
+    self._dir = tempfile.mkdtemp(prefix=f"peer_adam_{system}_")
+    self._process = None
+    try:
+      path = os.path.join(self._dir, "problem.npz")
+      np.savez(path, initial=problem.initial, grads=problem.grad_values,
+               hyper=np.array([learning_rate, BETA_1, BETA_2, EPSILON]))
+      # Not this interpreter's module path (Bazel's runfiles): the peer imports its own.
+      env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+      try:
+        self._process = subprocess.Popen(
+            [problem.peer_python, _PEER_SCRIPT, f"--system={system}", f"--problem={path}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+      except OSError as error:
+        raise PeerUnavailable(f"cannot start --peer_python: {error}") from None
+      status, _, detail = self._process.stdout.readline().strip().partition(" ")
+      if status == "unavailable":
+        raise PeerUnavailable(detail)
+      if status != "ready":
+        raise RuntimeError(f"peer {system} did not start ({status} {detail}); see its stderr")
+      self.version = detail
+    except BaseException:
+      self.close()
+      raise
+
+  def _command(self, line):
+    self._process.stdin.write(line + "\n")
+    self._process.stdin.flush()
+    reply = self._process.stdout.readline().split()
+    if not reply or reply[0] != "ok":
+      raise RuntimeError(f"peer {self._system}: {line!r} -> {' '.join(reply) or 'it exited'}")
+    return reply[1:]
+
+  def run(self, steps):
+    count, _, cpu, state = self._command(f"run {steps}")
+    self.child_cpu_seconds, self._state_bytes = float(cpu), int(state)
+    return int(count)
+
+  def params(self):
+    path = os.path.join(self._dir, "params.npy")
+    self._command(f"params {path}")
+    return list(np.load(path))
+
+  def state_bytes(self):
+    return self._state_bytes
+
+  def close(self):
+    if self._process and self._process.poll() is None:
+      try:
+        self._process.communicate("quit\n", timeout=60)
+      except (OSError, subprocess.TimeoutExpired):
+        self._process.kill()
+        self._process.wait()
+    shutil.rmtree(self._dir, ignore_errors=True)
+
 
 class FlatBufferAdam(Variant):
   """Hand-written Adam (same formula) over ONE flat variable holding every tensor, under XLA.
@@ -403,7 +519,7 @@ class FlatBufferAdam(Variant):
     self._m = tf.Variable(tf.zeros_like(self._flat))
     self._v = tf.Variable(tf.zeros_like(self._flat))
     self._step = tf.Variable(0, dtype=tf.int64)
-    grad = tf.constant(np.concatenate([g.numpy() for g in problem.grads]))
+    grad = tf.constant(problem.grad_values.reshape(-1))
 
     @tf.function(jit_compile=True)
     def update():
@@ -484,22 +600,29 @@ VARIANTS = {
     "jit Adam, one flat buffer": FlatBufferAdam,
     "bound: var -= grad per variable": PerVariableBound,
     "reference: var, m, v per variable": functools.partial(PerVariableBound, with_slots=True),
+    TORCH: functools.partial(PeerAdam, system="torch"),
+    OPTAX: functools.partial(PeerAdam, system="optax"),
     PROBE: BandwidthProbe,
 }
 
 
 # ---- Correctness of the comparison -------------------------------------------------------
 
-def numpy_adam(initial, grad, steps, learning_rate=LEARNING_RATE):
-  """The documented Adam (epsilon hat) in float64, `steps` times with the same gradient."""
+def numpy_adam(initial, grad, steps, learning_rate=LEARNING_RATE, epsilon_hat=True):
+  """Adam in float64, `steps` times with the same gradient: the documented formula (epsilon
+  hat, lr_t m / (sqrt(v) + eps)), or with epsilon_hat=False torch's and optax's (epsilon
+  after the bias correction, lr m_hat / (sqrt(v_hat) + eps))."""
   var = np.asarray(initial, np.float64).copy()
   g = np.asarray(grad, np.float64)
   m, v = np.zeros_like(var), np.zeros_like(var)
   for t in range(1, steps + 1):
-    lr_t = learning_rate * math.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
     m = BETA_1 * m + (1 - BETA_1) * g
     v = BETA_2 * v + (1 - BETA_2) * g * g
-    var -= lr_t * m / (np.sqrt(v) + EPSILON)
+    if epsilon_hat:
+      lr_t = learning_rate * math.sqrt(1 - BETA_2**t) / (1 - BETA_1**t)
+      var -= lr_t * m / (np.sqrt(v) + EPSILON)
+    else:
+      var -= learning_rate * (m / (1 - BETA_1**t)) / (np.sqrt(v / (1 - BETA_2**t)) + EPSILON)
   return var
 
 
@@ -535,26 +658,32 @@ def tolerance(steps, max_abs_param, learning_rate=LEARNING_RATE):
 
 def compare_parameters(variants, problem, steps_applied, steps_reported=None,
                        learning_rate=LEARNING_RATE):
-  """Max |difference| of each optimizer variant from adam_xla and from NumPy Adam.
+  """Max |difference| of each optimizer variant (and peer) from adam_xla (the peers, of
+  another formula, are not compared with it) and from NumPy Adam of its formula.
 
   `variants`: {name: Variant}; `steps_applied`: the updates each was asked for;
   `steps_reported`: the step counts the variants report themselves. Returns a dict with the
   tolerance, the step count and per-variant figures; `agreement_failures` reads it.
   """
   steps_reported = steps_reported or steps_applied
-  optimizers = {n: v for n, v in variants.items() if v.kind == "optimizer"}
+  optimizers = {n: v for n, v in variants.items() if v.kind in ("optimizer", "peer")}
   params = {n: v.params() for n, v in optimizers.items()}
   steps = max(steps_applied[n] for n in optimizers) if optimizers else 0
-  expected = numpy_adam(problem.initial[0], problem.grads[0].numpy(), steps, learning_rate)
-  scale = max([float(np.max(np.abs(problem.initial))), float(np.max(np.abs(expected)))] +
+  expected = {hat: numpy_adam(problem.initial[0], problem.grad_values[0], steps, learning_rate,
+                              epsilon_hat=hat)
+              for hat in {v.epsilon_hat for v in optimizers.values()}}
+  scale = max([float(np.max(np.abs(problem.initial)))] +
+              [float(np.max(np.abs(e))) for e in expected.values()] +
               [float(np.max(np.abs(p))) for ps in params.values() for p in ps])
   reference = params.get(REFERENCE)
   rows = {}
   for name, ps in params.items():
+    hat = optimizers[name].epsilon_hat
     rows[name] = {
         "steps": steps_applied[name], "steps_reported_by_variant": steps_reported[name],
-        "max_abs_diff_vs_numpy_first_tensor": float(np.max(np.abs(ps[0] - expected))),
-        "max_abs_diff_vs_adam_xla": (None if reference is None else
+        "numpy_formula": "epsilon hat" if hat else "epsilon after",
+        "max_abs_diff_vs_numpy_first_tensor": float(np.max(np.abs(ps[0] - expected[hat]))),
+        "max_abs_diff_vs_adam_xla": (None if reference is None or not hat else
                                      max(float(np.max(np.abs(a - b)))
                                          for a, b in zip(ps, reference)))}
   return {"steps": steps, "max_abs_param": scale,
@@ -582,17 +711,30 @@ def agreement_failures(agreement):
 # ---- Timing ------------------------------------------------------------------------------
 
 def build_variants(problem, names, registry):
-  """Constructs each variant and calls it once (tracing, compiling); untimed."""
-  variants, setup = {}, {}
-  for name in names:
-    logging.info("[%s] %s: building and compiling ...", problem.case.label, name)
-    start = time.perf_counter()
-    variant = registry[name](problem)
-    variant.run(1)
-    setup[name] = {"first_call_seconds": time.perf_counter() - start,
-                   "state_bytes": variant.state_bytes()}
-    variants[name] = variant
-  return variants, setup
+  """Constructs each variant and calls it once (tracing, compiling); untimed.
+
+  Returns ({name: variant}, {name: setup figures}, {name: why it was skipped} for peers that
+  cannot run).
+  """
+  variants, setup, skipped = {}, {}, {}
+  try:
+    for name in names:
+      logging.info("[%s] %s: building and compiling ...", problem.case.label, name)
+      start = time.perf_counter()
+      try:
+        variants[name] = variant = registry[name](problem)
+      except PeerUnavailable as reason:
+        logging.warning("[%s] %s skipped: %s", problem.case.label, name, reason)
+        skipped[name] = str(reason)
+        continue
+      variant.run(1)
+      setup[name] = {"first_call_seconds": time.perf_counter() - start,
+                     "state_bytes": variant.state_bytes()}
+  except BaseException:
+    for variant in variants.values():
+      variant.close()
+    raise
+  return variants, setup, skipped
 
 
 def time_variants(label, variants, steps, rounds, warmup_rounds):
@@ -621,6 +763,10 @@ def time_variants(label, variants, steps, rounds, warmup_rounds):
       started = meter.start()
       run(name)
       wall, cores, other = meter.stop(started)
+      child = variants[name].child_cpu_seconds  # a peer's process: ours, not other load
+      if child and cores is not None:
+        cores += child / wall
+        other = None if other is None else max(other - child / (wall * os.cpu_count()), 0.0)
       records[name].append({"seconds": wall, "steps": steps[name],
                             "ms_per_step": 1000 * wall / steps[name], "cores": cores,
                             "other_load": other})
@@ -637,18 +783,20 @@ def summarize(records):
           "max_other_load": max(loads) if loads else None, "rounds": records}
 
 
-def numpy_bandwidth(megabytes, passes=_NUMPY_PASSES):
-  """Single-threaded NumPy `x += 1` in place: GB/s at 8 B per element (median of passes)."""
-  x = np.ones(megabytes * 2**20 // 4, np.float32)
-  x += 1  # touch every page first
-  times = []
-  for _ in range(passes):
-    start = time.perf_counter()
-    x += 1
-    times.append(time.perf_counter() - start)
-  return {"megabytes": megabytes, "passes": passes,
-          "gbps": bandwidth_probe.BYTES_PER_ELEMENT * x.size / (statistics.median(times) * 1e9),
-          "seconds_per_pass": times}
+def single_thread_bandwidth(megabytes, passes=_SINGLE_THREAD_PASSES):
+  """The native probe on one thread: GB/s at 28 B per element (median of passes)."""
+  probe = stream_probe.StreamProbe(megabytes, threads=1)
+  try:
+    probe.run(1)
+    times = []
+    for _ in range(passes):
+      start = time.perf_counter()
+      probe.run(1)
+      times.append(time.perf_counter() - start)
+  finally:
+    probe.close()
+  return {"megabytes": megabytes, "threads": 1, "passes": passes, "seconds_per_pass": times,
+          "gbps": probe.bytes_per_pass / (statistics.median(times) * 1e9)}
 
 
 # ---- One case ----------------------------------------------------------------------------
@@ -656,24 +804,31 @@ def numpy_bandwidth(megabytes, passes=_NUMPY_PASSES):
 def benchmark_case(case, config, registry):
   """Builds, times and cross-checks every variant on one case; returns its report row."""
   names = list(config.variants) or list(registry)
-  problem = make_problem(case, config.seed, config.bandwidth_mb)
-  variants, setup = build_variants(problem, names, registry)
-  update_steps = config.steps or default_steps(case)
-  steps = {n: v.steps_per_round(update_steps) for n, v in variants.items()}
-  records, applied, reported = time_variants(case.label, variants, steps, config.rounds,
-                                             config.warmup_rounds)
-  logging.info("[%s] comparing parameters ...", case.label)
-  agreement = compare_parameters(variants, problem, applied, reported)
-  results = {n: {"kind": v.kind, "steps_per_round": steps[n], "bytes_per_step":
-                 v.bytes_per_step(), **setup[n], **summarize(records[n])}
-             for n, v in variants.items()}
-  for n, v in variants.items():
-    if v.kind == "probe":
-      results[n]["megabytes"] = v.megabytes
+  problem = make_problem(case, config.seed, config.bandwidth_mb, config.peer_python)
+  variants, setup, skipped = build_variants(problem, names, registry)
+  try:
+    update_steps = config.steps or default_steps(case)
+    steps = {n: v.steps_per_round(update_steps) for n, v in variants.items()}
+    records, applied, reported = time_variants(case.label, variants, steps, config.rounds,
+                                               config.warmup_rounds)
+    logging.info("[%s] comparing parameters ...", case.label)
+    agreement = compare_parameters(variants, problem, applied, reported)
+    results = {n: {"kind": v.kind, "steps_per_round": steps[n], "bytes_per_step":
+                   v.bytes_per_step(), **setup[n], **summarize(records[n])}
+               for n, v in variants.items()}
+    for n, v in variants.items():
+      if v.kind == "probe":
+        results[n].update(megabytes=v.megabytes, threads=v.threads)
+      if v.kind == "peer":
+        results[n]["version"] = v.version
+  finally:
+    for variant in variants.values():
+      variant.close()
   del variants, problem
   gc.collect()
   row = {"params": case.params, "tensors": case.tensors, "tensor_size": case.size,
-         "steps_per_round": update_steps, "agreement": agreement, "variants": results}
+         "steps_per_round": update_steps, "agreement": agreement, "variants": results,
+         "skipped": skipped}
   add_derived_figures(row)
   failures = agreement_failures(agreement)
   if failures:
@@ -684,7 +839,8 @@ def benchmark_case(case, config, registry):
 
 
 def add_derived_figures(row):
-  """Probe bandwidth, Adam floor, and per variant: GB/s, x floor, keras jit / this."""
+  """Probe bandwidth, Adam floor, and per variant: GB/s, x floor, keras jit / this, this /
+  torch fused (x_torch), this / optax (x_optax)."""
   results = row["variants"]
   probe = results.get(PROBE)
   floor_ms = None
@@ -703,6 +859,8 @@ def add_derived_figures(row):
     result["x_floor"] = result["median_ms"] / floor_ms if floor_ms and adam_bytes else None
     result["keras_jit_over_this"] = (baseline["median_ms"] / result["median_ms"]
                                      if baseline else None)
+    for key, peer in (("x_torch", results.get(TORCH)), ("x_optax", results.get(OPTAX))):
+      result[key] = result["median_ms"] / peer["median_ms"] if peer else None
 
 
 # ---- Checks and reporting ----------------------------------------------------------------
@@ -710,14 +868,12 @@ def add_derived_figures(row):
 def compute_checks(case_rows):
   """The issue's targets (TARGETS) for the cases that were run, as JSON-ready dicts."""
   checks = []
-  for params, tensors, figure, comparison, threshold in TARGETS:
+  for params, tensors, figure, key, comparison, threshold in TARGETS:
     row = next((r for r in case_rows if (r["params"], r["tensors"]) == (params, tensors)),
                None)
     adam = row["variants"].get(REFERENCE) if row else None
-    if adam is None:
-      continue
-    value = adam["x_floor"] if figure == "x floor" else adam["keras_jit_over_this"]
-    if value is None:  # the probe or keras jit was not among --variants
+    value = adam.get(key) if adam else None
+    if value is None:  # the probe, keras jit or the peer was not run
       continue
     passed = value <= threshold if comparison == "<=" else value >= threshold
     checks.append({"name": f"{figure} at {params:,} x {tensors}", "value": value,
@@ -735,20 +891,22 @@ def format_results(case_rows):
   for row in case_rows:
     label = f"{row['params']:,} x {row['tensors']}"
     for name, r in row["variants"].items():
+      times = (f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}")
+      load = cpu_load.format_share(r["max_other_load"])
       if r["kind"] == "probe":
-        lines.append((label, f"{name} {r['megabytes']} MB", f"{r['median_ms']:.2f}",
-                      f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}", "", "", f"{r['gbps']:.1f}", "",
-                      cpu_load.format_share(r["max_other_load"])))
+        lines.append((label, f"{name} {r['megabytes']} MB, {r['threads']} threads", *times,
+                      "", "", "", "", f"{r['gbps']:.1f}", "", load))
         continue
-      lines.append((label, name, f"{r['median_ms']:.2f}", f"{r['min_ms']:.2f}",
-                    f"{r['max_ms']:.2f}", _fixed(r["keras_jit_over_this"], suffix="x"),
-                    _fixed(r["x_floor"], suffix="x"), f"{r['gbps']:.1f}",
-                    f"{r['state_bytes'] / 2**20:.1f}", cpu_load.format_share(r["max_other_load"])))
+      lines.append((label, name, *times, *(_fixed(r[k], suffix="x") for k in (
+          "keras_jit_over_this", "x_torch", "x_optax", "x_floor")), f"{r['gbps']:.1f}",
+                    f"{r['state_bytes'] / 2**20:.1f}", load))
+    lines += [(label, f"{name}: skipped (see above)", *["-"] * 10) for name in row["skipped"]]
     if row["adam_floor_ms"]:
       lines.append((label, "Adam floor (28 B/param)", f"{row['adam_floor_ms']:.2f}", "", "", "",
-                    "1.00x", f"{row['bandwidth_gbps']:.1f}", "", ""))
+                    "", "", "1.00x", f"{row['bandwidth_gbps']:.1f}", "", ""))
   return text_table.table(("case", "variant", "median ms", "min", "max", "keras jit/this",
-                           "x floor", "GB/s", "state MB", "other load"), lines)
+                           "x torch", "x optax", "x floor", "GB/s", "state MB", "other load"),
+                          lines)
 
 
 def format_agreement(case_rows):
@@ -759,10 +917,10 @@ def format_agreement(case_rows):
       lines.append((f"{row['params']:,} x {row['tensors']}", name, a["steps"],
                     "-" if a["max_abs_diff_vs_adam_xla"] is None else
                     f"{a['max_abs_diff_vs_adam_xla']:.2e}",
-                    f"{a['max_abs_diff_vs_numpy_first_tensor']:.2e}",
+                    f"{a['max_abs_diff_vs_numpy_first_tensor']:.2e}", a["numpy_formula"],
                     f"{agreement['tolerance']:.2e}"))
   return text_table.table(("case", "variant", "steps", "max |diff| vs adam_xla",
-                           "vs NumPy (1st tensor)", "tolerance"), lines)
+                           "vs NumPy (1st tensor)", "NumPy formula", "tolerance"), lines)
 
 
 def format_checks(checks):
@@ -795,9 +953,17 @@ def print_report(report):
           f"{config['warmup_rounds']} untimed + {config['rounds']} timed round(s) of "
           f"{row['steps_per_round']} updates per variant; {row['agreement']['steps']} updates "
           "applied in all")
-  nb = report["numpy_bandwidth"]
-  print(f"NumPy x += 1 over {nb['megabytes']} MB (single-threaded, not used for the floor): "
+  nb = report["single_thread_bandwidth"]
+  print(f"bandwidth probe on 1 thread over {nb['megabytes']} MB (not used for the floor): "
         f"{nb['gbps']:.1f} GB/s")
+  versions = sorted({f"{name} {r['version']}" for row in report["cases"]
+                     for name, r in row["variants"].items() if r["kind"] == "peer"})
+  if versions:
+    print(f"peers (under {config['peer_python']}): {'; '.join(versions)}")
+  skipped = sorted({f"{name} ({reason})" for row in report["cases"]
+                    for name, reason in row["skipped"].items()})
+  if skipped:
+    print(f"SKIPPED rows: {'; '.join(skipped)}")
   print()
   print("Adam update alone, ms/update:")
   print(format_results(report["cases"]))
@@ -808,13 +974,14 @@ def print_report(report):
   print(format_checks(report["checks"]))
   print()
   print("keras jit/this: median of keras jit over this variant's (> 1: faster than Keras jit). "
-        "x floor: median / Adam floor,\n  the floor being 28 B x params / probe bandwidth "
-        "(probe: 8 B x elements per pass, median over the same rounds).\n  GB/s: bytes moved "
-        "/ median (28 B x params for Adam and the var, m, v reference, 12 B for the bound; "
-        "10^9 B/s).\n  state MB: the optimizer's own variables (m, v, step count, ...), "
-        "MB = 2^20 B.\n  other load: the "
-        "largest share of the CPUs used by other processes during a timed run (from "
-        "/proc/stat; ? for runs under 0.1 s).")
+        "x torch, x optax: this\n  variant's median over torch fused's, optax's (< 1: faster "
+        "than the peer). x floor: median / Adam floor,\n  the floor being 28 B x params / probe "
+        "bandwidth (probe: 28 B x elements per pass on every core, median over\n  the same "
+        "rounds). GB/s: bytes moved / median (28 B x params for Adam and the var, m, v "
+        "reference,\n  12 B for the bound; 10^9 B/s). state MB: the optimizer's own state (m, "
+        "v, step count, ...), MB = 2^20 B.\n  other load: the largest share of the CPUs used by "
+        "other processes during a timed run (from\n  /proc/stat; ? for runs under 0.1 s; a "
+        "peer's own process is not counted as other).")
   noisy = sorted({f"{row['params']:,} x {row['tensors']}/{name}" for row in report["cases"]
                   for name, r in row["variants"].items()
                   if r["max_other_load"] is not None and r["max_other_load"] > 0.1})
@@ -843,7 +1010,7 @@ def run(config, registry=None):
   info = run_info.machine_info()
   print_header(command, info)
   start = time.perf_counter()
-  nb = numpy_bandwidth(config.bandwidth_mb)
+  nb = single_thread_bandwidth(config.bandwidth_mb)
   case_rows = []
   for case in config.cases:
     case_rows.append(benchmark_case(case, config, registry))
@@ -856,7 +1023,7 @@ def run(config, registry=None):
                      learning_rate=LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON,
                      command=command)
   report = {"suite": "optimizer", "command": command, "machine": info, "config": config_dict,
-            "numpy_bandwidth": nb, "cases": case_rows, "checks": checks,
+            "single_thread_bandwidth": nb, "cases": case_rows, "checks": checks,
             "wall_seconds": time.perf_counter() - start}
   print_report(report)
   if config.json_out:
@@ -883,8 +1050,11 @@ def define_flags(flag_values=flags.FLAGS):
          f"Updates per round per variant (default per case: {_PARAMS_PER_ROUND:,} / PARAMS "
          f"within [{_MIN_STEPS}, {_MAX_STEPS}]: 20 at 16M, 100 at 1M).")
   define(flags.DEFINE_integer, "bandwidth_mb", 512,
-         "Size of the bandwidth probe's array (MB = 2^20 B); keep it far above the last-level "
-         "cache.")
+         "Size of the bandwidth probe's four arrays together (MB = 2^20 B); keep it far above "
+         "the last-level cache.")
+  define(flags.DEFINE_string, "peer_python", None,
+         "Python interpreter with torch and jax/optax (tools/requirements-peers.txt) for the "
+         f"{TORCH} and {OPTAX} rows; without it they are skipped.")
   define(flags.DEFINE_integer, "seed", 0, "Seed of the initial values and the gradients.")
   define(flags.DEFINE_list, "variants", None,
          f"Variants to time (default all): {', '.join(VARIANTS)}.")
@@ -902,12 +1072,15 @@ def config_from_flags(flag_values=flags.FLAGS):
     if flag_values.quick and not flag.present and name in QUICK:
       return QUICK[name]
     return flag.value
+  peer_python = flag_values.peer_python
+  if peer_python and os.sep in peer_python:  # a path, from where `bazel run` was called
+    peer_python = os.path.join(os.environ.get("BUILD_WORKING_DIRECTORY", ""), peer_python)
   return Config(cases=parse_cases(setting("cases")), rounds=setting("rounds"),
                 warmup_rounds=setting("warmup_rounds"), steps=setting("steps"),
                 bandwidth_mb=setting("bandwidth_mb"), seed=flag_values.seed,
                 variants=tuple(v.strip() for v in flag_values.variants or ()),
                 json_out=flag_values.json_out, quick=flag_values.quick,
-                command=run_info.command_line())
+                peer_python=peer_python, command=run_info.command_line())
 
 
 def main(argv):

@@ -10,6 +10,10 @@ and epsilon):
 
   adam_xla fused spl=K        adam_xla.make_train_step(..., steps_per_loop=K), called with an
                               iterator over step.distribute(dataset)
+  adam_xla fused spl=K own slots
+                              the same with every variable's m and v in variables of their
+                              own (ADAM_XLA_PACK_SLOTS=0 when the optimizer is built): the
+                              layout before packed slots, to measure what packing gives
   adam_xla xla_scope=update   the same with xla_scope="update": only the Adam update is an
                               XLA program; forward and backward run as TensorFlow ops
   adam_xla fit                model.fit, adam_xla.compile_model(model, adam_xla.Adam(...))
@@ -78,6 +82,7 @@ import subprocess
 import sys
 import time
 from typing import Callable, Optional, Tuple
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -87,6 +92,7 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from adam_xla import engine
 from tools import cpu_load
 from tools import process_memory
 from tools import run_info
@@ -352,13 +358,17 @@ class FusedVariant:
   kind = "adam_xla"
   last_overhead_seconds = None  # one iterator for all calls: nothing to tear down
 
-  def __init__(self, name, model, dataset, steps_per_loop, xla_scope="step"):
+  def __init__(self, name, model, dataset, steps_per_loop, xla_scope="step",
+               packed_slots=True):
     self.name, self.model, self.steps_per_call = name, model, steps_per_loop
     # The optimizer is created where the model was (the caller's strategy scope).
+    optimizer = adam_xla.Adam(learning_rate=_LEARNING_RATE)
+    if not packed_slots:  # each variable its own m and v (the layout before packed slots)
+      with mock.patch.dict(os.environ, {engine.PACK_SWITCH: "0"}):
+        optimizer.build(model.trainable_variables)
     self._step = adam_xla.make_train_step(
         model, keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-        adam_xla.Adam(learning_rate=_LEARNING_RATE), steps_per_loop=steps_per_loop,
-        xla_scope=xla_scope)
+        optimizer, steps_per_loop=steps_per_loop, xla_scope=xla_scope)
     self.plan = self._step.plan
     self._iterator = iter(self._step.distribute(dataset))
 
@@ -450,11 +460,11 @@ def make_variants(config, strategy_name, strategy, model_name, dataset):
   """The VariantSpecs of one strategy and model, adam_xla first."""
   scope = lambda: _scope(strategy_name, strategy)
 
-  def fused(steps_per_loop, xla_scope="step"):
+  def fused(steps_per_loop, xla_scope="step", packed_slots=True):
     def construct(name):
       with scope():
         return FusedVariant(name, build_model(config, model_name), dataset, steps_per_loop,
-                            xla_scope)
+                            xla_scope, packed_slots)
     return construct
 
   def keras_fit(jit_compile, steps_per_execution):
@@ -465,7 +475,8 @@ def make_variants(config, strategy_name, strategy, model_name, dataset):
     return construct
 
   spl = config.steps_per_loop
-  specs = [VariantSpec(f"adam_xla fused spl={spl}", fused(spl))]
+  specs = [VariantSpec(f"adam_xla fused spl={spl}", fused(spl)),
+           VariantSpec(f"adam_xla fused spl={spl} own slots", fused(spl, packed_slots=False))]
   if model_name == "mlp16m" and config.mlp_spl10_row and spl != 10:
     specs.append(VariantSpec("adam_xla fused spl=10", fused(10)))
   specs.append(VariantSpec(f"adam_xla xla_scope=update spl={spl}", fused(spl, "update")))
