@@ -18,8 +18,8 @@ from adam_xla import cpu_kernel
 from tests import pytest_main
 from tools import benchmark_optimizer as bo
 
-_OPTIMIZERS = ("adam_xla", "adam_xla, XLA loops", "keras jit", "keras no-jit",
-               "tf ResourceApplyAdam", "jit Adam, one flat buffer")
+_OPTIMIZERS = ("adam_xla", "adam_xla own slots", "adam_xla, XLA loops", "keras jit",
+               "keras no-jit", "tf ResourceApplyAdam", "jit Adam, one flat buffer")
 _QUICK_CASES = bo.parse_cases(bo.QUICK["cases"])
 # tools/peer_adam.py's in-place float32 NumPy Adam (epsilon after), run by this interpreter:
 # the peers' process protocol, interleaving and check without torch or jax.
@@ -141,6 +141,8 @@ def test_variants_agree_and_match_numpy(quick_run):
       if name != _NUMPY_PEER:
         assert row["max_abs_diff_vs_adam_xla"] <= agreement["tolerance"], name
     assert agreement["variants"]["adam_xla"]["max_abs_diff_vs_adam_xla"] == 0.0
+    # Packed or own slots, the kernel does the same arithmetic on the same elements.
+    assert agreement["variants"]["adam_xla own slots"]["max_abs_diff_vs_adam_xla"] == 0.0
     # The peer's formula (epsilon after) is checked against its own reference only.
     peer = agreement["variants"][_NUMPY_PEER]
     assert peer["numpy_formula"] == "epsilon after" and peer["max_abs_diff_vs_adam_xla"] is None

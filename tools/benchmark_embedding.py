@@ -27,9 +27,10 @@ The figures of the issue's targets, measured in one process:
                            that reads no table-sized gradient: 24 B per parameter plus the
                            batch's rows; the compiled update's passes are listed.)
       optimizer lazy       the same with sparse_mode="lazy" (only the batch's rows).
-  * the machine's read+write memory bandwidth: an in-place v = v * a + b over --bandwidth_mb
-    of float32 (larger than the caches), compiled with XLA, 8 bytes moved per element. From
-    it, the Adam floor for the table: 28 B x rows x dim / bandwidth.
+  * the machine's read+write memory bandwidth: tools/stream_probe.py, native code on every
+    core streaming four float32 arrays as Adam does (p, g, m, v read; p, m, v written in
+    place) over --bandwidth_mb in all, 28 bytes moved per element. From it, the Adam floor for
+    the table: 28 B x rows x dim / bandwidth.
 
 All variants start from the same weights (each model is built from the same seed; checked),
 read the same synthetic in-memory batches and use the same hyperparameters (learning rate
@@ -74,7 +75,7 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
-from tools import bandwidth_probe
+from tools import stream_probe
 from tools import cpu_load
 from tools import process_memory
 from tools import run_info
@@ -119,8 +120,8 @@ _LAZY_GROWTH_STEPS = flags.DEFINE_integer(
 _OPTIMIZER_STEPS = flags.DEFINE_integer(
     "optimizer_steps", 20, "Updates per round per optimizer-only variant.")
 _BANDWIDTH_MB = flags.DEFINE_integer(
-    "bandwidth_mb", 512, "Size of the bandwidth probe's array (MB); keep it far above the "
-    "last-level cache.")
+    "bandwidth_mb", 512, "Size of the bandwidth probe's four arrays in all (MB); keep it far "
+    "above the last-level cache.")
 _BANDWIDTH_REPEATS = flags.DEFINE_integer(
     "bandwidth_repeats", 10, "Passes of the bandwidth probe per round.")
 _KERNEL_PROFILE = flags.DEFINE_bool(
@@ -279,8 +280,8 @@ class OptimizerOnly:
     return self.update.experimental_get_compiler_ir()(stage="optimized_hlo")
 
 
-class BandwidthProbe(bandwidth_probe.InPlaceProbe):
-  """The bandwidth probe (tools/bandwidth_probe.py) as one of the timed variants."""
+class BandwidthProbe(stream_probe.StreamProbe):
+  """The bandwidth probe (tools/stream_probe.py) as one of the timed variants."""
 
   kind = "probe"
 
@@ -728,7 +729,7 @@ def run():
   print("keras best/this: median ms/step of the faster Keras variant over this variant's "
         "(> 1: faster than Keras).\n"
         "GB/s: 28 B x table params / median time (the bytes Adam must move; not shown for the "
-        "lazy update, which touches\n  only the batch's rows), for the probe 8 B x elements / "
+        "lazy update, which touches\n  only the batch's rows), for the probe 28 B x elements / "
         "time; of BW: that over the probe's median in the same\n  rounds. Adam floor: 28 B x "
         "table params / probe bandwidth. cores: CPU time / wall time of this process.\n"
         "other load: the largest share of the CPUs used by other processes during a timed run "

@@ -17,6 +17,8 @@ same ones and holds its own copy of the variables. The variants (registry VARIAN
   adam_xla              adam_xla.Adam(learning_rate=1e-3); build(vars); one
                         tf.function(jit_compile=True) calling apply_gradients(zip(grads, vars));
                         on CPU its update is adam_xla's one-pass kernel (adam_xla/cpu_kernel.py)
+  adam_xla own slots    the same built with ADAM_XLA_PACK_SLOTS=0: every variable's m and v
+                        variables of its own instead of ranges of two shared buffers
   adam_xla, XLA loops   the same traced with ADAM_XLA_CPU_KERNEL=0: XLA's own loops, three per
                         tensor (what adam_xla did before the kernel, and does on GPU and TPU)
   keras jit             keras.optimizers.Adam(learning_rate=1e-3) over keras.Variables;
@@ -79,7 +81,6 @@ compared with adam_xla over all tensors and, on the first tensor, with a float64
 (epsilon after). A disagreement stops the tool with a non-zero exit and the differences.
 """
 
-import contextlib
 import dataclasses
 import functools
 import gc
@@ -92,6 +93,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -107,8 +109,11 @@ from tools import stream_probe
 from tools import text_table
 
 # adam_xla's user-facing switch of its one-pass CPU kernel (see the README): "0" makes it
-# trace XLA's own loops instead. Read while a step traces, so set around the tracing only.
+# trace XLA's own loops instead (read while building and tracing).
 CPU_KERNEL_SWITCH = "ADAM_XLA_CPU_KERNEL"
+# adam_xla's switch of packed slots (small variables' m and v in shared buffers), read when the
+# optimizer is built.
+PACK_SWITCH = "ADAM_XLA_PACK_SLOTS"
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
 ADAM_BYTES_PER_PARAM = 28  # read var, grad, m, v; write var, m, v (float32)
@@ -312,12 +317,15 @@ class Variant:
 class AdamXla(Variant):
   """adam_xla.Adam, its apply_gradients in one tf.function(jit_compile=True).
 
-  With cpu_kernel=False the optimizer is built and its function traced with
+  With use_cpu_kernel=False the optimizer is built and its function traced with
   ADAM_XLA_CPU_KERNEL=0, so that the update is XLA's own loops over each variable's own m and
-  v (what adam_xla does on GPU and TPU) rather than adam_xla's one-pass CPU kernel.
+  v (what adam_xla does on GPU and TPU) rather than adam_xla's one-pass CPU kernel. With
+  packed_slots=False it is built with ADAM_XLA_PACK_SLOTS=0: the kernel, with every variable's
+  m and v variables of their own.
   """
 
-  def __init__(self, problem, learning_rate=LEARNING_RATE, use_cpu_kernel=True):
+  def __init__(self, problem, learning_rate=LEARNING_RATE, use_cpu_kernel=True,
+               packed_slots=True):
     super().__init__(problem)
     self._vars = [tf.Variable(row) for row in problem.initial]
     self._opt = adam_xla.Adam(learning_rate=learning_rate, beta_1=BETA_1, beta_2=BETA_2,
@@ -325,26 +333,14 @@ class AdamXla(Variant):
     pairs = list(zip(problem.grads, self._vars))
     self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
                                jit_compile=True)
-    with _cpu_kernel_switch(use_cpu_kernel):
-      self._opt.build(self._vars)  # packed slots only where the kernel is on
+    switches = {CPU_KERNEL_SWITCH: "1" if use_cpu_kernel else "0",
+                PACK_SWITCH: "1" if packed_slots else "0"}
+    with mock.patch.dict(os.environ, switches):  # read while building and tracing
+      self._opt.build(self._vars)
       self._update.get_concrete_function()  # traces now; later calls reuse this trace
 
   def state_bytes(self):
     return _variables_bytes(self._opt.variables)  # iterations, the rate's variable, the slots
-
-
-@contextlib.contextmanager
-def _cpu_kernel_switch(on):
-  """Sets ADAM_XLA_CPU_KERNEL for the duration (read by adam_xla while it traces)."""
-  saved = os.environ.get(CPU_KERNEL_SWITCH)
-  os.environ[CPU_KERNEL_SWITCH] = "1" if on else "0"
-  try:
-    yield
-  finally:
-    if saved is None:
-      del os.environ[CPU_KERNEL_SWITCH]
-    else:
-      os.environ[CPU_KERNEL_SWITCH] = saved
 
 
 class KerasAdam(Variant):
@@ -593,6 +589,7 @@ class PerVariableBound(Variant):
 # Name -> constructor(problem). A new variant (say, another slot layout of adam_xla) is one line.
 VARIANTS = {
     "adam_xla": AdamXla,
+    "adam_xla own slots": functools.partial(AdamXla, packed_slots=False),
     "adam_xla, XLA loops": functools.partial(AdamXla, use_cpu_kernel=False),
     "keras jit": functools.partial(KerasAdam, jit_compile=True),
     "keras no-jit": functools.partial(KerasAdam, jit_compile=False),
