@@ -7,6 +7,7 @@ logical CPUs, configured before the TF runtime starts.
 """
 
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -59,17 +60,11 @@ def _train(inits, grads, jit_step=True, kernel_when_tracing=True, **adam_args):
       pairs[1] = (None, variables[1])
     opt.apply_gradients(pairs, apply_if=tf.constant(step != 3))
 
-  saved = os.environ.get(cpu_kernel.ENV_SWITCH)
-  os.environ[cpu_kernel.ENV_SWITCH] = "1" if kernel_when_tracing else "0"
-  try:
+  with mock.patch.dict(os.environ,
+                       {cpu_kernel.ENV_SWITCH: "1" if kernel_when_tracing else "0"}):
     for step, step_grads in enumerate(grads):
       fn = tf.function(apply, jit_compile=True) if jit_step else apply
       fn([tf.constant(g) for g in step_grads], step)
-  finally:
-    if saved is None:
-      del os.environ[cpu_kernel.ENV_SWITCH]
-    else:
-      os.environ[cpu_kernel.ENV_SWITCH] = saved
   return variables, opt
 
 
@@ -90,14 +85,11 @@ def _reference(inits, grads, weight_decay=0.0):
     for i in (3, 3, 999, 0):
       dense[i] += step_grads[2][i]
     step_grads[2] = dense
-    if step == 1:
-      step_grads[1] = np.zeros(SHAPES[1], np.float32)  # no gradient: held still below
-      held = params[1].copy(), reference.m and reference.m[1].copy(), (
-          reference.v and reference.v[1].copy())
+    if step == 1:  # variable 1 has no gradient: it and its moments stay as they are
+      held = params[1].copy(), reference.m[1].copy(), reference.v[1].copy()
     reference.step(params, step_grads)
     if step == 1:
-      params[1] = held[0]
-      reference.m[1], reference.v[1] = held[1], held[2]
+      params[1], reference.m[1], reference.v[1] = held
   return params, reference
 
 

@@ -103,17 +103,13 @@ import numpy as np
 import tensorflow as tf
 
 import adam_xla
+from adam_xla import cpu_kernel
+from adam_xla import engine
 from tools import cpu_load
 from tools import run_info
 from tools import stream_probe
 from tools import text_table
 
-# adam_xla's user-facing switch of its one-pass CPU kernel (see the README): "0" makes it
-# trace XLA's own loops instead (read while building and tracing).
-CPU_KERNEL_SWITCH = "ADAM_XLA_CPU_KERNEL"
-# adam_xla's switch of packed slots (small variables' m and v in shared buffers), read when the
-# optimizer is built.
-PACK_SWITCH = "ADAM_XLA_PACK_SLOTS"
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's defaults, given to every variant
 ADAM_BYTES_PER_PARAM = 28  # read var, grad, m, v; write var, m, v (float32)
@@ -333,8 +329,9 @@ class AdamXla(Variant):
     pairs = list(zip(problem.grads, self._vars))
     self._update = tf.function(lambda: tf.identity(self._opt.apply_gradients(pairs)),
                                jit_compile=True)
-    switches = {CPU_KERNEL_SWITCH: "1" if use_cpu_kernel else "0",
-                PACK_SWITCH: "1" if packed_slots else "0"}
+    # adam_xla's user-facing switches (see the README), read while building and tracing.
+    switches = {cpu_kernel.ENV_SWITCH: "1" if use_cpu_kernel else "0",
+                engine.PACK_SWITCH: "1" if packed_slots else "0"}
     with mock.patch.dict(os.environ, switches):  # read while building and tracing
       self._opt.build(self._vars)
       self._update.get_concrete_function()  # traces now; later calls reuse this trace
