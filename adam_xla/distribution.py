@@ -119,6 +119,63 @@ def update_on_each_device(strategy, update_fn, variables, per_variable, shared):
                 tf.nest.map_structure(pick, shared))
 
 
+def shards_state(strategy):
+  """Whether `Adam(shard_state=True)` splits the state under `strategy`: under
+  MirroredStrategy and MultiWorkerMirroredStrategy with more than one replica. (On TPU the
+  compiler shards the weight update itself; on one device there is nothing to split.)"""
+  return (isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                tf.distribute.MultiWorkerMirroredStrategy))
+          and strategy.num_replicas_in_sync > 1)
+
+
+def local_replica_ids(strategy):
+  """The replica id in the sync group of each of this worker's devices, in device order."""
+  ids = strategy.experimental_distribute_values_from_function(
+      lambda context: context.replica_id_in_sync_group)
+  return tuple(int(i) for i in strategy.experimental_local_results(ids))
+
+
+def gather_shards(strategy, local_shards, replica_ids):
+  """Every replica's shard, in replica order, from this worker's `local_shards` (one per
+  local device, of replicas `replica_ids`). On one worker they are all here; across workers
+  it is an all-gather, which every worker must call."""
+  count = strategy.num_replicas_in_sync
+  if len(local_shards) == count:
+    by_id = dict(zip(replica_ids, local_shards))
+    return [by_id[i] for i in range(count)]
+  by_id = dict(zip(replica_ids, local_shards))
+  per_replica = strategy.experimental_distribute_values_from_function(
+      lambda context: by_id[context.replica_id_in_sync_group])
+  return tf.split(strategy.gather(per_replica, axis=0), count)
+
+
+def update_sharded(strategy, update_fn, write_fn, variables, per_variable, shared):
+  """Runs a sharded update: update_fn on each device, then write_fn on each device.
+
+  Call in cross-replica context, as `update_on_each_device`, whose arguments these are.
+  update_fn(variables, per_variable, shared, replica_id) updates that replica's shards of the
+  state and returns its new shards of the parameters (a list of 1-D tensors, one per group);
+  write_fn(variables, per_variable, shared, shards) is then given, per group, every
+  replica's new shard in replica order, and writes the device's copies of the variables.
+  """
+  devices = strategy.extended.worker_devices
+  replica_ids = local_replica_ids(strategy)
+  components = [strategy.experimental_local_results(v) for v in variables]
+  def local(index):
+    pick = lambda x: (strategy.experimental_local_results(x)[index]
+                      if isinstance(x, tf.distribute.DistributedValues) else x)
+    return ([c[index] for c in components], tf.nest.map_structure(pick, per_variable),
+            tf.nest.map_structure(pick, shared))
+  new_shards = []
+  for index, device in enumerate(devices):
+    with tf.device(device):
+      new_shards.append(update_fn(*local(index), replica_ids[index]))
+  gathered = [gather_shards(strategy, list(group), replica_ids) for group in zip(*new_shards)]
+  for index, device in enumerate(devices):
+    with tf.device(device):
+      write_fn(*local(index), gathered)
+
+
 # ---- Compile plans for the train step ------------------------------------------------------
 
 SINGLE_PROGRAM = "single_program"

@@ -178,31 +178,104 @@ def _dense(grad, var):
 def _update_packed_with_xla(updates, apply_if):
   """`update_rule.adam_step` of variables whose m and v are ranges of packed buffers, where
   the kernel is off (ADAM_XLA_CPU_KERNEL=0 set after the slots were built packed): correct,
-  but slower than either the kernel or XLA on a variable's own slots. Each buffer is read once
-  and written once whole, the new ranges and the untouched ones between them; writing each
-  range on its own made XLA copy the whole buffer per variable."""
+  but slower than either the kernel or XLA on a variable's own slots."""
   by_buffer = {}
   for update in updates:
     by_buffer.setdefault(update[2].m.ref(), []).append(update)
   for group in by_buffer.values():
-    m_buffer, v_buffer = group[0][2].m, group[0][2].v
-    old_m, old_v = tf.convert_to_tensor(m_buffer), tf.convert_to_tensor(v_buffer)
-    new_ranges = {}
-    for var, grad, packed, c in group:
-      end = packed.offset + packed.size
-      old = update_rule.Moments(tf.reshape(old_m[packed.offset:end], var.shape),
-                                tf.reshape(old_v[packed.offset:end], var.shape))
-      new_var, new = _selected(apply_if, update_rule.adam_step(var, grad, old, c), (var, old))
-      var.assign(new_var)
-      new_ranges[packed.offset] = (end, new)
-    for buffer, old_flat, moment in ((m_buffer, old_m, "m"), (v_buffer, old_v, "v")):
-      pieces, at = [], 0
-      for offset in sorted(new_ranges):
-        end, new = new_ranges[offset]
-        pieces += [old_flat[at:offset], tf.reshape(getattr(new, moment), [end - offset])]
-        at = end
-      pieces.append(old_flat[at:])
-      buffer.assign(tf.concat(pieces, 0))
+    variables, grads, packed, cs = zip(*group)
+    new_variables = _steps_in_ranges(
+        variables, grads, update_rule.Moments(packed[0].m, packed[0].v),
+        [p.offset for p in packed], cs, apply_if)
+    for var, new in zip(variables, new_variables):
+      var.assign(new)
+
+
+def _steps_in_ranges(params, grads, buffers, offsets, cs, apply_if):
+  """`update_rule.adam_step` of `params` whose moments are the ranges at `offsets` of the flat
+  `buffers` (`update_rule.Moments` of variables); returns the new params and writes the
+  buffers. Each buffer is read once and written once whole, the new ranges and the untouched
+  ones between them: writing each range on its own made XLA copy the whole buffer per range."""
+  old = update_rule.Moments(*(None if b is None else tf.convert_to_tensor(b) for b in buffers))
+  new_params, new_ranges = [], {}
+  for param, grad, offset, c in zip(params, grads, offsets, cs):
+    end = offset + param.shape.num_elements()
+    moments = update_rule.Moments(*(None if b is None else tf.reshape(b[offset:end], param.shape)
+                                    for b in old))
+    new_param, new = _selected(apply_if, update_rule.adam_step(param, grad, moments, c),
+                               (param, moments))
+    new_params.append(new_param)
+    new_ranges[offset] = (end, new)
+  for slot, buffer in zip(update_rule.Moments._fields, buffers):
+    if buffer is None:
+      continue
+    old_flat, pieces, at = getattr(old, slot), [], 0
+    for offset in sorted(new_ranges):
+      end, new = new_ranges[offset]
+      pieces += [old_flat[at:offset], tf.reshape(getattr(new, slot), [end - offset])]
+      at = end
+    pieces.append(old_flat[at:])
+    buffer.assign(tf.concat(pieces, 0))
+  return new_params
+
+
+# ---- Sharded state (see `sharding`) ---------------------------------------------------------
+
+def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if, options,
+                 shard):
+  """The step of shard `shard` of a sharded group, on one device; returns its new parameters.
+
+  `variables` (this device's copies) and their `grads` are the group's variables that have a
+  gradient in this step, at positions `indices` of `layout`; `shards` are this replica's
+  `update_rule.Moments` shard variables, updated in place. The result is the shard's elements
+  of the new parameters, `layout.shard_size` long; elements of variables without a gradient,
+  and the padding, are zeros there, and `write_shards` does not read them.
+  """
+  position = {index: k for k, index in enumerate(indices)}
+  params, piece_grads, piece_decays, offsets, layout_pieces = [], [], [], [], []
+  for piece in layout.pieces(shard):
+    k = position.get(piece.index)
+    if k is None:
+      continue
+    grad = grads[k]
+    if isinstance(grad, tf.IndexedSlices):
+      if options.sparse_mode == "lazy":
+        raise ValueError(
+            f"Adam: variable '{variables[k].name}' has a sparse gradient, and its state is "
+            "sharded (shard_state=True); lazy mode needs the rows' own state. Exclude it with "
+            "`exclude_from_state_sharding` before the optimizer is built.")
+      grad = _dense(grad, variables[k])
+    window = lambda t: tf.reshape(t, [-1])[piece.start:piece.start + piece.size]
+    params.append(window(variables[k]))
+    piece_grads.append(window(grad))
+    piece_decays.append(decays[k])
+    offsets.append(piece.at)
+    layout_pieces.append(piece)
+  if params:
+    if options.use_cpu_kernels and cpu_kernel.applies(shards.m, piece_grads[0], shards.vhat):
+      new_params, (new_m, new_v) = cpu_kernel.adam_steps(
+          params, piece_grads, [tf.convert_to_tensor(shards.m), tf.convert_to_tensor(shards.v)],
+          [(0, 1, offset) for offset in offsets], piece_decays, c, apply_if)
+      shards.m.assign(new_m)
+      shards.v.assign(new_v)
+    else:
+      new_params = _steps_in_ranges(
+          params, piece_grads, shards, offsets,
+          [c if decay else c._replace(decay=None) for decay in piece_decays], apply_if)
+  filled, at = [], 0
+  for piece, new in zip(layout_pieces, new_params if params else []):
+    filled += [tf.zeros([piece.at - at], shards.m.dtype), new]
+    at = piece.at + piece.size
+  filled.append(tf.zeros([layout.shard_size - at], shards.m.dtype))
+  return tf.concat(filled, 0)
+
+
+def write_shards(variables, indices, layout, shards):
+  """Writes this device's copies of `variables` (at positions `indices` of `layout`) from
+  every replica's new shard (`shards`, in replica order)."""
+  for var, index in zip(variables, indices):
+    pieces = [shards[shard][p.at:p.at + p.size] for shard, p in layout.pieces_of(index)]
+    var.assign(tf.reshape(tf.concat(pieces, 0), var.shape))
 
 
 def _selected(apply_if, new, old):

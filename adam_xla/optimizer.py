@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import types
 
+from absl import logging
 import keras
 from keras.src.utils import tracking as keras_tracking
 import tensorflow as tf
@@ -25,6 +26,7 @@ from adam_xla import distribution
 from adam_xla import engine
 from adam_xla import gradients
 from adam_xla import hyperparameters
+from adam_xla import sharding
 from adam_xla import slots as slots_lib
 from adam_xla import update_rule
 
@@ -41,6 +43,7 @@ class _Settings:
   sparse_mode: str
   weight_decay: float
   jit_compile: bool
+  shard_state: bool
   clip: clipping.ClipConfig
 
 
@@ -48,6 +51,19 @@ class _Settings:
 # is none of these, so what it holds is not saved. Hyperparameter variables are kept there so
 # that a resumed run uses the hyperparameters it was started with.
 _Untracked = types.SimpleNamespace
+
+
+class _ShardPlan:
+  """Which of a step's variables belong to which `sharding.Group`: [(group, positions in the
+  step's list, indices in the group's layout)]. Kept per list of variables, so that the
+  compiled per-device functions, which take it as an argument, are traced once."""
+
+  def __init__(self, slots):
+    groups = {}
+    for k, entry in enumerate(slots):
+      groups.setdefault(id(entry.group), (entry.group, []))[1].append(k)
+    self.plan = [(group, positions, [slots[k].index for k in positions])
+                 for group, positions in groups.values()]
 
 
 def _no_keras_rate():
@@ -89,6 +105,12 @@ class Adam(keras.optimizers.Optimizer):
     clipnorm: clip each gradient to this norm; None (default): no clipping.
     clipvalue: clip each gradient element to [-clipvalue, clipvalue].
     global_clipnorm: clip all gradients together to this norm; excludes `clipnorm`.
+    shard_state: under MirroredStrategy and MultiWorkerMirroredStrategy with N replicas, each
+      replica keeps m and v (and vhat) for 1/N of the parameters, updates those, and the
+      updated parameters are gathered so that every replica holds the whole model: 1/N of
+      the optimizer's memory and work per replica, the same results bit for bit. Checkpoints
+      are the same as without it. Elsewhere it changes nothing (TPU's compiler shards the
+      update itself). See `exclude_from_state_sharding`.
 
   Update, with t = iterations + 1:
     lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
@@ -107,11 +129,11 @@ class Adam(keras.optimizers.Optimizer):
   def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
                clipnorm=None, clipvalue=None, global_clipnorm=None, jit_compile=True,
-               **unknown):
+               shard_state=False, **unknown):
     _reject_unknown_arguments(unknown)
     settings = _validated_settings(
         amsgrad=amsgrad, name=name, sparse_mode=sparse_mode, weight_decay=weight_decay,
-        jit_compile=jit_compile, clip=dict(clipnorm=clipnorm, clipvalue=clipvalue,
+        jit_compile=jit_compile, shard_state=shard_state, clip=dict(clipnorm=clipnorm, clipvalue=clipvalue,
                                            global_clipnorm=global_clipnorm))
     super().__init__(learning_rate=_no_keras_rate, name=name)
     self._leave_keras_state_out_of_checkpoints()
@@ -121,11 +143,13 @@ class Adam(keras.optimizers.Optimizer):
     self.clipnorm, self.clipvalue, self.global_clipnorm = (
         clipnorm, clipvalue, global_clipnorm)
     self._decay_exclusions = _Untracked(refs=set(), names=set())
+    self._sharding = _Untracked(exclusions=set(), plans={})
     # The update of all variables on one device, as one XLA program. Inside a step that is
     # itself compiled it is inlined into that program.
-    self._compiled = _Untracked(update_on_device=(
-        tf.function(self._update_on_device, jit_compile=True) if self.jit_compile
-        else self._update_on_device))
+    compiled = lambda fn: tf.function(fn, jit_compile=True) if self.jit_compile else fn
+    self._compiled = _Untracked(update_on_device=compiled(self._update_on_device),
+                                update_shards=compiled(self._update_shards),
+                                write_shards=compiled(self._write_shards))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
@@ -157,6 +181,7 @@ class Adam(keras.optimizers.Optimizer):
 
   jit_compile = property(lambda self: self._settings.jit_compile)
   amsgrad = property(lambda self: self._settings.amsgrad)
+  shard_state = property(lambda self: self._settings.shard_state)
   sparse_mode = property(lambda self: self._settings.sparse_mode)
   beta_1 = property(lambda self: self._hyper.beta_1)
   beta_2 = property(lambda self: self._hyper.beta_2)
@@ -208,6 +233,10 @@ class Adam(keras.optimizers.Optimizer):
                      f"{self.slot_names}.")
     return self._slot_table.slot(distribution.as_tf_variable(var), slot_name)
 
+  def state_bytes_per_replica(self):
+    """Bytes of m, v and vhat that one replica holds (all of them without sharded state)."""
+    return self._slot_table.bytes_per_replica()
+
   @property
   def variables(self):
     """The step count, the rate's variable (if the rate is a number) and every slot, in the
@@ -244,8 +273,22 @@ class Adam(keras.optimizers.Optimizer):
       distribution.check_created_in_scope(var)
     if self._iterations is None:
       self._create_step_state(anchor)
-    self._slot_table.create(new_variables, lambda var: engine.packs_slots(
-        var, self._engine_options(), self.amsgrad))
+    self._slot_table.create(
+        new_variables,
+        packable=lambda var: engine.packs_slots(var, self._engine_options(), self.amsgrad),
+        shardable=self._shards)
+
+  def _shards(self, var):
+    """Whether `var`'s slots are split across replicas (`shard_state`)."""
+    if not self.shard_state or var.ref() in self._sharding.exclusions:
+      return False
+    strategy = getattr(var, "distribute_strategy", None)
+    if strategy is None or not distribution.shards_state(strategy):
+      if strategy is not None and distribution.compile_plan(strategy) == distribution.TPU_PROGRAM:
+        logging.log_first_n(logging.INFO, "Adam(shard_state=True): on TPU the compiler shards "
+                            "the weight update itself; the state stays as it is.", 1)
+      return False
+    return var.shape.num_elements() not in (None, 0)
 
   def _create_step_state(self, anchor):
     """The iteration count, and a variable for a numeric learning rate (`_held_rate`).
@@ -339,10 +382,16 @@ class Adam(keras.optimizers.Optimizer):
   def _apply_in_cross_replica(self, strategy, grads, variables, constraints, apply_if):
     dtypes = dict.fromkeys(v.dtype.base_dtype for v in variables)
     coefficients = {dtype.name: self._step_coefficients(dtype) for dtype in dtypes}
-    per_variable = (grads, [self._slot_table[v] for v in variables],
-                    [self._decays(v) for v in variables], constraints)
-    distribution.update_on_each_device(strategy, self._compiled.update_on_device, variables,
-                                       per_variable, (coefficients, apply_if))
+    slots = [self._slot_table[v] for v in variables]
+    per_variable = (grads, slots, [self._decays(v) for v in variables], constraints)
+    is_sharded = [isinstance(s, sharding.Sharded) for s in slots]
+    own, sharded = (tuple([x for x, flag in zip(xs, is_sharded) if flag == want]
+                          for xs in (variables,) + per_variable) for want in (False, True))
+    if own[0]:
+      distribution.update_on_each_device(strategy, self._compiled.update_on_device, own[0],
+                                         own[1:], (coefficients, apply_if))
+    if sharded[0]:
+      self._update_sharded(strategy, sharded[0], sharded[1:], (coefficients, apply_if))
     if apply_if is None:
       self._iterations.assign_add(1)
     else:
@@ -376,6 +425,47 @@ class Adam(keras.optimizers.Optimizer):
                     self._engine_options())
       engine.constrain(variables, constraints, apply_if)
 
+  def _update_sharded(self, strategy, variables, per_variable, shared):
+    """The step of variables with sharded slots: each replica updates its shards, then every
+    device writes the gathered result (`distribution.update_sharded`)."""
+    grads, slots, decays, constraints = per_variable
+    static = self._sharding.plans.get(tuple(v.ref() for v in variables))
+    if static is None:
+      static = self._sharding.plans[tuple(v.ref() for v in variables)] = _ShardPlan(slots)
+    shard_moments = [update_rule.Moments(*(group.shards.get(name) for name in ("m", "v", "vhat")))
+                     for group, _, _ in static.plan]
+    per_device = (grads, decays, constraints, shard_moments)
+    distribution.update_sharded(
+        strategy, lambda v, per, shared_, replica: self._compiled.update_shards(
+            v, per, shared_, replica, static),
+        lambda v, per, shared_, shards: self._compiled.write_shards(v, per, shared_, shards,
+                                                                    static),
+        variables, per_device, shared)
+
+  def _update_shards(self, variables, per_device, shared, replica, static):
+    """`engine.update_shard` of each group: one XLA program per device."""
+    grads, decays, _, shard_moments = per_device
+    coefficients, apply_if = shared
+    new_shards = []
+    with tf.name_scope(self.name):
+      for (group, positions, indices), moments in zip(static.plan, shard_moments):
+        pick = lambda xs: [xs[k] for k in positions]
+        new_shards.append(engine.update_shard(
+            pick(variables), pick(grads), pick(decays), indices, group.layout, moments,
+            coefficients[moments.m.dtype.base_dtype.name], apply_if, self._engine_options(),
+            replica))
+    return new_shards
+
+  def _write_shards(self, variables, per_device, shared, shards, static):
+    """`engine.write_shards` of each group, then the variables' constraints."""
+    _, _, constraints, _ = per_device
+    _, apply_if = shared
+    with tf.name_scope(self.name):
+      for (group, positions, indices), group_shards in zip(static.plan, shards):
+        engine.write_shards([variables[k] for k in positions], indices, group.layout,
+                            group_shards)
+      engine.constrain(variables, constraints, apply_if)
+
   def _engine_options(self):
     return engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)
 
@@ -392,11 +482,23 @@ class Adam(keras.optimizers.Optimizer):
         distribution.as_tf_variable(v).ref() for v in (var_list or []))
     self._decay_exclusions.names.update(var_names or [])
 
+  def exclude_from_state_sharding(self, var_list):
+    """Keeps the state of the variables in `var_list` whole on every replica under
+    `shard_state`: for embedding tables updated in lazy mode (which needs each row's own
+    state) or whose sparse updates should not become dense. Call before `build`."""
+    for var in var_list:
+      var = distribution.as_tf_variable(var)
+      if var in self._slot_table:
+        raise ValueError(f"Adam.exclude_from_state_sharding: variable '{var.name}' already has "
+                         "its state; call this before the optimizer is built.")
+      self._sharding.exclusions.add(var.ref())
+
   # ---- Configuration --------------------------------------------------------------------
 
   def get_config(self):
     config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode,
-              "weight_decay": self._settings.weight_decay, "jit_compile": self.jit_compile}
+              "weight_decay": self._settings.weight_decay, "jit_compile": self.jit_compile,
+              "shard_state": self.shard_state}
     for key in _HYPERPARAMETERS:
       config[key] = hyperparameters.to_config(getattr(self._hyper, key))
     config.update(dataclasses.asdict(self._settings.clip))
@@ -432,14 +534,16 @@ def _reject_unknown_arguments(unknown):
                     f"arguments are {', '.join(accepted)}.")
 
 
-def _validated_settings(*, amsgrad, name, sparse_mode, weight_decay, jit_compile, clip):
+def _validated_settings(*, amsgrad, name, sparse_mode, weight_decay, jit_compile, shard_state,
+                        clip):
   """The constructor's non-hyperparameter arguments, checked, with a clear error for each."""
   clip = clipping.ClipConfig(**{
       key: hyperparameters.validate_positive_or_none(key, value) for key, value in clip.items()})
   if clip.clipnorm is not None and clip.global_clipnorm is not None:
     raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
                      "`global_clipnorm` (all gradients together); both were given.")
-  for flag_name, flag in (("amsgrad", amsgrad), ("jit_compile", jit_compile)):
+  for flag_name, flag in (("amsgrad", amsgrad), ("jit_compile", jit_compile),
+                          ("shard_state", shard_state)):
     if not isinstance(flag, bool):
       raise TypeError(f"Adam: `{flag_name}` must be True or False; got {flag!r}.")
   if sparse_mode not in SPARSE_MODES:
@@ -449,7 +553,7 @@ def _validated_settings(*, amsgrad, name, sparse_mode, weight_decay, jit_compile
     raise TypeError(f"Adam: `name` must be a non-empty string; got {name!r}.")
   weight_decay = float(hyperparameters.validate_non_negative("weight_decay", weight_decay))
   return _Settings(amsgrad=amsgrad, sparse_mode=sparse_mode, weight_decay=weight_decay,
-                   jit_compile=jit_compile, clip=clip)
+                   jit_compile=jit_compile, shard_state=shard_state, clip=clip)
 
 
 def _check_dtype(var):

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from adam_xla import distribution
+from adam_xla import sharding
+from adam_xla import slot_views
 from adam_xla import update_rule
 
 # Variables up to this many elements are packed: above it the per-variable cost of a call is
@@ -50,7 +52,8 @@ class SlotTable:
     return var.ref() in self._by_variable
 
   def __getitem__(self, var):
-    """`var`'s slots: `update_rule.Moments` (vhat None without amsgrad), or `Packed`."""
+    """`var`'s slots: `update_rule.Moments` (vhat None without amsgrad), `Packed` or
+    `sharding.Sharded`."""
     return self._by_variable[var.ref()]
 
   def variables(self):
@@ -58,7 +61,7 @@ class SlotTable:
     return [ref.deref() for ref in self._by_variable]
 
   def slot(self, var, name):
-    """`var`'s slot `name`: its variable, or the `PackedSlot` view of its range."""
+    """`var`'s slot `name`: its variable, or its view (`PackedSlot`, `sharding.ShardedSlot`)."""
     views = self._views.get(var.ref())
     return views[name] if views else getattr(self[var], name)
 
@@ -66,24 +69,52 @@ class SlotTable:
     """`var`'s slots in `slot_names` order (variables or views): what Keras saves."""
     return [self.slot(var, name) for name in self._names]
 
-  def create(self, variables, packable):
+  def create(self, variables, packable, shardable=lambda var: False):
     """Zero-filled slots for `variables`, placed and replicated like each. Those for which
-    `packable(var)` holds share flat m and v buffers, one pair per dtype and set of devices."""
-    keys = [self._unique_key(var) for var in variables]  # in order: keys never depend on packing
-    groups = {}
+    `shardable(var)` holds are split across replicas, one `sharding.Group` per dtype; of the
+    others, those for which `packable(var)` holds share flat m and v buffers, one pair per
+    dtype and set of devices."""
+    keys = [self._unique_key(var) for var in variables]  # in order: keys never depend on layout
+    groups, sharded = {}, {}
     for var in variables:
-      if packable(var) and 0 < var.shape.num_elements() <= PACK_MAX_ELEMENTS:
+      if shardable(var):
+        sharded.setdefault(var.dtype.base_dtype, []).append(var)
+      elif packable(var) and 0 < var.shape.num_elements() <= PACK_MAX_ELEMENTS:
         devices = tuple(c.device for c in getattr(var, "values", (var,)))
         groups.setdefault((var.dtype.base_dtype, devices), []).append(var)
     ranges = {}
     for group in groups.values():
       if len(group) > 1:
         ranges.update(self._packed_buffers(group))
+    for dtype, group in sharded.items():
+      state = sharding.Group(group, self._names, group[0].distribute_strategy,
+                             f"{self._prefix}/sharded_{dtype.name}")
+      ranges.update({var.ref(): sharding.Sharded(state, index)
+                     for index, var in enumerate(group)})
     for var, key in zip(variables, keys):
       if var.ref() in ranges:
-        self._add_packed(var, key, ranges[var.ref()])
+        self._add_view(var, key, ranges[var.ref()])
       else:
         self._add_own(var, key)
+
+  def groups(self):
+    """The `sharding.Group`s, in the order they were built."""
+    entries = [self[var] for var in self.variables()]
+    found = {id(e.group): e.group for e in entries if isinstance(e, sharding.Sharded)}
+    return list(found.values())
+
+  def bytes_per_replica(self):
+    """Bytes of the slots one replica holds."""
+    held = {}
+    for var in self.variables():
+      entry = self[var]
+      if isinstance(entry, sharding.Sharded):
+        held[id(entry.group)] = entry.group.bytes_per_replica()
+      else:
+        for slot in entry[:len(self._names)]:
+          if slot is not None:
+            held[id(slot)] = slot.shape.num_elements() * slot.dtype.size
+    return sum(held.values())
 
   def _add_own(self, var, key):
     with distribution.creation_scope(var):
@@ -105,12 +136,16 @@ class SlotTable:
     return {var.ref(): Packed(m, v, offset, size)
             for var, offset, size in zip(group, offsets, sizes)}
 
-  def _add_packed(self, var, key, packed):
-    self._by_variable[var.ref()] = packed
-    views = {name: PackedSlot(getattr(packed, name), packed.offset, var.shape)
-             for name in self._names}
+  def _add_view(self, var, key, entry):
+    self._by_variable[var.ref()] = entry
+    if isinstance(entry, sharding.Sharded):
+      views = {name: sharding.ShardedSlot(entry.group, name, entry.index, var.shape)
+               for name in self._names}
+    else:
+      views = {name: PackedSlot(getattr(entry, name), entry.offset, var.shape)
+               for name in self._names}
     self._views[var.ref()] = views
-    for name, view in views.items():  # the buffers exist: a deferred restore can fire here
+    for name, view in views.items():  # the state exists: a deferred restore can fire here
       self._saved[f"{key}/{name}"] = view
 
   def _unique_key(self, var):
@@ -122,21 +157,15 @@ class SlotTable:
     return key
 
 
-class PackedSlot(tf.__internal__.tracking.Trackable):
-  """One variable's slot: elements [offset, offset + size) of a flat buffer, as `shape`.
-
-  Reads like a variable (`numpy()`, `read_value()`, arithmetic, conversion to a tensor),
-  `assign`s every copy of the buffer, and is saved and restored exactly as a variable of that shape would be.
-  """
+class PackedSlot(slot_views.SlotView):
+  """One variable's slot: elements [offset, offset + size) of a flat buffer, as `shape`."""
 
   def __init__(self, flat, offset, shape):
-    self._flat, self._offset, self._shape = flat, offset, tf.TensorShape(shape)
-    self._size = self._shape.num_elements()
+    super().__init__(shape, flat.dtype)
+    self._flat, self._offset = flat, offset
 
   buffer = property(lambda self: self._flat, doc="The flat buffer (a distributed variable "
                     "under a strategy) this slot is a range of.")
-  shape = property(lambda self: self._shape)
-  dtype = property(lambda self: self._flat.dtype)
   device = property(lambda self: self._flat.device)
 
   @property
@@ -150,55 +179,6 @@ class PackedSlot(tf.__internal__.tracking.Trackable):
     flat = tf.convert_to_tensor(self._flat)
     return tf.reshape(flat[self._offset:self._offset + self._size], self._shape)
 
-  value = read_value
-
-  def numpy(self):
-    return self.read_value().numpy()
-
-  def __array__(self, dtype=None, copy=None):
-    del copy  # numpy() is a fresh array already
-    return np.asarray(self.numpy(), dtype=dtype)
-
-  def assign(self, value):
-    """Writes `value` into this range of every copy of the buffer."""
-    value = tf.convert_to_tensor(value, self.dtype)
-    if not value.shape.is_compatible_with(self._shape):
-      raise ValueError(f"Adam: a value of shape {value.shape} cannot be assigned to a slot of "
-                       f"shape {self._shape}.")
-    value = tf.reshape(value, [self._size])
+  def _write(self, flat_value):
     for copy in getattr(self._flat, "values", (self._flat,)):
-      tf.raw_ops.ResourceStridedSliceAssign(
-          ref=copy.handle, begin=[self._offset], end=[self._offset + self._size], strides=[1],
-          value=value)
-    return self
-
-  def _serialize_to_tensors(self):
-    return {"VARIABLE_VALUE": self.read_value()}
-
-  def _restore_from_tensors(self, restored_tensors):
-    value = restored_tensors["VARIABLE_VALUE"]
-    if not self._shape.is_compatible_with(value.shape):
-      raise ValueError(f"Adam: a checkpointed slot of shape {value.shape} cannot be restored "
-                       f"into a slot of shape {self._shape}.")
-    with tf.init_scope():
-      self.assign(value)
-
-  def _copy_trackable_to_cpu(self, object_map):
-    """For async checkpoints: a CPU variable holding this slot's value at save time."""
-    if self not in object_map:
-      with tf.device("/cpu:0"):
-        object_map[self] = tf.Variable(self.read_value(), trainable=False)
-    else:
-      object_map[self].assign(self.read_value())
-
-
-def _reads_value(operator):
-  return lambda view, *args: getattr(view.read_value(), operator)(*args)
-
-
-for _operator in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-                  "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__neg__", "__abs__",
-                  "__getitem__", "__lt__", "__le__", "__gt__", "__ge__"):
-  setattr(PackedSlot, _operator, _reads_value(_operator))
-tf.register_tensor_conversion_function(
-    PackedSlot, lambda view, dtype=None, name=None, as_ref=False: view.read_value())
+      slot_views.write_range(copy, self._offset, flat_value)
