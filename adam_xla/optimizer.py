@@ -277,6 +277,10 @@ class Adam(keras.optimizers.Optimizer):
         new_variables,
         packable=lambda var: engine.packs_slots(var, self._engine_options(), self.amsgrad),
         shardable=self._shards)
+    if self.shard_state and self._slot_table.groups():
+      logging.info("Adam: state sharded across %d replicas: %d bytes per replica.",
+                   self._slot_table.groups()[0].layout.num_shards,
+                   self.state_bytes_per_replica())
 
   def _shards(self, var):
     """Whether `var`'s slots are split across replicas (`shard_state`)."""

@@ -22,6 +22,14 @@ def _run(flags, timeout=240):
                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def test_shard_optimizer_state_splits_the_mlps_and_keeps_the_tables(tmp_path):
+  result = _run(TINY_FLAGS + [f"--model_dir={tmp_path}", "--strategy=mirrored",
+                              "--num_logical_cpus=2", "--shard_optimizer_state"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Adam: state sharded across 2 replicas" in result.stderr
+  assert "final evaluation" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--sparse_mode=eager", "--sparse_mode='eager' is not valid: expected one of dense, lazy"),
     ("--table_sizes=10,x", "--table_sizes item 'x' is not valid: expected an integer"),

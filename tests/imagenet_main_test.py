@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -43,6 +44,25 @@ def test_mirrored_on_two_logical_cpus_runs_the_same_loop(tmp_path, tiny_data):
   assert "step 10/10 (100%)" in result.stderr and "examples/s" in result.stderr
   assert "final evaluation: top1" in result.stdout
   assert os.path.exists(os.path.join(tmp_path, "checkpoints", "checkpoint"))
+
+
+def test_shard_optimizer_state_gives_the_same_run(tmp_path, tiny_data):
+  """--shard_optimizer_state under MirroredStrategy: the state is split, the weights are not
+  changed by it (a deterministic run with and without)."""
+  weights = []
+  for shard in (False, True):
+    model_dir = tmp_path / f"shard_{shard}"
+    result = _run(TINY_FLAGS + [f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
+                                "--strategy=mirrored", "--num_logical_cpus=2", "--deterministic",
+                                f"--shard_optimizer_state={shard}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("Adam: state sharded across 2 replicas" in result.stderr) == shard
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    weights.append({name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+                    if "/_slots/" in name or "model/" in name})
+  assert weights[0].keys() == weights[1].keys() and any("/_slots/" in k for k in weights[0])
+  for name, value in weights[0].items():
+    np.testing.assert_array_equal(weights[1][name], value, err_msg=name)
 
 
 @pytest.mark.parametrize("flag,message", [

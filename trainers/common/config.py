@@ -31,6 +31,9 @@ SHARED_HELP = {
     "clipvalue": "Clip gradient elements to [-clipvalue, clipvalue] (> 0).",
     "global_clipnorm": "Clip all gradients together to this global norm (> 0).",
     "weight_decay": "Decoupled weight decay (AdamW), >= 0.",
+    "shard_optimizer_state": "With --strategy=mirrored or multi_worker, keep each replica's "
+                             "1/N share of Adam's m and v (the same results, 1/N of the "
+                             "optimizer's memory and work per replica).",
     "lr_schedule": f"Learning-rate schedule: {', '.join(SCHEDULES)}.",
     "warmup_steps": "Linear warm-up steps (>= 0).",
     "global_batch_size": "Examples per step over all replicas.",

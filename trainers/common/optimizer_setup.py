@@ -17,5 +17,6 @@ def make_optimizer(config, total_steps, *, reference_batch_size=None, **adam_opt
   optimizer = adam_xla.Adam(
       schedule, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon,
       amsgrad=config.amsgrad, weight_decay=config.weight_decay, clipnorm=config.clipnorm,
-      clipvalue=config.clipvalue, global_clipnorm=config.global_clipnorm, **adam_options)
+      clipvalue=config.clipvalue, global_clipnorm=config.global_clipnorm,
+      shard_state=config.shard_optimizer_state, **adam_options)
   return schedule, optimizer

@@ -28,6 +28,7 @@ class EmbeddingConfig:
   clipvalue: Optional[float] = None
   global_clipnorm: Optional[float] = None
   weight_decay: float = 0.0
+  shard_optimizer_state: bool = False
   lr_schedule: str = "cosine"
   warmup_steps: int = 0
   sparse_mode: str = "dense"
@@ -59,8 +60,12 @@ class EmbeddingConfig:
   deterministic: bool = False
   on_nonfinite: str = "stop"
   max_consecutive_nonfinite: int = 10
-  # XLA:CPU compiles the elementwise update of [rows, 16] tables to scalar code for its default
-  # AVX-512 target and to vector code for AVX2: 2.4x faster dense-mode updates (README).
+  # XLA's own code for the Adam update of [rows, 16] tables runs faster for AVX2 than for
+  # XLA:CPU's default target (AVX-512 where the CPU has it): lazy mode's update (0.91 against
+  # 1.01 ms at 1M rows, 0.95 against 1.16 at 4M) and dense mode's where the CPU kernel is off.
+  # Dense mode's rows kernel is built by g++, not XLA: its full step showed no consistent
+  # difference (11.81 against 10.90 ms at 1M rows, 27.45 against 28.91 at 4M). See
+  # docs/performance.md, "Embedding tables".
   xla_cpu_max_isa: str = "AVX2"
 
   def validate(self, num_replicas=None):

@@ -83,6 +83,9 @@ def _xla_parts(config, table_sizes, optimizer, strategy, train_data, eval_data):
   with strategy.scope():
     model = models.build_dlrm(table_sizes, config.embedding_dim, config.bottom_mlp,
                               config.top_mlp, num_dense=criteo_data.NUM_DENSE)
+  # Sparse updates need the tables' own state: with --shard_optimizer_state only the MLPs'
+  # state is split across replicas.
+  optimizer.exclude_from_state_sharding(model.embedding.tables)
   step = adam_xla.make_train_step(
       model, models.sigmoid_cross_entropy, optimizer, strategy=strategy,
       steps_per_loop=config.steps_per_loop, skip_nonfinite=True)

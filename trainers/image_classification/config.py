@@ -33,6 +33,7 @@ class ImagenetConfig:
   clipvalue: Optional[float] = None
   global_clipnorm: Optional[float] = None
   weight_decay: float = 0.0
+  shard_optimizer_state: bool = False
   # Learning-rate schedule.
   lr_schedule: str = "cosine"
   warmup_steps: int = 50
