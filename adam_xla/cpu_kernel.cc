@@ -24,6 +24,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -241,14 +242,16 @@ void Update(const std::vector<Tensor>& tensors, const Coefficients& c, long tota
 
 // Operands: param and grad of each tensor i (2i, 2i+1), then K state buffers (2n .. 2n+K-1),
 // then the coefficients {lr_t, beta_1, beta_2, epsilon, decay, apply}; results: the tuple of
-// the n params, then the K state buffers. `opaque` lists "size:decays:m:v:offset" per tensor,
-// comma-separated: tensor i's m and v are elements [offset, offset + size) of state buffers m
-// and v (a variable's own m and v with offset 0, or a range of buffers shared by several).
+// the n params, then the K state buffers. `opaque` lists "size:decays:m:v:offset:start" per
+// tensor, comma-separated: elements [start, start + size) of param and grad i are updated (the
+// whole tensor with start 0; one replica's share of it with sharded state), and their m and v
+// are elements [offset, offset + size) of state buffers m and v (a variable's own m and v with
+// offset 0, or a range of buffers shared by several). The param's other elements are kept.
 void AdamUpdateF32(void* out, const void** in, const char* opaque, size_t opaque_len,
                    XlaCustomCallStatus_* /*status*/) {
   const std::string spec(opaque, opaque_len);
   struct Layout {
-    long size, m, v, offset;
+    long size, m, v, offset, start;
     bool decays;
   };
   std::vector<Layout> layouts;
@@ -261,6 +264,7 @@ void AdamUpdateF32(void* out, const void** in, const char* opaque, size_t opaque
     layout.m = std::strtol(next + 1, &next, 10);
     layout.v = std::strtol(next + 1, &next, 10);
     layout.offset = std::strtol(next + 1, &next, 10);
+    layout.start = std::strtol(next + 1, &next, 10);
     buffers = std::max(buffers, std::max(layout.m, layout.v) + 1);
     layouts.push_back(layout);
     cursor = *next == ',' ? next + 1 : next;
@@ -272,11 +276,11 @@ void AdamUpdateF32(void* out, const void** in, const char* opaque, size_t opaque
   long total = 0;
   for (long i = 0; i < n; ++i) {
     const Layout& l = layouts[i];
-    tensors.push_back({static_cast<float*>(outs[i]),
+    tensors.push_back({static_cast<float*>(outs[i]) + l.start,
                        static_cast<float*>(outs[n + l.m]) + l.offset,
                        static_cast<float*>(outs[n + l.v]) + l.offset,
-                       static_cast<const float*>(in[2 * i]),
-                       static_cast<const float*>(in[2 * i + 1]),
+                       static_cast<const float*>(in[2 * i]) + l.start,
+                       static_cast<const float*>(in[2 * i + 1]) + l.start,
                        static_cast<const float*>(in[2 * n + l.m]) + l.offset,
                        static_cast<const float*>(in[2 * n + l.v]) + l.offset, l.size, l.decays});
     total += l.size;
@@ -352,12 +356,48 @@ void AdamRowsF32(void* out, const void** in, const char* opaque, size_t opaque_l
   Update(pieces, coefficients, rows * width);
 }
 
+// Operands: K destination buffers, then source buffers; results: the K destinations, each
+// updated in place (every destination receives at least one copy). `opaque` lists "destination:start:source:size" per copy, comma-separated:
+// elements [0, size) of the source go to elements [start, start + size) of the destination.
+// Sharded state's exchange (sharding.py): a memcpy where XLA's loops for the same slices ran
+// several times slower.
+void CopyRangesF32(void* out, const void** in, const char* opaque, size_t opaque_len,
+                   XlaCustomCallStatus_* /*status*/) {
+  const std::string spec(opaque, opaque_len);
+  struct Copy {
+    long destination, start, source, size;
+  };
+  std::vector<Copy> copies;
+  long destinations = 0;
+  for (const char* cursor = spec.c_str(); *cursor != '\0';) {
+    char* next = nullptr;
+    Copy copy{};
+    copy.destination = std::strtol(cursor, &next, 10);
+    copy.start = std::strtol(next + 1, &next, 10);
+    copy.source = std::strtol(next + 1, &next, 10);
+    copy.size = std::strtol(next + 1, &next, 10);
+    destinations = std::max(destinations, copy.destination + 1);
+    copies.push_back(copy);
+    cursor = *next == ',' ? next + 1 : next;
+  }
+  // One result is the buffer itself, several a tuple of buffers.
+  auto destination = [&](long d) {
+    return static_cast<float*>(destinations == 1 ? out : static_cast<void**>(out)[d]);
+  };
+  for (const Copy& copy : copies) {
+    std::memcpy(destination(copy.destination) + copy.start, in[destinations + copy.source],
+                copy.size * sizeof(float));
+  }
+}
+
 struct Registration {
   Registration() {
     xla::CustomCallTargetRegistry::Global()->Register(
         "adam_xla_adam_update_f32", reinterpret_cast<void*>(&AdamUpdateF32), "Host");
     xla::CustomCallTargetRegistry::Global()->Register(
         "adam_xla_adam_rows_f32", reinterpret_cast<void*>(&AdamRowsF32), "Host");
+    xla::CustomCallTargetRegistry::Global()->Register(
+        "adam_xla_copy_ranges_f32", reinterpret_cast<void*>(&CopyRangesF32), "Host");
   }
 } registration;
 

@@ -38,6 +38,7 @@ from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
 TARGET = "adam_xla_adam_update_f32"
 ROWS_TARGET = "adam_xla_adam_rows_f32"
+COPY_TARGET = "adam_xla_copy_ranges_f32"
 ENV_SWITCH = "ADAM_XLA_CPU_KERNEL"  # "0" turns the kernel off
 ENV_CACHE_DIR = "ADAM_XLA_CACHE_DIR"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel.cc")
@@ -211,9 +212,10 @@ def _call_in_place(target, operands, updated, config):
   types = [f"tensor<{t.shape[0]}x{_ELEMENT_TYPES[t.dtype]}>" for t in operands]
   results = ", ".join(types[i] for i in updated)
   names = ", ".join(f"%a{i}" for i in range(len(operands)))
-  aliases = ", ".join(
-      f"#stablehlo.output_operand_alias<output_tuple_indices = [{result}], "
-      f"operand_index = {operand}, operand_tuple_indices = []>"
+  aliases = ", ".join(  # a single result is not a tuple: it has no index
+      f"#stablehlo.output_operand_alias<output_tuple_indices = "
+      f"[{result if len(updated) > 1 else ''}], operand_index = {operand}, "
+      "operand_tuple_indices = []>"
       for result, operand in enumerate(updated))
   module = (
       "module @adam_xla_kernel {\n"
@@ -244,23 +246,24 @@ def adam_steps(params, grads, buffers, layouts, decays, coefficients, apply_if=N
 
   `buffers` are the m and v state as 1-D float32 tensors; `layouts[i]` = (m, v, offset) says
   that tensor i's m and v are elements [offset, offset + size) of buffers[m] and buffers[v].
-  Returns (the new params, shaped as given; the new buffers). `decays[i]` says whether
-  decoupled weight decay (coefficients.decay) applies to tensor i. Call only where `applies`
-  is true for each. With `apply_if` False the inputs come back unchanged.
+  A layout (m, v, offset, start, size) updates elements [start, start + size) of param i
+  (flattened) and of its gradient only, and keeps the param's others. Returns (the new params,
+  shaped as given; the new buffers). `decays[i]` says whether decoupled weight decay
+  (coefficients.decay) applies to tensor i. Call only where `applies` is true for each. With
+  `apply_if` False the inputs come back unchanged.
   """
   c = coefficients
   shapes = [param.shape for param in params]
-  sizes = [shape.num_elements() for shape in shapes]
   decays = [bool(d) and c.decay is not None for d in decays]
-  operands = []  # param and grad of tensor i at 2i, 2i+1, then the buffers, the coefficients
-  for param, grad, size in zip(params, grads, sizes):
-    operands += [tf.reshape(param, [size]), tf.reshape(grad, [size])]
+  operands, config = [], []  # param and grad of tensor i at 2i, 2i+1, then the buffers, c
+  for param, grad, shape, decay, layout in zip(params, grads, shapes, decays, layouts):
+    m, v, offset, start, size = tuple(layout) + (0, shape.num_elements())[len(layout) - 3:]
+    operands += [tf.reshape(param, [-1]), tf.reshape(grad, [-1])]
+    config.append(f"{size}:{int(decay)}:{m}:{v}:{offset}:{start}")
   operands += list(buffers) + [_scalars(c, apply_if)]
   n = len(params)
   updated = [2 * i for i in range(n)] + [2 * n + j for j in range(len(buffers))]
-  config = ",".join(f"{size}:{int(decay)}:{m}:{v}:{offset}"
-                    for size, decay, (m, v, offset) in zip(sizes, decays, layouts))
-  outputs = _call_in_place(TARGET, operands, updated, config)
+  outputs = _call_in_place(TARGET, operands, updated, ",".join(config))
   return ([tf.reshape(t, shape) for t, shape in zip(outputs[:n], shapes)], list(outputs[n:]))
 
 
@@ -280,3 +283,12 @@ def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=No
   outputs = _call_in_place(ROWS_TARGET, operands, [0, 1, 2],
                            f"{rows}:{width}:{entries}:{int(decays)}")
   return tuple(tf.reshape(t, shape) for t in outputs)
+
+
+def copy_ranges(destinations, sources, copies):
+  """Copies 1-D float32 `sources` into ranges of 1-D float32 `destinations` by one call of the
+  copy kernel; returns the new destinations (in place). `copies` are (destination, start,
+  source) index triples: sources[source] goes to destinations[destination] from `start` on."""
+  operands = list(destinations) + list(sources)
+  config = ",".join(f"{d}:{start}:{s}:{sources[s].shape[0]}" for d, start, s in copies)
+  return _call_in_place(COPY_TARGET, operands, list(range(len(destinations))), config)

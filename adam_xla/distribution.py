@@ -149,33 +149,6 @@ def gather_shards(strategy, local_shards, replica_ids):
   return tf.split(strategy.gather(per_replica, axis=0), count)
 
 
-def update_sharded(strategy, update_fn, write_fn, variables, per_variable, shared):
-  """Runs a sharded update: update_fn on each device, then write_fn on each device.
-
-  Call in cross-replica context, as `update_on_each_device`, whose arguments these are.
-  update_fn(variables, per_variable, shared, replica_id) updates that replica's shards of the
-  state and returns its new shards of the parameters (a list of 1-D tensors, one per group);
-  write_fn(variables, per_variable, shared, shards) is then given, per group, every
-  replica's new shard in replica order, and writes the device's copies of the variables.
-  """
-  devices = strategy.extended.worker_devices
-  replica_ids = local_replica_ids(strategy)
-  components = [strategy.experimental_local_results(v) for v in variables]
-  def local(index):
-    pick = lambda x: (strategy.experimental_local_results(x)[index]
-                      if isinstance(x, tf.distribute.DistributedValues) else x)
-    return ([c[index] for c in components], tf.nest.map_structure(pick, per_variable),
-            tf.nest.map_structure(pick, shared))
-  new_shards = []
-  for index, device in enumerate(devices):
-    with tf.device(device):
-      new_shards.append(update_fn(*local(index), replica_ids[index]))
-  gathered = [gather_shards(strategy, list(group), replica_ids) for group in zip(*new_shards)]
-  for index, device in enumerate(devices):
-    with tf.device(device):
-      write_fn(*local(index), gathered)
-
-
 # ---- Compile plans for the train step ------------------------------------------------------
 
 SINGLE_PROGRAM = "single_program"

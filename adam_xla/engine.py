@@ -26,6 +26,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
 from adam_xla import cpu_kernel
 from adam_xla import slots as slots_lib
@@ -223,59 +224,92 @@ def _steps_in_ranges(params, grads, buffers, offsets, cs, apply_if):
 
 def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if, options,
                  shard):
-  """The step of shard `shard` of a sharded group, on one device; returns its new parameters.
+  """The step of shard `shard` of a sharded group, on one device, in place.
 
   `variables` (this device's copies) and their `grads` are the group's variables that have a
   gradient in this step, at positions `indices` of `layout`; `shards` are this replica's
-  `update_rule.Moments` shard variables, updated in place. The result is the shard's elements
-  of the new parameters, `layout.shard_size` long; elements of variables without a gradient,
-  and the padding, are zeros there, and `write_shards` does not read them.
+  `update_rule.Moments` shard variables. The shard's elements of the variables and the shard's
+  state are updated; `sharding.step` then copies them to the other replicas.
   """
   position = {index: k for k, index in enumerate(indices)}
-  params, piece_grads, piece_decays, offsets, layout_pieces = [], [], [], [], []
-  for piece in layout.pieces(shard):
-    k = position.get(piece.index)
-    if k is None:
-      continue
-    grad = grads[k]
-    if isinstance(grad, tf.IndexedSlices):
-      if options.sparse_mode == "lazy":
-        raise ValueError(
-            f"Adam: variable '{variables[k].name}' has a sparse gradient, and its state is "
-            "sharded (shard_state=True); lazy mode needs the rows' own state. Exclude it with "
-            "`exclude_from_state_sharding` before the optimizer is built.")
-      grad = _dense(grad, variables[k])
-    window = lambda t: tf.reshape(t, [-1])[piece.start:piece.start + piece.size]
-    params.append(window(variables[k]))
-    piece_grads.append(window(grad))
-    piece_decays.append(decays[k])
-    offsets.append(piece.at)
-    layout_pieces.append(piece)
-  if params:
-    if options.use_cpu_kernels and cpu_kernel.applies(shards.m, piece_grads[0], shards.vhat):
-      new_params, (new_m, new_v) = cpu_kernel.adam_steps(
-          params, piece_grads, [tf.convert_to_tensor(shards.m), tf.convert_to_tensor(shards.v)],
-          [(0, 1, offset) for offset in offsets], piece_decays, c, apply_if)
-      shards.m.assign(new_m)
-      shards.v.assign(new_v)
-    else:
-      new_params = _steps_in_ranges(
-          params, piece_grads, shards, offsets,
-          [c if decay else c._replace(decay=None) for decay in piece_decays], apply_if)
-  filled, at = [], 0
-  for piece, new in zip(layout_pieces, new_params if params else []):
-    filled += [tf.zeros([piece.at - at], shards.m.dtype), new]
-    at = piece.at + piece.size
-  filled.append(tf.zeros([layout.shard_size - at], shards.m.dtype))
-  return tf.concat(filled, 0)
+  pieces = [(p, position[p.index]) for p in layout.pieces(shard) if p.index in position]
+  if not pieces:
+    return
+  grads = [_dense_for_shard(grads[k], variables[k], options) for _, k in pieces]
+  params = [variables[k] for _, k in pieces]
+  piece_decays = [decays[k] for _, k in pieces]
+  if options.use_cpu_kernels and cpu_kernel.applies(shards.m, grads[0], shards.vhat):
+    # The kernel reads and writes the shard's range of each whole variable in place.
+    new_params, (new_m, new_v) = cpu_kernel.adam_steps(
+        params, grads, [tf.convert_to_tensor(shards.m), tf.convert_to_tensor(shards.v)],
+        [(0, 1, p.at, p.start, p.size) for p, _ in pieces], piece_decays, c, apply_if)
+    shards.m.assign(new_m)
+    shards.v.assign(new_v)
+  else:
+    new_pieces = _steps_in_ranges(
+        [_window(param, p) for param, (p, _) in zip(params, pieces)],
+        [_window(grad, p) for grad, (p, _) in zip(grads, pieces)], shards,
+        [p.at for p, _ in pieces],
+        [c if decay else c._replace(decay=None) for decay in piece_decays], apply_if)
+    new_params = [_with_range(param, p.start, new, options)
+                  for param, (p, _), new in zip(params, pieces, new_pieces)]
+  for param, new in zip(params, new_params):
+    param.assign(new)
 
 
-def write_shards(variables, indices, layout, shards):
-  """Writes this device's copies of `variables` (at positions `indices` of `layout`) from
-  every replica's new shard (`shards`, in replica order)."""
-  for var, index in zip(variables, indices):
-    pieces = [shards[shard][p.at:p.at + p.size] for shard, p in layout.pieces_of(index)]
-    var.assign(tf.reshape(tf.concat(pieces, 0), var.shape))
+def write_ranges(variables, targets, values, options):
+  """Writes each of `values` into this device's copy of variable targets[i][0] (flattened)
+  from element targets[i][1] on, in place: one call of the CPU copy kernel, else XLA's
+  dynamic-update-slices."""
+  by_variable = {}
+  for (k, start), value in zip(targets, values):
+    by_variable.setdefault(k, []).append((start, tf.reshape(value, [-1])))
+  ks = sorted(by_variable)
+  if options.use_cpu_kernels and all(cpu_kernel.can_update(variables[k]) for k in ks):
+    sources = [value for k in ks for _, value in by_variable[k]]
+    copies, at = [], 0
+    for d, k in enumerate(ks):
+      for start, _ in by_variable[k]:
+        copies.append((d, start, at))
+        at += 1
+    news = cpu_kernel.copy_ranges([tf.reshape(variables[k], [-1]) for k in ks], sources, copies)
+  else:
+    news = []
+    for k in ks:
+      new = variables[k]
+      for start, value in by_variable[k]:
+        new = _with_range(new, start, value, options)
+      news.append(new)
+  for k, new in zip(ks, news):
+    variables[k].assign(tf.reshape(new, variables[k].shape))
+
+
+def _dense_for_shard(grad, var, options):
+  """A sharded variable's gradient as a dense tensor (dense mode's step is the dense one)."""
+  if not isinstance(grad, tf.IndexedSlices):
+    return grad
+  if options.sparse_mode == "lazy":
+    raise ValueError(
+        f"Adam: variable '{var.name}' has a sparse gradient, and its state is sharded "
+        "(shard_state=True); lazy mode needs the rows' own state. Exclude it with "
+        "`exclude_from_state_sharding` before the optimizer is built.")
+  return _dense(grad, var)
+
+
+def _window(tensor, piece):
+  """Elements [piece.start, piece.start + piece.size) of `tensor`, flattened."""
+  return tf.reshape(tensor, [-1])[piece.start:piece.start + piece.size]
+
+
+def _with_range(tensor, start, values, options):
+  """`tensor` with its flattened elements from `start` on replaced by the 1-D `values`: an
+  in-place dynamic-update-slice when compiled by XLA."""
+  flat = tf.reshape(tensor, [-1])
+  if options.use_cpu_kernels:  # i.e. traced for XLA (jit_compile)
+    flat = gen_xla_ops.xla_dynamic_update_slice(flat, values, tf.constant([start]))
+  else:
+    flat = tf.concat([flat[:start], values, flat[start + values.shape[0]:]], 0)
+  return tf.reshape(flat, tensor.shape)
 
 
 def _selected(apply_if, new, old):

@@ -149,7 +149,7 @@ class Adam(keras.optimizers.Optimizer):
     compiled = lambda fn: tf.function(fn, jit_compile=True) if self.jit_compile else fn
     self._compiled = _Untracked(update_on_device=compiled(self._update_on_device),
                                 update_shards=compiled(self._update_shards),
-                                write_shards=compiled(self._write_shards))
+                                write_ranges=compiled(self._write_ranges))
     self._hyper = _Untracked(
         learning_rate=hyperparameters.validate(
             "learning_rate", learning_rate, low=0.0, allow_schedule=True),
@@ -430,45 +430,39 @@ class Adam(keras.optimizers.Optimizer):
       engine.constrain(variables, constraints, apply_if)
 
   def _update_sharded(self, strategy, variables, per_variable, shared):
-    """The step of variables with sharded slots: each replica updates its shards, then every
-    device writes the gathered result (`distribution.update_sharded`)."""
+    """The step of variables with sharded slots (`sharding.step`): each replica updates its
+    shard (one XLA program per device), then the devices exchange the new shards."""
     grads, slots, decays, constraints = per_variable
     static = self._sharding.plans.get(tuple(v.ref() for v in variables))
     if static is None:
       static = self._sharding.plans[tuple(v.ref() for v in variables)] = _ShardPlan(slots)
     shard_moments = [update_rule.Moments(*(group.shards.get(name) for name in ("m", "v", "vhat")))
                      for group, _, _ in static.plan]
-    per_device = (grads, decays, constraints, shard_moments)
-    distribution.update_sharded(
-        strategy, lambda v, per, shared_, replica: self._compiled.update_shards(
+    sharding.step(
+        strategy, static.plan, lambda v, per, shared_, replica: self._compiled.update_shards(
             v, per, shared_, replica, static),
-        lambda v, per, shared_, shards: self._compiled.write_shards(v, per, shared_, shards,
-                                                                    static),
-        variables, per_device, shared)
+        self._compiled.write_ranges, variables, (grads, decays, shard_moments), shared)
+    if any(c is not None for c in constraints):
+      distribution.update_on_each_device(
+          strategy, lambda copies, per, shared_: engine.constrain(copies, per[0], shared_[1]),
+          variables, (constraints,), shared)
 
   def _update_shards(self, variables, per_device, shared, replica, static):
     """`engine.update_shard` of each group: one XLA program per device."""
-    grads, decays, _, shard_moments = per_device
+    grads, decays, shard_moments = per_device
     coefficients, apply_if = shared
-    new_shards = []
     with tf.name_scope(self.name):
       for (group, positions, indices), moments in zip(static.plan, shard_moments):
         pick = lambda xs: [xs[k] for k in positions]
-        new_shards.append(engine.update_shard(
+        engine.update_shard(
             pick(variables), pick(grads), pick(decays), indices, group.layout, moments,
             coefficients[moments.m.dtype.base_dtype.name], apply_if, self._engine_options(),
-            replica))
-    return new_shards
+            replica)
 
-  def _write_shards(self, variables, per_device, shared, shards, static):
-    """`engine.write_shards` of each group, then the variables' constraints."""
-    _, _, constraints, _ = per_device
-    _, apply_if = shared
+  def _write_ranges(self, variables, targets, values):
+    """`engine.write_ranges`: the other replicas' new rows into one device's copies."""
     with tf.name_scope(self.name):
-      for (group, positions, indices), group_shards in zip(static.plan, shards):
-        engine.write_shards([variables[k] for k in positions], indices, group.layout,
-                            group_shards)
-      engine.constrain(variables, constraints, apply_if)
+      engine.write_ranges(variables, targets, values, self._engine_options())
 
   def _engine_options(self):
     return engine.Options(sparse_mode=self.sparse_mode, use_cpu_kernels=self.jit_compile)

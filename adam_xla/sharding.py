@@ -16,9 +16,11 @@ mirrored runs and between replica counts.
 """
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from adam_xla import distribution
@@ -27,7 +29,7 @@ from adam_xla import slot_views
 
 class Piece(NamedTuple):
   """Elements [start, start + size) of variable `index` (flattened) are elements
-  [at, at + size) of a shard."""
+  [at, at + size) of a shard. `start` and `size` are whole rows of the variable."""
 
   index: int
   start: int
@@ -37,22 +39,42 @@ class Piece(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """Variables of `sizes` elements end to end, in `num_shards` shards of `shard_size`."""
+  """Variables of `shapes` end to end (flattened), cut into `num_shards` shards at row
+  boundaries (rows along the first axis), each within a row of the exact 1/N point; every
+  shard is stored in `shard_size` elements (the longest shard's length)."""
 
-  sizes: Tuple[int, ...]
+  shapes: Tuple[Tuple[int, ...], ...]
   num_shards: int
 
   @property
-  def total(self):
-    return sum(self.sizes)
+  def sizes(self):
+    return tuple(math.prod(shape) for shape in self.shapes)
+
+  def row_shape(self, index):
+    """The shape of one row of variable `index` (a scalar is one row of one element)."""
+    return list(self.shapes[index][1:])
+
+  @functools.cached_property
+  def bounds(self):
+    """Where each shard starts in the variables laid end to end, and where the last ends."""
+    offsets = np.cumsum((0,) + self.sizes)
+    bounds = [0]
+    for shard in range(1, self.num_shards):
+      point = math.ceil(shard * offsets[-1] / self.num_shards)
+      index = max(int(np.searchsorted(offsets, point, side="right")) - 1, 0)
+      index = min(index, len(self.sizes) - 1)
+      row = math.prod(self.row_shape(index))
+      point = offsets[index] + round((point - offsets[index]) / row) * row
+      bounds.append(max(int(point), bounds[-1]))
+    return tuple(bounds) + (int(offsets[-1]),)
 
   @property
   def shard_size(self):
-    return math.ceil(self.total / self.num_shards)
+    return max(1, max(b - a for a, b in zip(self.bounds, self.bounds[1:])))
 
   def pieces(self, shard):
     """The pieces of variables in `shard`, in order."""
-    begin, end = shard * self.shard_size, min((shard + 1) * self.shard_size, self.total)
+    begin, end = self.bounds[shard], self.bounds[shard + 1]
     pieces, offset = [], 0
     for index, size in enumerate(self.sizes):
       low, high = max(begin, offset), min(end, offset + size)
@@ -72,7 +94,7 @@ class Group:
   slot, whose copy on each local device is the shard of that device's replica."""
 
   def __init__(self, variables, slot_names, strategy, name):
-    self.layout = Layout(tuple(v.shape.num_elements() for v in variables), 
+    self.layout = Layout(tuple(tuple(v.shape.as_list()) for v in variables),
                          strategy.num_replicas_in_sync)
     self.strategy = strategy
     with distribution.creation_scope(variables[0]):
@@ -126,3 +148,82 @@ class ShardedSlot(slot_views.SlotView):
       for p in group.layout.pieces(replica):
         if p.index == self._index:
           slot_views.write_range(shard, p.at, flat_value[p.start:p.start + p.size])
+
+
+# ---- The step: replicas update their shards, then exchange them ------------------------------
+
+def step(strategy, plan, update_fn, write_fn, variables, per_variable, shared):
+  """One step of sharded variables, in cross-replica context.
+
+  `plan` is [(group, positions, indices)]: which of `variables` belong to each group, and
+  where in its layout. On each device, update_fn(variables, per_variable, shared, replica)
+  updates in place that replica's shard of the device's copies and the shard's state
+  (`engine.update_shard`). Each replica's new rows are then read (TensorFlow slices along the
+  first axis, which share the variable's buffer rather than copy it) and every device writes
+  the other replicas' rows into its copies: write_fn(variables, targets, values), where
+  values[i] goes to the flattened variable targets[i][0] from element targets[i][1] on
+  (`engine.write_ranges`). Across workers the rows travel as one all-gathered tensor per
+  group and replica.
+  """
+  devices = strategy.extended.worker_devices
+  replica_ids = distribution.local_replica_ids(strategy)
+  components = [strategy.experimental_local_results(v) for v in variables]
+  local = lambda i: [c[i] for c in components]
+  for i, device in enumerate(devices):
+    pick = lambda x, i=i: (strategy.experimental_local_results(x)[i]
+                           if isinstance(x, tf.distribute.DistributedValues) else x)
+    with tf.device(device):
+      update_fn(local(i), tf.nest.map_structure(pick, per_variable),
+                tf.nest.map_structure(pick, shared), replica_ids[i])
+  incoming = []  # (replica, position, start, rows), every group
+  for group, positions, indices in plan:
+    present = dict(zip(indices, positions))
+    new_rows = {}  # replica -> [rows], of the variables present, in layout order
+    for i, device in enumerate(devices):
+      with tf.device(device):
+        new_rows[replica_ids[i]] = [
+            _rows(local(i)[present[p.index]], p) for p in group.layout.pieces(replica_ids[i])
+            if p.index in present]
+    if len(devices) < strategy.num_replicas_in_sync:
+      new_rows = _all_gathered(strategy, group, present, new_rows, replica_ids)
+    for replica, rows in new_rows.items():
+      pieces = [p for p in group.layout.pieces(replica) if p.index in present]
+      incoming += [(replica, present[p.index], p.start, value)
+                   for p, value in zip(pieces, rows)]
+  for i, device in enumerate(devices):
+    others = [item for item in incoming if item[0] != replica_ids[i]]
+    if others:
+      with tf.device(device):
+        write_fn(local(i), tuple((k, start) for _, k, start, _ in others),
+                 [value for *_, value in others])
+
+
+def _rows(var, piece):
+  """Rows of `var` that `piece` covers (a TensorFlow slice, outside XLA)."""
+  value = tf.convert_to_tensor(var)
+  if not var.shape.rank:
+    return tf.reshape(value, [1])
+  row = var.shape[1:].num_elements()
+  return value[piece.start // row:(piece.start + piece.size) // row]
+
+
+def _all_gathered(strategy, group, present, local_pieces, replica_ids):
+  """Every replica's new pieces, from this worker's: each shard as one padded 1-D tensor,
+  all-gathered, cut back into pieces."""
+  layout, dtype = group.layout, group.shards["m"].dtype
+  shard_pieces = lambda replica: [p for p in layout.pieces(replica) if p.index in present]
+  flat = []
+  for replica in replica_ids:
+    parts, at = [], 0
+    for piece, value in zip(shard_pieces(replica), local_pieces[replica]):
+      parts += [tf.zeros([piece.at - at], dtype), tf.reshape(value, [-1])]
+      at = piece.at + piece.size
+    parts.append(tf.zeros([layout.shard_size - at], dtype))
+    flat.append(tf.concat(parts, 0))
+  shards = distribution.gather_shards(strategy, flat, replica_ids)
+  def rows(shard, piece):  # static shapes: the gathered tensor's length may be unknown
+    row_shape = layout.row_shape(piece.index)
+    return tf.reshape(shard[piece.at:piece.at + piece.size],
+                      [piece.size // math.prod(row_shape)] + row_shape)
+  return {replica: [rows(shard, p) for p in shard_pieces(replica)]
+          for replica, shard in enumerate(shards)}

@@ -11,16 +11,15 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import adam_xla
 from tests import local_cluster
 from tests import pytest_main
 from tests import sharded_state_program as program
-
-import adam_xla  # pylint: disable=g-bad-import-order
-import keras  # pylint: disable=g-bad-import-order
 
 PROGRAM = os.path.join(local_cluster.REPO_ROOT, "tests", "sharded_state_program.py")
 TIMEOUT_SECONDS = 300
@@ -83,7 +82,8 @@ def test_sharded_equals_mirrored_on_two_workers_and_checkpoints_move(tmp_path):
         np.testing.assert_array_equal(worker[key], mirrored[key], err_msg=key)
   parameters = sum(v.size for k, v in mirrored.items() if k.startswith("weight_"))
   assert int(mirrored["state_bytes"]) == parameters * 8
-  assert int(sharded["state_bytes"]) == -(-parameters // 2) * 8
+  # Half each, the shards ending on rows within a row (33 elements) of the middle.
+  assert parameters * 4 <= int(sharded["state_bytes"]) < (-(-parameters // 2) + 33) * 8
   # The 2 sharded workers' checkpoint into one process: the slots they read.
   model, optimizer = program.model_and_optimizer(keras, adam_xla, True)
   tf.train.Checkpoint(model=model, optimizer=optimizer).restore(

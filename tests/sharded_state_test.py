@@ -181,10 +181,14 @@ def test_each_replica_holds_a_shard(replicas):
     for run in runs.values():
       run.opt.build(run.variables)
     assert runs[False].opt.state_bytes_per_replica() == total * 4 * slots
-    assert runs[True].opt.state_bytes_per_replica() == math.ceil(total / replicas) * 4 * slots
-    shards = runs[True].strategy.experimental_local_results(
-        runs[True].opt._slot_table.groups()[0].shards["m"])  # pylint: disable=protected-access
-    assert [s.shape.num_elements() for s in shards] == [math.ceil(total / replicas)] * replicas
+    group = runs[True].opt._slot_table.groups()[0]  # pylint: disable=protected-access
+    # Shards end on rows, each within a row of the exact 1/N point: padding < 2 rows.
+    lengths = [sum(p.size for p in group.layout.pieces(r)) for r in range(replicas)]
+    assert sum(lengths) == total
+    assert group.layout.shard_size == max(lengths) < math.ceil(total / replicas) + 2 * 5
+    assert runs[True].opt.state_bytes_per_replica() == group.layout.shard_size * 4 * slots
+    shards = runs[True].strategy.experimental_local_results(group.shards["m"])
+    assert [s.shape.num_elements() for s in shards] == [group.layout.shard_size] * replicas
     assert len({s.device for s in shards}) == replicas
 
 
