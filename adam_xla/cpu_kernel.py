@@ -33,6 +33,7 @@ import threading
 
 from absl import logging
 import tensorflow as tf
+
 # XlaCallModule is not in tf.raw_ops; this is the generated wrapper TensorFlow's own jax2tf uses.
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 

@@ -220,5 +220,6 @@ def distribute_dataset(strategy, dataset):
   batch_dim = tf.nest.flatten(dataset.element_spec)[0].shape[:1]
   if batch_dim.rank and batch_dim[0] is None:
     warnings.warn("TrainStep.distribute: the batch dimension is not fixed; batch with "
-                  "drop_remainder=True so that a partial last batch does not recompile.")
+                  "drop_remainder=True so that a partial last batch does not recompile.",
+                  stacklevel=3)
   return strategy.experimental_distribute_dataset(dataset)

@@ -1,4 +1,4 @@
-"""Internal: Adam's hyperparameters: validation, and their value at a step inside the compiled program.
+"""Internal: Adam's hyperparameters: validation, and their value at a step in the compiled program.
 
 A hyperparameter is a Python number, a tensor, a zero-argument callable, or (learning rate
 only) a Keras `LearningRateSchedule` called with the iteration count. Schedules and callables

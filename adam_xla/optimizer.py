@@ -133,8 +133,8 @@ class Adam(keras.optimizers.Optimizer):
     _reject_unknown_arguments(unknown)
     settings = _validated_settings(
         amsgrad=amsgrad, name=name, sparse_mode=sparse_mode, weight_decay=weight_decay,
-        jit_compile=jit_compile, shard_state=shard_state, clip=dict(clipnorm=clipnorm, clipvalue=clipvalue,
-                                           global_clipnorm=global_clipnorm))
+        jit_compile=jit_compile, shard_state=shard_state,
+        clip=dict(clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm))
     super().__init__(learning_rate=_no_keras_rate, name=name)
     self._leave_keras_state_out_of_checkpoints()
     self._settings = settings

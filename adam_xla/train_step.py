@@ -50,7 +50,7 @@ class StepConfig:
   xla_scope: "step" (default) compiles forward, backward and update (as the plan allows);
     "update" compiles only the Adam update and runs forward and backward as ordinary
     TensorFlow ops. On CPU, XLA's convolution gradients are slower than TensorFlow's oneDNN
-    kernels (see the README's figures), so convolutional models train faster with "update"
+    kernels (see docs/performance.md), so convolutional models train faster with "update"
     there; dense models are faster with "step". TPU compiles everything either way.
   """
 
@@ -310,7 +310,7 @@ def _call_model(model, features):
 
 def _regularization(model):
   losses = getattr(model, "losses", None) if isinstance(model, keras.Model) else None
-  return tf.add_n([tf.cast(l, tf.float32) for l in losses]) if losses else 0.0
+  return tf.add_n([tf.cast(loss, tf.float32) for loss in losses]) if losses else 0.0
 
 
 def _to_float32(predictions):

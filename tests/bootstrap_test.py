@@ -10,7 +10,6 @@ import pathlib
 import shutil
 import subprocess
 
-
 from tests import pytest_main
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "tools" / "bootstrap.sh"

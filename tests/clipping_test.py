@@ -6,6 +6,8 @@ norm of all gradients together; with clipvalue and a norm clip, values are clipp
 Sparse gradients (tf.IndexedSlices with distinct indices) must give the dense result.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -354,7 +356,7 @@ def test_clipvalue_within_bound_is_exact_identity():
 def test_clip_config_defaults_and_is_frozen():
   config = ClipConfig()
   assert (config.clipnorm, config.clipvalue, config.global_clipnorm) == (None, None, None)
-  with pytest.raises(Exception):
+  with pytest.raises(dataclasses.FrozenInstanceError):
     config.clipnorm = 1.0
 
 

@@ -1,8 +1,9 @@
-"""Tests of trainers/ctr/tpu_embedding.py on CPU: the table and Adam mappings, and refusals.
+"""Tests of trainers/ctr/tpu_embedding.py: the table and Adam mappings, refusals, and the step.
 
-The step itself needs a TPU; here only its refusals are checked. The TPU Adam's arithmetic is
-not available on CPU, so `test_matches_adam_xla` checks our settings against the formula the
-TPU configuration proto documents (no bias correction, epsilon after the sqrt, lazy or not).
+On CPU: the mappings and the step's refusals. The TPU Adam's arithmetic is not available on
+CPU, so `test_matches_adam_xla` checks our settings against the formula the TPU configuration
+proto documents (no bias correction, epsilon after the sqrt, lazy or not). The step itself
+runs only on a TPU: `test_step_on_a_tpu` is skipped elsewhere, with the reason.
 """
 
 import math
@@ -291,7 +292,7 @@ def test_tpu_optimizer_like():
     tpu_embedding.tpu_optimizer_like(adam_xla.Adam(global_clipnorm=1.0))
 
 
-# ---- The step's refusals (the step itself needs a TPU) ---------------------------------------
+# ---- The step's refusals --------------------------------------------------------------------
 
 
 def _unbuilt_dlrm():
@@ -318,70 +319,101 @@ def test_step_refuses_wrong_parts():
     tpu_embedding.TPUEmbeddingStep(built, adam_xla.Adam(), global_batch_size=8)
 
 
-class _CPUEmbedding(tf.Module):
-  """Stands in for TPUEmbedding on CPU: plain tables, and it records what the step sends."""
+# ---- The step on a TPU ----------------------------------------------------------------------
 
-  def __init__(self, feature_config, optimizer):
-    super().__init__()
-    self.optimizer = optimizer
-    self.tables = [tf.Variable(f.table.initializer((f.table.vocabulary_size, f.table.dim)))
-                   for f in feature_config]
-
-  def build(self, per_replica_input_shapes):
-    self.ids = [tf.Variable(tf.zeros(s, tf.int64)) for s in per_replica_input_shapes]
-    self.grads = [tf.Variable(tf.zeros(s.as_list() + [t.shape[1]]))
-                  for s, t in zip(per_replica_input_shapes, self.tables)]
-    self.rate = tf.Variable(0.0)
-
-  def enqueue(self, ids, training):
-    assert training is True
-    for variable, value in zip(self.ids, ids):
-      variable.assign(value)
-
-  def dequeue(self):
-    return tuple(tf.gather(t, i) for t, i in zip(self.tables, self.ids))
-
-  def apply_gradients(self, gradients):
-    for variable, value in zip(self.grads, gradients):
-      variable.assign(value)
-    self.rate.assign(self.optimizer.learning_rate())  # as TPUEmbedding evaluates it
+# TPUEmbedding keeps its tables in TPU memory and has no CPU implementation of enqueue, dequeue
+# or its Adam, so a CPU host has nothing real to run: these tests skip there and run on a Cloud
+# TPU VM with tensorflow-tpu. Detected from the local devices, so CPU hosts never try to reach
+# a TPU service.
+requires_tpu = pytest.mark.skipif(
+    not tf.config.list_physical_devices("TPU"),
+    reason="needs a TPU (a Cloud TPU VM with tensorflow-tpu): TPUEmbedding's enqueue, dequeue "
+           "and table update run only on TPU hardware")
 
 
-def test_step_logic_on_cpu_with_a_stand_in_embedding(monkeypatch):
-  """The step's own code (not the TPU API) under the default strategy."""
-  monkeypatch.setattr(tpu_embedding, "_TPU_STRATEGIES", (type(tf.distribute.get_strategy()),))
-  monkeypatch.setattr(tf.tpu.experimental.embedding, "TPUEmbedding", _CPUEmbedding)
-  model = _unbuilt_dlrm()
-  adam = adam_xla.Adam(0.01, sparse_mode="lazy", **ADAM)
-  step = tpu_embedding.TPUEmbeddingStep(model, adam, global_batch_size=4, num_dense=3,
-                                        initializer_seed=0)
+@pytest.fixture(scope="module")
+def tpu_strategy():
+  """The TPUStrategy of the local TPU VM, initialized once, as strategies.create_strategy."""
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+  tf.tpu.experimental.initialize_tpu_system(resolver)
+  return tf.distribute.TPUStrategy(resolver)
+
+
+@pytest.fixture
+def full_float32_matmuls():
+  """TPUs multiply float32 in bfloat16 passes by default; the checks below want float32."""
+  previous = tf.config.experimental.tensor_float_32_execution_enabled()
+  tf.config.experimental.enable_tensor_float_32_execution(False)
+  yield
+  tf.config.experimental.enable_tensor_float_32_execution(previous)
+
+
+def _cpu_tables(checkpoint_path, sizes, dim, sparse_mode):
+  """The tables of a TPU run's checkpoint, read as TPUEmbedding documents it: restored into a
+  TPUEmbedding built without a TPU strategy, whose tables are ordinary variables."""
+  embedding = tf.tpu.experimental.embedding.TPUEmbedding(
+      tpu_embedding.feature_config(sizes, dim), _optimizer(sparse_mode))
+  embedding.build()
+  tf.train.Checkpoint(embedding=embedding).read(
+      checkpoint_path).assert_existing_objects_matched()
+  tables = {config.name: table.numpy() for config, table in embedding.embedding_tables.items()}
+  return [tables[f"table_{i}"] for i in range(len(sizes))]
+
+
+@requires_tpu
+@pytest.mark.usefixtures("full_float32_matmuls")
+def test_step_on_a_tpu(tpu_strategy, tmp_path):
+  """One step against the same step computed on the host: the loss, the MLPs updated by
+  adam_xla, and the looked-up table rows moved by the TPU Adam with adam_xla's bias-corrected
+  rate at t = 1 (read before adam_xla counts the step)."""
+  sizes, dim = (5, 7), 4
+  batch = 2 * tpu_strategy.num_replicas_in_sync
+  with tpu_strategy.scope():
+    model = models.DLRM(sizes, dim, bottom_mlp=(8,), top_mlp=(8,))
+    adam = adam_xla.Adam(0.01, sparse_mode="lazy", **ADAM)
+    step = tpu_embedding.TPUEmbeddingStep(model, adam, global_batch_size=batch, num_dense=3,
+                                          initializer_seed=0)
   assert not model.embedding.built  # no table besides the embedding API's
-  assert len(model.trainable_variables) == 8  # bottom (8, 4), top (8, 1): kernels and biases
   rng = np.random.default_rng(1)
-  features = {"dense": rng.normal(size=(8, 3)).astype(np.float32),
-              "sparse": np.stack([rng.integers(0, 5, 8), rng.integers(0, 7, 8)], axis=1)}
-  labels = rng.integers(0, 2, 8).astype(np.float32)
-  iterator = iter(step.distribute(tf.data.Dataset.from_tensor_slices((features, labels))
-                                  .batch(4, drop_remainder=True)))
-  tables = step.embedding.tables
-  activations = [tf.gather(t, features["sparse"][:4, i]) for i, t in enumerate(tables)]
-  with tf.GradientTape() as tape:
-    tape.watch(activations)
-    logits = model.interact(features["dense"][:4], activations)
-    expected_loss = tf.reduce_mean(models.sigmoid_cross_entropy(labels[:4], logits))
-  expected_grads = tape.gradient(expected_loss, activations)
-  kernel_before = model.trainable_variables[0].numpy()
+  ids = np.stack([rng.integers(0, n, batch) for n in sizes], axis=1)
+  dense = rng.normal(size=(batch, 3)).astype(np.float32)
+  labels = rng.integers(0, 2, batch).astype(np.float32)
+  iterator = iter(step.distribute(tf.data.Dataset.from_tensor_slices(
+      ({"dense": dense, "sparse": ids}, labels)).batch(batch, drop_remainder=True)))
+
+  # The host's step, from the initial tables (on one host each table is one shard at row
+  # offset 0: the initializer's own draw) and a copy of the MLPs.
+  initial = [tpu_embedding.DLRMUniform(rows, seed=i)((rows, dim)).numpy()
+             for i, rows in enumerate(sizes)]
+  with tf.device("/cpu:0"):
+    host_model = models.DLRM(sizes, dim, bottom_mlp=(8,), top_mlp=(8,))
+    host_model.interact(tf.zeros([1, 3]), [tf.zeros([1, dim])] * len(sizes))
+    host_model.set_weights(model.get_weights())
+    activations = [tf.gather(t, ids[:, i]) for i, t in enumerate(initial)]
+    with tf.GradientTape() as tape:
+      tape.watch(activations)
+      expected_loss = tf.reduce_mean(models.sigmoid_cross_entropy(
+          labels, host_model.interact(dense, activations)))
+    activation_grads, mlp_grads = tape.gradient(
+        expected_loss, (activations, host_model.trainable_variables))
+    adam_xla.Adam(0.01, sparse_mode="lazy", **ADAM).apply_gradients(
+        zip(mlp_grads, host_model.trainable_variables))
 
   loss = step(iterator)["loss"]
-  np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-6)
-  for sent, expected in zip(step.embedding.grads, expected_grads):
-    np.testing.assert_allclose(sent.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
-  assert not np.array_equal(model.trainable_variables[0].numpy(), kernel_before)
-  step(iterator)
-  assert int(adam.iterations) == 2
-  # The second step's rate is read before adam_xla counts it: t = 2.
-  np.testing.assert_allclose(float(step.embedding.rate),
-                             0.01 * math.sqrt(1 - 0.95**2) / (1 - 0.8**2), rtol=1e-6)
+  np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-4)
+  assert int(adam.iterations) == 1
+  for variable, expected in zip(model.trainable_variables, host_model.trainable_variables):
+    np.testing.assert_allclose(variable.numpy(), expected.numpy(), rtol=1e-4, atol=1e-6)
+
+  path = tf.train.Checkpoint(embedding=step.embedding).write(str(tmp_path / "tables"))
+  rate = 0.01 * math.sqrt(1 - ADAM["beta_2"]) / (1 - ADAM["beta_1"])  # t = 1
+  for i, (table, before) in enumerate(zip(_cpu_tables(path, sizes, dim, "lazy"), initial)):
+    summed = np.zeros(before.shape)  # gradients of a row's repeats, summed (accumulation)
+    np.add.at(summed, ids[:, i], activation_grads[i].numpy())
+    m, v = (1 - ADAM["beta_1"]) * summed, (1 - ADAM["beta_2"]) * summed**2
+    expected_change = -rate * m / (np.sqrt(v) + ADAM["epsilon"])
+    expected_change[~np.isin(np.arange(len(before)), ids[:, i])] = 0.0  # lazy: not looked up
+    np.testing.assert_allclose(table - before, expected_change, rtol=1e-3, atol=1e-7)
 
 
 if __name__ == "__main__":

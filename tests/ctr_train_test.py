@@ -1,7 +1,6 @@
 """End-to-end tests of trainers/ctr/train.py: short runs on a small generated click log and
 on Criteo-layout files with a malformed line."""
 
-import dataclasses
 import os
 
 import numpy as np

@@ -63,7 +63,7 @@ def test_resnet50_shapes_and_structure(resnet50):
   assert resnet50.get_layer("stem_pool").output.shape[1:] == (56, 56, 64)
   assert resnet50.get_layer("stage4_block3_out").output.shape[1:] == (7, 7, 2048)
   # 3 + 4 + 6 + 3 blocks, each with 3 convolutions, plus one projection per stage and a stem.
-  convs = [l for l in resnet50.layers if isinstance(l, keras.layers.Conv2D)]
+  convs = [layer for layer in resnet50.layers if isinstance(layer, keras.layers.Conv2D)]
   assert len(convs) == 1 + 3 * 16 + 4
   stage2 = resnet50.get_layer("stage2_block1_conv2")
   assert stage2.strides == (2, 2)  # v1.5: the stride is on the 3x3 convolution
@@ -78,7 +78,7 @@ def test_resnet18_parameter_count():
   assert abs(model.count_params() - 11.69e6) / 11.69e6 < 0.01
   assert model.output_shape == (None, 1000)
   # The first stage keeps 64 channels at stride 1, so it has no projection.
-  names = {l.name for l in model.layers}
+  names = {layer.name for layer in model.layers}
   assert "stage1_block1_proj_conv" not in names
   assert {"stage2_block1_proj_conv", "stage3_block1_proj_conv",
           "stage4_block1_proj_conv"} <= names
@@ -129,9 +129,10 @@ def test_bad_builder_arguments():
 def test_last_batch_norm_gamma_of_each_block_is_zero():
   for name, last_bn, blocks in [("resnet_small", "bn2", 3), ("resnet18", "bn2", 8)]:
     model = models.build_model(name, num_classes=10, image_size=32)
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    zero = [l.name for l in bns if not np.any(l.gamma.numpy())]
-    assert sorted(zero) == sorted(l.name for l in bns if l.name.endswith(last_bn))
+    bns = [layer for layer in model.layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    zero = [bn.name for bn in bns if not np.any(bn.gamma.numpy())]
+    assert sorted(zero) == sorted(bn.name for bn in bns if bn.name.endswith(last_bn))
     assert len(zero) == blocks
     for layer in bns:
       if layer.name not in zero:
@@ -139,8 +140,8 @@ def test_last_batch_norm_gamma_of_each_block_is_zero():
 
 
 def test_last_batch_norm_gamma_of_bottleneck_block_is_zero(resnet50):
-  gammas = {l.name: l.gamma.numpy() for l in resnet50.layers
-            if isinstance(l, keras.layers.BatchNormalization)}
+  gammas = {layer.name: layer.gamma.numpy() for layer in resnet50.layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
   zero = sorted(n for n, g in gammas.items() if not np.any(g))
   assert len(zero) == 16 and all(n.endswith("_bn3") for n in zero)
   assert all(np.all(g == 1.0) for n, g in gammas.items() if n not in zero)

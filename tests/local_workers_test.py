@@ -179,8 +179,8 @@ def test_every_worker_gets_its_place_in_one_cluster_and_prefixed_lines(tmp_path)
   assert len(addresses) == 3 and len(set(addresses)) == 3
   assert all(a.startswith("127.0.0.1:") for a in addresses)
   # Every other line is the launcher's own.
-  others = [l for l in run.stderr.splitlines() if not l.startswith("[worker ")]
-  assert others and all(l.startswith(local_workers.LAUNCHER_PREFIX) for l in others), run
+  others = [line for line in run.stderr.splitlines() if not line.startswith("[worker ")]
+  assert others and all(line.startswith(local_workers.LAUNCHER_PREFIX) for line in others), run
   assert "all workers exited (worker 0: 0, worker 1: 0, worker 2: 0)" in run.stderr
 
 

@@ -73,8 +73,8 @@ def _weights(model):
 def train(mode):
   """Trains STEPS steps; returns initial and final weights, losses, info and the strategy."""
   # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
   import keras
+  import tensorflow as tf
 
   import adam_xla
 
@@ -122,8 +122,8 @@ def fit(strategy, compiler):
   (keras-team/keras#20585); the error is recorded.
   """
   # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
   import keras
+  import tensorflow as tf
 
   import adam_xla
 
@@ -156,6 +156,7 @@ def _worker_helpers(strategy):
   all-reduce the trainers use to stop together), and on one device there is no worker 1.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from trainers.common import strategies  # pylint: disable=g-import-not-at-top
 
   strategy = strategy or tf.distribute.get_strategy()

@@ -376,7 +376,8 @@ def non_finite_cases(draw):
 @_examples(40)
 @hypothesis.given(non_finite_cases())
 def test_non_finite_gradients_propagate_as_documented(case):
-  """Non-finite gradients are never dropped silently, and `apply_if` skips them (README).
+  """Non-finite gradients are never dropped silently, and `apply_if` skips them
+  (docs/optimizer.md: "Skipping a step, weight decay, clipping", "Differences from Keras").
 
   Without `apply_if` nothing is filtered (as in Keras): the step is the formula applied to
   the non-finite numbers, so every element with a NaN or +-inf gradient ends NaN, except

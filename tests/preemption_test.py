@@ -3,8 +3,8 @@ SIGKILL at random moments, losing its data files or running out of disk: it alwa
 a clear message and resumes from its last complete checkpoint, and with --deterministic ends
 with exactly the weights of an uninterrupted run."""
 
-import os
 import glob
+import os
 import random
 import resource
 import shutil

@@ -76,8 +76,9 @@ def main(argv):
   parser.add_argument("--output", required=True)
   args = parser.parse_args(argv)
   # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
   import keras
+  import tensorflow as tf
+
   import adam_xla
 
   if args.initial:

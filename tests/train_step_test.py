@@ -143,7 +143,7 @@ def test_reported_loss_and_accuracy_equal_a_direct_computation():
   logits = model(features).numpy().astype(np.float64)
   log_softmax = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
   want_loss = -np.mean(log_softmax[np.arange(GLOBAL_BATCH), labels])
-  want_loss += sum(float(l) for l in model.losses)
+  want_loss += sum(float(penalty) for penalty in model.losses)
   np.testing.assert_allclose(float(metrics["loss"]), want_loss, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["accuracy"]),
                              np.mean(np.argmax(logits, axis=1) == labels), rtol=1e-6)

@@ -5,6 +5,7 @@ checkpoint."""
 import logging
 import os
 import signal
+import tempfile
 
 import keras
 import numpy as np
@@ -171,6 +172,30 @@ def test_stop_signal_checkpoints_after_the_call_in_flight(tmp_path, signal_numbe
   resumed = _Run(tmp_path)
   resumed()
   assert resumed.calls == 7 and _latest_step(str(tmp_path)) == 20
+
+
+def test_a_stopped_worker_names_the_shared_checkpoint_not_its_temporary_copy(
+    tmp_path, monkeypatch, caplog):
+  """A non-chief saves its copy of the shared state to a temporary directory deleted at the
+  end of the run; its stop message must point at the chief's checkpoint, the one a rerun
+  resumes from."""
+  scratch_root = tmp_path / "tmp"
+  scratch_root.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+
+  def send_on_third_call(run):
+    if run.calls == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  model_dir = tmp_path / "model"
+  run = _Run(model_dir, before_each_call=send_on_third_call)
+  with caplog.at_level(logging.WARNING), pytest.raises(training_loop.Interrupted) as error:
+    run(workers=training_loop.Workers(index=1, count=2))
+  shared = f"{model_dir}/checkpoints/ckpt-6"
+  assert str(error.value) == f"stopped by SIGTERM at step 6; resume from {shared}"
+  assert f"checkpoint {shared} written by the chief." in caplog.text
+  assert "adam_xla-worker-" not in caplog.text
+  assert list(scratch_root.iterdir()) == []  # the temporary copy is gone
 
 
 def test_unwritable_model_dir_is_named_before_any_work(tmp_path):

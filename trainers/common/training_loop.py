@@ -2,7 +2,7 @@
 progress lines, resume and what happens when something goes wrong. The compiled step only
 computes; everything with side effects on disk or screen happens here, between calls.
 
-Failure behaviour (the README's "Failure behaviour" section lists it for users):
+Failure behaviour (docs/failures.md lists it for users):
 * SIGTERM (preemption) or SIGINT: the call in flight finishes, a checkpoint is written, the
   stop is logged and `Interrupted` is raised; the trainers exit with `INTERRUPTED_EXIT_CODE`.
   Under several workers, every worker stops after the same call (`Workers.any_of`).
@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers.common import checkpoint_signature
+
 # Exit status of a trainer stopped by SIGTERM/SIGINT after writing its checkpoint: EX_TEMPFAIL
 # of sysexits.h, "try again later", which is what a preempted job should do.
 INTERRUPTED_EXIT_CODE = 75
@@ -122,6 +123,7 @@ class _Checkpoints:
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self._scratch or self._directory,
         max_to_keep=config.keep_checkpoints if workers.chief else 1)
+    self._restored = None  # the shared checkpoint `restore` found
     self._own = None
     if own:
       self._own = tf.train.CheckpointManager(
@@ -130,11 +132,23 @@ class _Checkpoints:
 
   @property
   def latest(self):
-    return self._manager.latest_checkpoint
+    """The last complete shared checkpoint, the one a resumed run restores, or None.
+
+    On every worker this is a path in model_dir's checkpoints/: a non-chief's own copy of the
+    same step is in its temporary directory, which is gone after the run, so messages that
+    tell the user where to resume from must not name it.
+    """
+    saved = self._manager.latest_checkpoint
+    if saved is None:
+      return self._restored
+    if self._scratch:
+      return os.path.join(self._directory, os.path.basename(saved))
+    return saved
 
   def restore(self, signature):
     """Restores the latest checkpoint of model_dir, if any; returns the steps done."""
     latest = tf.train.latest_checkpoint(self._directory)
+    self._restored = latest
     if not latest:
       if signature is not None and self._workers.chief:
         checkpoint_signature.write(self._directory, signature)
@@ -385,8 +399,11 @@ def _train(config, step, checkpoints, signals, train_step, evaluate, learning_ra
       if saved_step != step:
         checkpoints.save(step)
       name = signal.Signals(signals.received).name if signals.received else "another worker"
-      logging.warning("stopped by %s at step %d of %d; checkpoint %s written. Rerun the same "
-                      "command to resume.", name, step, config.train_steps, checkpoints.latest)
+      # The shared checkpoint is saved collectively but written by the chief alone.
+      writer = "" if workers.chief else " by the chief"
+      logging.warning("stopped by %s at step %d of %d; checkpoint %s written%s. Rerun the same "
+                      "command to resume.", name, step, config.train_steps, checkpoints.latest,
+                      writer)
       raise Interrupted(f"stopped by {name} at step {step}; resume from {checkpoints.latest}")
   return eval_metrics
 

@@ -6,7 +6,8 @@ from typing import Optional, Tuple
 
 import adam_xla
 from trainers.common import config as common
-from trainers.common.config import check, one_of
+from trainers.common.config import check
+from trainers.common.config import one_of
 from trainers.ctr.criteo_format import NUM_SPARSE
 
 DATA_SOURCES = ("generated", "criteo")

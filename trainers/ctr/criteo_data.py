@@ -28,7 +28,10 @@ from typing import Optional, Tuple
 from absl import logging
 import tensorflow as tf
 
-from trainers.ctr.criteo_format import NUM_DENSE, NUM_FIELDS, NUM_SPARSE
+from trainers.ctr.criteo_format import NUM_DENSE
+from trainers.ctr.criteo_format import NUM_FIELDS
+from trainers.ctr.criteo_format import NUM_SPARSE
+
 _PARSE_BATCH = 1024  # lines validated and parsed per vectorized call
 _MAX_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 << 20
@@ -139,7 +142,7 @@ def count_bad_records(config, max_logged=10):
   The first `max_logged` of them are logged with file, line and problem.
   """
   count = 0
-  for error, *unused in _parsed(_numbered_lines(list_files(config), shuffle=False, seed=None),
+  for error, *_ in _parsed(_numbered_lines(list_files(config), shuffle=False, seed=None),
                                 config):
     bad = [e.decode("utf-8", "replace") for e in error.numpy() if e]
     for message in bad[:max(0, max_logged - count)]:

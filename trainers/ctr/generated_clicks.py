@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from trainers.common import generated_files
 from trainers.ctr import metrics
-from trainers.ctr.criteo_format import NUM_DENSE, NUM_SPARSE
+from trainers.ctr.criteo_format import NUM_DENSE
+from trainers.ctr.criteo_format import NUM_SPARSE
 
 ZIPF_EXPONENT = 1.1
 MISSING_RATE = 0.02

@@ -50,8 +50,8 @@ def main(argv):
   if config.num_logical_cpus:
     from trainers.common import strategies  # pylint: disable=g-import-not-at-top
     strategies.split_cpu(config.num_logical_cpus)
-  from trainers.ctr import train  # pylint: disable=g-import-not-at-top
   from trainers.common import training_loop  # pylint: disable=g-import-not-at-top
+  from trainers.ctr import train  # pylint: disable=g-import-not-at-top
   metrics = training_loop.exit_status_of(lambda: train.train_and_evaluate(config))
   planted = metrics.pop("planted_auc", None)
   print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +

@@ -5,7 +5,8 @@ import math
 from typing import Optional
 
 from trainers.common import config as common
-from trainers.common.config import check, one_of
+from trainers.common.config import check
+from trainers.common.config import one_of
 
 DATA_SOURCES = ("generated", "tfrecord", "tfds")
 STRATEGIES = common.STRATEGIES

@@ -36,7 +36,8 @@ def make_loss(label_smoothing):
 
 
 def resolve_xla_scope(xla_scope):
-  """"auto": compile the whole step on GPU/TPU, only the update on CPU (see the README)."""
+  """"auto": the whole step on GPU/TPU, only the update on CPU (docs/performance.md, "Where
+  the time goes": XLA:CPU's convolution gradients are slow)."""
   if xla_scope != "auto":
     return xla_scope
   accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
