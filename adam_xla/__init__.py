@@ -38,5 +38,7 @@ from adam_xla.train_step import sparse_top1_accuracy
 from adam_xla.train_step import StepConfig
 from adam_xla.train_step import TrainStep
 
-__all__ = ["Adam", "bias_corrected_learning_rate", "compile_model", "make_train_step",
-           "SPARSE_MODES", "sparse_top1_accuracy", "StepConfig", "TrainStep"]
+__all__ = [
+    "Adam", "bias_corrected_learning_rate", "compile_model", "make_train_step", "SPARSE_MODES",
+    "sparse_top1_accuracy", "StepConfig", "TrainStep"
+]

@@ -75,8 +75,10 @@ def _shrink_factors(groups, limit):
   sums = [_sum_of_squares(group, dtype) for group, dtype in zip(groups, dtypes)]
 
   def direct():
-    return [tf.minimum(tf.constant(1, d), tf.constant(limit, d) / tf.sqrt(s))
-            for s, d in zip(sums, dtypes)]
+    return [
+        tf.minimum(tf.constant(1, d),
+                   tf.constant(limit, d) / tf.sqrt(s)) for s, d in zip(sums, dtypes)
+    ]
 
   def rescaled():
     factors = []

@@ -83,8 +83,10 @@ def _cache_dirs():
   if os.environ.get(ENV_CACHE_DIR):
     return [os.environ[ENV_CACHE_DIR]]
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return [os.path.join(base, "adam_xla"),
-          os.path.join(tempfile.gettempdir(), f"adam_xla-{os.getuid()}")]
+  return [
+      os.path.join(base, "adam_xla"),
+      os.path.join(tempfile.gettempdir(), f"adam_xla-{os.getuid()}")
+  ]
 
 
 def library_path(compiler, flags, cache_dir=None):
@@ -103,8 +105,9 @@ def _build(compiler, flags, path):
   lib_dir = tf.sysconfig.get_lib()
   fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
   os.close(fd)
-  command = ([compiler] + flags + [_SOURCE, "-o", partial, f"-L{lib_dir}",
-                                   "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{lib_dir}"])
+  command = (
+      [compiler] + flags +
+      [_SOURCE, "-o", partial, f"-L{lib_dir}", "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{lib_dir}"])
   try:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -121,17 +124,16 @@ def load():
     if _state["loaded"] is None:
       _state["loaded"], _state["reason"] = _load()
       if not _state["loaded"]:
-        logging.warning("adam_xla: the one-pass CPU Adam kernel is not used (%s); the update "
-                        "runs as XLA's own loops, which is correct but slower on CPU.",
-                        _state["reason"])
+        logging.warning(
+            "adam_xla: the one-pass CPU Adam kernel is not used (%s); the update "
+            "runs as XLA's own loops, which is correct but slower on CPU.", _state["reason"])
     return _state["loaded"]
 
 
 def _load():
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
     return False, f"not built for {platform.system()} {platform.machine()}"
-  compiler = shutil.which(os.environ.get("CXX", "")) or shutil.which("g++") or shutil.which(
-      "c++")
+  compiler = shutil.which(os.environ.get("CXX", "")) or shutil.which("g++") or shutil.which("c++")
   if compiler is None:
     return False, "no C++ compiler found (set CXX, or install g++)"
   flags = _compile_flags()
@@ -216,30 +218,28 @@ def _call_in_place(target, operands, updated, config):
   aliases = ", ".join(  # a single result is not a tuple: it has no index
       f"#stablehlo.output_operand_alias<output_tuple_indices = "
       f"[{result if len(updated) > 1 else ''}], operand_index = {operand}, "
-      "operand_tuple_indices = []>"
-      for result, operand in enumerate(updated))
-  module = (
-      "module @adam_xla_kernel {\n"
-      f"  func.func public @main({', '.join(f'%a{i}: {t}' for i, t in enumerate(types))}) -> "
-      f"({results}) {{\n"
-      f"    %0:{len(updated)} = stablehlo.custom_call @{target}({names}) "
-      f"{{api_version = 3 : i32, backend_config = \"{config}\", "
-      f"output_operand_aliases = [{aliases}]}} : ({', '.join(types)}) -> ({results})\n"
-      f"    return {', '.join(f'%0#{i}' for i in range(len(updated)))} : {results}\n"
-      "  }\n"
-      "}\n")
-  return gen_xla_ops.xla_call_module(
-      operands, version=_XLA_CALL_MODULE_VERSION, module=module,
-      Sout=[operands[i].shape for i in updated], Tout=[operands[i].dtype for i in updated],
-      platforms=["CPU"])
+      "operand_tuple_indices = []>" for result, operand in enumerate(updated))
+  module = ("module @adam_xla_kernel {\n"
+            f"  func.func public @main({', '.join(f'%a{i}: {t}' for i, t in enumerate(types))}) -> "
+            f"({results}) {{\n"
+            f"    %0:{len(updated)} = stablehlo.custom_call @{target}({names}) "
+            f"{{api_version = 3 : i32, backend_config = \"{config}\", "
+            f"output_operand_aliases = [{aliases}]}} : ({', '.join(types)}) -> ({results})\n"
+            f"    return {', '.join(f'%0#{i}' for i in range(len(updated)))} : {results}\n"
+            "  }\n"
+            "}\n")
+  return gen_xla_ops.xla_call_module(operands, version=_XLA_CALL_MODULE_VERSION, module=module,
+                                     Sout=[operands[i].shape for i in updated],
+                                     Tout=[operands[i].dtype for i in updated], platforms=["CPU"])
 
 
 def _scalars(c, apply_if):
   """The kernels' coefficients operand: lr_t, beta_1, beta_2, epsilon, decay, apply."""
   zero = tf.zeros([], tf.float32)
   apply = tf.ones([], tf.float32) if apply_if is None else tf.cast(apply_if, tf.float32)
-  return tf.stack([c.lr_t, c.beta_1, c.beta_2, c.epsilon,
-                   zero if c.decay is None else c.decay, apply])
+  return tf.stack([
+      c.lr_t, c.beta_1, c.beta_2, c.epsilon, zero if c.decay is None else c.decay, apply
+  ])
 
 
 def adam_steps(params, grads, buffers, layouts, decays, coefficients, apply_if=None):
@@ -279,8 +279,11 @@ def adam_step_at_rows(param, indices, row_grads, m, v, coefficients, apply_if=No
   entries = row_grads.shape[0]
   decays = coefficients.decay is not None
   operands = [tf.reshape(t, [rows * width]) for t in (param, m, v)]
-  operands += [tf.cast(tf.reshape(indices, [entries]), tf.int64),
-               tf.reshape(row_grads, [entries * width]), _scalars(coefficients, apply_if)]
+  operands += [
+      tf.cast(tf.reshape(indices, [entries]), tf.int64),
+      tf.reshape(row_grads, [entries * width]),
+      _scalars(coefficients, apply_if)
+  ]
   outputs = _call_in_place(ROWS_TARGET, operands, [0, 1, 2],
                            f"{rows}:{width}:{entries}:{int(decays)}")
   return tuple(tf.reshape(t, shape) for t in outputs)

@@ -123,9 +123,9 @@ def shards_state(strategy):
   """Whether `Adam(shard_state=True)` splits the state under `strategy`: under
   MirroredStrategy and MultiWorkerMirroredStrategy with more than one replica. (On TPU the
   compiler shards the weight update itself; on one device there is nothing to split.)"""
-  return (isinstance(strategy, (tf.distribute.MirroredStrategy,
-                                tf.distribute.MultiWorkerMirroredStrategy))
-          and strategy.num_replicas_in_sync > 1)
+  return (isinstance(
+      strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)) and
+          strategy.num_replicas_in_sync > 1)
 
 
 def local_replica_ids(strategy):
@@ -173,8 +173,8 @@ def compile_plan(strategy):
   """
   if _is_tpu(strategy):
     return TPU_PROGRAM
-  if isinstance(strategy, (tf.distribute.MirroredStrategy,
-                           tf.distribute.MultiWorkerMirroredStrategy)):
+  if isinstance(strategy,
+                (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
     return REPLICA_PROGRAMS
   return SINGLE_PROGRAM
 
@@ -197,8 +197,7 @@ def run_and_sum(strategy, fn, args):
   """strategy.run(fn, args), with its structure of per-replica scalars summed into tensors."""
   per_replica = strategy.run(fn, args=args)
   return tf.nest.map_structure(
-      lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
-      per_replica)
+      lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica)
 
 
 def replicas_in_sync():
@@ -219,7 +218,7 @@ def distribute_dataset(strategy, dataset):
   """
   batch_dim = tf.nest.flatten(dataset.element_spec)[0].shape[:1]
   if batch_dim.rank and batch_dim[0] is None:
-    warnings.warn("TrainStep.distribute: the batch dimension is not fixed; batch with "
-                  "drop_remainder=True so that a partial last batch does not recompile.",
-                  stacklevel=3)
+    warnings.warn(
+        "TrainStep.distribute: the batch dimension is not fixed; batch with "
+        "drop_remainder=True so that a partial last batch does not recompile.", stacklevel=3)
   return strategy.experimental_distribute_dataset(dataset)

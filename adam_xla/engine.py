@@ -50,8 +50,7 @@ class Options:
 
 
 def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.Moments],
-           decays: Sequence[bool], coefficients, apply_if: Optional[tf.Tensor],
-           options: Options):
+           decays: Sequence[bool], coefficients, apply_if: Optional[tf.Tensor], options: Options):
   """Applies one Adam step to `variables`, one device's copies, in place.
 
   Args:
@@ -78,13 +77,13 @@ def update(variables: Sequence[tf.Variable], grads, slots: Sequence[update_rule.
     elif options.use_cpu_kernels and cpu_kernel.applies(var, grad, moments.vhat):
       by_kernel.append((var, grad, moments, decay))
     elif not isinstance(grad, tf.IndexedSlices):
-      _assign(var, moments, *_selected(apply_if, update_rule.adam_step(
-          var, grad, moments, c), (var, moments)))
+      _assign(var, moments,
+              *_selected(apply_if, update_rule.adam_step(var, grad, moments, c), (var, moments)))
     elif options.sparse_mode == "lazy":
       _update_rows_lazily(var, grad, moments, c, apply_if)
     elif options.use_cpu_kernels and cpu_kernel.applies_to_rows(var, grad, moments.vhat):
-      new_var, m, v = cpu_kernel.adam_step_at_rows(
-          var, grad.indices, grad.values, moments.m, moments.v, c, apply_if)
+      new_var, m, v = cpu_kernel.adam_step_at_rows(var, grad.indices, grad.values, moments.m,
+                                                   moments.v, c, apply_if)
       _assign(var, moments, new_var, update_rule.Moments(m, v))
     else:
       _assign(var, moments, *adam_step_at_rows(var, grad, moments, c, apply_if))
@@ -98,8 +97,8 @@ def packs_slots(var, options, amsgrad):
   """Whether `var`'s m and v may live in flat buffers shared with other variables'
   (`slots.Packed`): only where the CPU kernel, which reads them by offset, will update it.
   Lazy mode is left out: its row updates need a variable's own slots."""
-  return (options.use_cpu_kernels and options.sparse_mode == "dense" and not amsgrad
-          and cpu_kernel.switched_on(PACK_SWITCH) and cpu_kernel.can_update(var))
+  return (options.use_cpu_kernels and options.sparse_mode == "dense" and not amsgrad and
+          cpu_kernel.switched_on(PACK_SWITCH) and cpu_kernel.can_update(var))
 
 
 def constrain(variables, constraints, apply_if: Optional[tf.Tensor]):
@@ -142,8 +141,8 @@ def _update_rows_lazily(var, grad, moments, c, apply_if):
   rows = grad.indices
   gather = lambda t: None if t is None else tf.gather(t, rows)
   old = (gather(var), update_rule.Moments(*(gather(s) for s in moments)))
-  new = _selected(apply_if, update_rule.adam_step(
-      old[0], sparse.first_entry_padding(grad), old[1], c), old)
+  new = _selected(apply_if,
+                  update_rule.adam_step(old[0], sparse.first_entry_padding(grad), old[1], c), old)
   for target, value in zip(_flat(var, moments), _flat(*new)):
     if target is not None:
       target.scatter_update(tf.IndexedSlices(value, rows))
@@ -155,17 +154,19 @@ def _update_by_kernel(updates, coefficients, apply_if):
   one operand, however many variables' m or v it holds."""
   variables, grads, slots, decays = zip(*updates)
   buffers, positions, layouts = [], {}, []
+
   def position(buffer):
     if buffer.ref() not in positions:
       positions[buffer.ref()] = len(buffers)
       buffers.append(buffer)
     return positions[buffer.ref()]
+
   for moments in slots:
     offset = moments.offset if isinstance(moments, slots_lib.Packed) else 0
     layouts.append((position(moments.m), position(moments.v), offset))
   new_variables, new_buffers = cpu_kernel.adam_steps(
-      variables, grads, [tf.reshape(b, [b.shape.num_elements()]) for b in buffers], layouts,
-      decays, coefficients, apply_if)
+      variables, grads, [tf.reshape(b, [b.shape.num_elements()]) for b in buffers], layouts, decays,
+      coefficients, apply_if)
   for target, value in zip(variables + tuple(buffers), new_variables + new_buffers):
     target.assign(tf.reshape(value, target.shape))
 
@@ -185,9 +186,8 @@ def _update_packed_with_xla(updates, apply_if):
     by_buffer.setdefault(update[2].m.ref(), []).append(update)
   for group in by_buffer.values():
     variables, grads, packed, cs = zip(*group)
-    new_variables = _steps_in_ranges(
-        variables, grads, update_rule.Moments(packed[0].m, packed[0].v),
-        [p.offset for p in packed], cs, apply_if)
+    new_variables = _steps_in_ranges(variables, grads, update_rule.Moments(
+        packed[0].m, packed[0].v), [p.offset for p in packed], cs, apply_if)
     for var, new in zip(variables, new_variables):
       var.assign(new)
 
@@ -201,8 +201,8 @@ def _steps_in_ranges(params, grads, buffers, offsets, cs, apply_if):
   new_params, new_ranges = [], {}
   for param, grad, offset, c in zip(params, grads, offsets, cs):
     end = offset + param.shape.num_elements()
-    moments = update_rule.Moments(*(None if b is None else tf.reshape(b[offset:end], param.shape)
-                                    for b in old))
+    moments = update_rule.Moments(
+        *(None if b is None else tf.reshape(b[offset:end], param.shape) for b in old))
     new_param, new = _selected(apply_if, update_rule.adam_step(param, grad, moments, c),
                                (param, moments))
     new_params.append(new_param)
@@ -222,8 +222,8 @@ def _steps_in_ranges(params, grads, buffers, offsets, cs, apply_if):
 
 # ---- Sharded state (see `sharding`) ---------------------------------------------------------
 
-def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if, options,
-                 shard):
+
+def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if, options, shard):
   """The step of shard `shard` of a sharded group, on one device, in place.
 
   `variables` (this device's copies) and their `grads` are the group's variables that have a
@@ -241,7 +241,8 @@ def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if,
   if options.use_cpu_kernels and cpu_kernel.applies(shards.m, grads[0], shards.vhat):
     # The kernel reads and writes the shard's range of each whole variable in place.
     new_params, (new_m, new_v) = cpu_kernel.adam_steps(
-        params, grads, [tf.convert_to_tensor(shards.m), tf.convert_to_tensor(shards.v)],
+        params, grads, [tf.convert_to_tensor(shards.m),
+                        tf.convert_to_tensor(shards.v)],
         [(0, 1, p.at, p.start, p.size) for p, _ in pieces], piece_decays, c, apply_if)
     shards.m.assign(new_m)
     shards.v.assign(new_v)
@@ -251,8 +252,10 @@ def update_shard(variables, grads, decays, indices, layout, shards, c, apply_if,
         [_window(grad, p) for grad, (p, _) in zip(grads, pieces)], shards,
         [p.at for p, _ in pieces],
         [c if decay else c._replace(decay=None) for decay in piece_decays], apply_if)
-    new_params = [_with_range(param, p.start, new, options)
-                  for param, (p, _), new in zip(params, pieces, new_pieces)]
+    new_params = [
+        _with_range(param, p.start, new, options)
+        for param, (p, _), new in zip(params, pieces, new_pieces)
+    ]
   for param, new in zip(params, new_params):
     param.assign(new)
 
@@ -289,10 +292,9 @@ def _dense_for_shard(grad, var, options):
   if not isinstance(grad, tf.IndexedSlices):
     return grad
   if options.sparse_mode == "lazy":
-    raise ValueError(
-        f"Adam: variable '{var.name}' has a sparse gradient, and its state is sharded "
-        "(shard_state=True); lazy mode needs the rows' own state. Exclude it with "
-        "`exclude_from_state_sharding` before the optimizer is built.")
+    raise ValueError(f"Adam: variable '{var.name}' has a sparse gradient, and its state is sharded "
+                     "(shard_state=True); lazy mode needs the rows' own state. Exclude it with "
+                     "`exclude_from_state_sharding` before the optimizer is built.")
   return _dense(grad, var)
 
 

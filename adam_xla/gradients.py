@@ -65,8 +65,8 @@ def _checked_gradient(grad, var):
     indices = _indices_tensor(grad.indices, var)
     if tf.executing_eagerly():
       _check_indices(indices, var)
-    dense_shape = (None if grad.dense_shape is None else
-                   tf.convert_to_tensor(grad.dense_shape, dtype_hint=tf.int64))
+    dense_shape = (None if grad.dense_shape is None else tf.convert_to_tensor(
+        grad.dense_shape, dtype_hint=tf.int64))
     return tf.IndexedSlices(values, indices, dense_shape)
   tensor = _cast_gradient(grad, dtype, var)
   if not tensor.shape.is_compatible_with(var.shape):
@@ -114,6 +114,7 @@ def _drop_missing(grads_and_vars):
   if missing and not kept:
     raise ValueError(f"Adam: no gradients provided for any variable: {missing}.")
   if missing:
-    warnings.warn(f"Adam: gradients do not exist for variables {missing}; they are not "
-                  "updated. Check that the loss depends on them.", stacklevel=4)
+    warnings.warn(
+        f"Adam: gradients do not exist for variables {missing}; they are not "
+        "updated. Check that the loss depends on them.", stacklevel=4)
   return [g for g, _ in kept], [v for _, v in kept]

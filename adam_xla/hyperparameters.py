@@ -60,9 +60,8 @@ def validate(name, value, low, high=math.inf, *, low_open=False, high_open=False
   """
   if is_schedule(value) and allow_schedule:
     return value
-  if is_schedule(value) or isinstance(value, bool) or not (
-      isinstance(value, (numbers.Real, tf.Tensor, tf.Variable, keras.Variable)) or
-      callable(value)):
+  if is_schedule(value) or isinstance(value, bool) or not (isinstance(
+      value, (numbers.Real, tf.Tensor, tf.Variable, keras.Variable)) or callable(value)):
     accepted = "a float, a tensor, a zero-argument callable"
     accepted += " or a keras LearningRateSchedule" if allow_schedule else ""
     raise TypeError(f"Adam: `{name}` must be {accepted}; got {value!r} "
@@ -111,8 +110,8 @@ def check_in_dtype(name, value, dtype, variable_name):
 
 def validate_non_negative(name, value):
   """A plain finite number >= 0 (for settings fixed at construction, like weight decay)."""
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value) or value < 0):
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or
+      value < 0):
     raise ValueError(f"Adam: `{name}` must be a finite float >= 0; got {value!r}.")
   return value
 
@@ -121,8 +120,8 @@ def validate_positive_or_none(name, value):
   """For the clipping options: None (off) or a finite number > 0."""
   if value is None:
     return None
-  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
-      not math.isfinite(value) or value <= 0):
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or
+      value <= 0):
     raise ValueError(f"Adam: `{name}` must be None (no clipping) or a finite float > 0; "
                      f"got {value!r}.")
   return float(value)

@@ -68,8 +68,10 @@ def _why_not_xla(model):
   """Why the model's step cannot be compiled by XLA (Keras' own test), or None."""
   if keras_trainer.model_supports_jit(model):
     return None
-  unsupported = [layer.name for layer in model._flatten_layers()  # pylint: disable=protected-access
-                 if not layer.supports_jit]
+  unsupported = [
+      layer.name for layer in model._flatten_layers()  # pylint: disable=protected-access
+      if not layer.supports_jit
+  ]
   if unsupported:
     return f"layers {unsupported} do not support XLA"
   return "op determinism is enabled (XLA does not support it for every op)"

@@ -126,10 +126,9 @@ class Adam(keras.optimizers.Optimizer):
     9.9
   """
 
-  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-               amsgrad=False, name="Adam", *, sparse_mode="dense", weight_decay=0.0,
-               clipnorm=None, clipvalue=None, global_clipnorm=None, jit_compile=True,
-               shard_state=False, **unknown):
+  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+               name="Adam", *, sparse_mode="dense", weight_decay=0.0, clipnorm=None, clipvalue=None,
+               global_clipnorm=None, jit_compile=True, shard_state=False, **unknown):
     _reject_unknown_arguments(unknown)
     settings = _validated_settings(
         amsgrad=amsgrad, name=name, sparse_mode=sparse_mode, weight_decay=weight_decay,
@@ -140,8 +139,7 @@ class Adam(keras.optimizers.Optimizer):
     self._settings = settings
     # Read by Keras users as on keras.optimizers.Adam; this class's step reads `_settings`.
     self.weight_decay = settings.weight_decay
-    self.clipnorm, self.clipvalue, self.global_clipnorm = (
-        clipnorm, clipvalue, global_clipnorm)
+    self.clipnorm, self.clipvalue, self.global_clipnorm = (clipnorm, clipvalue, global_clipnorm)
     self._decay_exclusions = _Untracked(refs=set(), names=set())
     self._sharding = _Untracked(exclusions=set(), plans={})
     # The update of all variables on one device, as one XLA program. Inside a step that is
@@ -151,8 +149,8 @@ class Adam(keras.optimizers.Optimizer):
                                 update_shards=compiled(self._update_shards),
                                 write_ranges=compiled(self._write_ranges))
     self._hyper = _Untracked(
-        learning_rate=hyperparameters.validate(
-            "learning_rate", learning_rate, low=0.0, allow_schedule=True),
+        learning_rate=hyperparameters.validate("learning_rate", learning_rate, low=0.0,
+                                               allow_schedule=True),
         beta_1=hyperparameters.validate("beta_1", beta_1, 0.0, 1.0, high_open=True),
         beta_2=hyperparameters.validate("beta_2", beta_2, 0.0, 1.0, high_open=True),
         epsilon=hyperparameters.validate("epsilon", epsilon, low=0.0, low_open=True))
@@ -244,9 +242,9 @@ class Adam(keras.optimizers.Optimizer):
     if self._iterations is None:
       return []
     rate = self._hyper.learning_rate
-    return ([self._iterations] + ([rate] if hyperparameters.is_variable(rate) else [])
-            + [slot for var in self._slot_table.variables()
-               for slot in self._slot_table.slot_objects(var)])
+    return ([self._iterations] + ([rate] if hyperparameters.is_variable(rate) else []) + [
+        slot for var in self._slot_table.variables() for slot in self._slot_table.slot_objects(var)
+    ])
 
   # ---- State creation -----------------------------------------------------------------
 
@@ -279,8 +277,7 @@ class Adam(keras.optimizers.Optimizer):
         shardable=self._shards)
     if self.shard_state and self._slot_table.groups():
       logging.info("Adam: state sharded across %d replicas: %d bytes per replica.",
-                   self._slot_table.groups()[0].layout.num_shards,
-                   self.state_bytes_per_replica())
+                   self._slot_table.groups()[0].layout.num_shards, self.state_bytes_per_replica())
 
   def _shards(self, var):
     """Whether `var`'s slots are split across replicas (`shard_state`)."""
@@ -289,8 +286,9 @@ class Adam(keras.optimizers.Optimizer):
     strategy = getattr(var, "distribute_strategy", None)
     if strategy is None or not distribution.shards_state(strategy):
       if strategy is not None and distribution.compile_plan(strategy) == distribution.TPU_PROGRAM:
-        logging.log_first_n(logging.INFO, "Adam(shard_state=True): on TPU the compiler shards "
-                            "the weight update itself; the state stays as it is.", 1)
+        logging.log_first_n(
+            logging.INFO, "Adam(shard_state=True): on TPU the compiler shards "
+            "the weight update itself; the state stays as it is.", 1)
       return False
     return var.shape.num_elements() not in (None, 0)
 
@@ -316,8 +314,7 @@ class Adam(keras.optimizers.Optimizer):
     dtype = value.dtype if isinstance(value, tf.Tensor) and value.dtype.is_floating else (
         tf.float32)
     with distribution.creation_scope(self._iterations):
-      return distribution.step_variable(tf.cast(value, dtype), dtype,
-                                        f"{self.name}/learning_rate")
+      return distribution.step_variable(tf.cast(value, dtype), dtype, f"{self.name}/learning_rate")
 
   # ---- Updates ------------------------------------------------------------------------
 
@@ -379,8 +376,8 @@ class Adam(keras.optimizers.Optimizer):
       apply_if = apply_if(grads)
     grads = [gradients.canonical(g, v, self.sparse_mode) for g, v in zip(grads, variables)]
     grads = clipping.clip_gradients(grads, self._settings.clip)
-    distribution.in_cross_replica_context(
-        self._apply_in_cross_replica, grads, variables, constraints, apply_if)
+    distribution.in_cross_replica_context(self._apply_in_cross_replica, grads, variables,
+                                          constraints, apply_if)
     return self.iterations
 
   def _apply_in_cross_replica(self, strategy, grads, variables, constraints, apply_if):
@@ -392,8 +389,8 @@ class Adam(keras.optimizers.Optimizer):
     own, sharded = (tuple([x for x, flag in zip(xs, is_sharded) if flag == want]
                           for xs in (variables,) + per_variable) for want in (False, True))
     if own[0]:
-      distribution.update_on_each_device(strategy, self._compiled.update_on_device, own[0],
-                                         own[1:], (coefficients, apply_if))
+      distribution.update_on_each_device(strategy, self._compiled.update_on_device, own[0], own[1:],
+                                         (coefficients, apply_if))
     if sharded[0]:
       self._update_sharded(strategy, sharded[0], sharded[1:], (coefficients, apply_if))
     if apply_if is None:
@@ -404,9 +401,9 @@ class Adam(keras.optimizers.Optimizer):
 
   def _step_coefficients(self, dtype):
     value = self._current
-    return update_rule.step_coefficients(
-        value("learning_rate"), value("beta_1"), value("beta_2"), value("epsilon"),
-        self._iterations, dtype, weight_decay=self._settings.weight_decay)
+    return update_rule.step_coefficients(value("learning_rate"), value("beta_1"), value("beta_2"),
+                                         value("epsilon"), self._iterations, dtype,
+                                         weight_decay=self._settings.weight_decay)
 
   def _current(self, key):
     """Hyperparameter `key`'s value for the step about to run; notes a traced step's read."""
@@ -425,8 +422,7 @@ class Adam(keras.optimizers.Optimizer):
     grads, slots, decays, constraints = per_variable
     coefficients, apply_if = shared
     with tf.name_scope(self.name):
-      engine.update(variables, grads, slots, decays, coefficients, apply_if,
-                    self._engine_options())
+      engine.update(variables, grads, slots, decays, coefficients, apply_if, self._engine_options())
       engine.constrain(variables, constraints, apply_if)
 
   def _update_sharded(self, strategy, variables, per_variable, shared):
@@ -436,12 +432,14 @@ class Adam(keras.optimizers.Optimizer):
     static = self._sharding.plans.get(tuple(v.ref() for v in variables))
     if static is None:
       static = self._sharding.plans[tuple(v.ref() for v in variables)] = _ShardPlan(slots)
-    shard_moments = [update_rule.Moments(*(group.shards.get(name) for name in ("m", "v", "vhat")))
-                     for group, _, _ in static.plan]
+    shard_moments = [
+        update_rule.Moments(*(group.shards.get(name) for name in ("m", "v", "vhat")))
+        for group, _, _ in static.plan
+    ]
     sharding.step(
         strategy, static.plan, lambda v, per, shared_, replica: self._compiled.update_shards(
-            v, per, shared_, replica, static),
-        self._compiled.write_ranges, variables, (grads, decays, shard_moments), shared)
+            v, per, shared_, replica, static), self._compiled.write_ranges, variables,
+        (grads, decays, shard_moments), shared)
     if any(c is not None for c in constraints):
       distribution.update_on_each_device(
           strategy, lambda copies, per, shared_: engine.constrain(copies, per[0], shared_[1]),
@@ -454,10 +452,9 @@ class Adam(keras.optimizers.Optimizer):
     with tf.name_scope(self.name):
       for (group, positions, indices), moments in zip(static.plan, shard_moments):
         pick = lambda xs: [xs[k] for k in positions]
-        engine.update_shard(
-            pick(variables), pick(grads), pick(decays), indices, group.layout, moments,
-            coefficients[moments.m.dtype.base_dtype.name], apply_if, self._engine_options(),
-            replica)
+        engine.update_shard(pick(variables), pick(grads), pick(decays), indices, group.layout,
+                            moments, coefficients[moments.m.dtype.base_dtype.name], apply_if,
+                            self._engine_options(), replica)
 
   def _write_ranges(self, variables, targets, values):
     """`engine.write_ranges`: the other replicas' new rows into one device's copies."""
@@ -494,9 +491,11 @@ class Adam(keras.optimizers.Optimizer):
   # ---- Configuration --------------------------------------------------------------------
 
   def get_config(self):
-    config = {"name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode,
-              "weight_decay": self._settings.weight_decay, "jit_compile": self.jit_compile,
-              "shard_state": self.shard_state}
+    config = {
+        "name": self.name, "amsgrad": self.amsgrad, "sparse_mode": self.sparse_mode,
+        "weight_decay": self._settings.weight_decay, "jit_compile": self.jit_compile,
+        "shard_state": self.shard_state
+    }
     for key in _HYPERPARAMETERS:
       config[key] = hyperparameters.to_config(getattr(self._hyper, key))
     config.update(dataclasses.asdict(self._settings.clip))
@@ -526,8 +525,10 @@ def bias_corrected_learning_rate(learning_rate, beta_1, beta_2, iterations):
 def _reject_unknown_arguments(unknown):
   """A Keras user's `use_ema=True` (or a typo) gets the list of what is accepted."""
   if unknown:
-    accepted = [name for name in inspect.signature(Adam.__init__).parameters
-                if name not in ("self", "unknown")]
+    accepted = [
+        name for name in inspect.signature(Adam.__init__).parameters
+        if name not in ("self", "unknown")
+    ]
     raise TypeError(f"Adam got unexpected keyword argument(s) {sorted(unknown)}; accepted "
                     f"arguments are {', '.join(accepted)}.")
 
@@ -535,13 +536,13 @@ def _reject_unknown_arguments(unknown):
 def _validated_settings(*, amsgrad, name, sparse_mode, weight_decay, jit_compile, shard_state,
                         clip):
   """The constructor's non-hyperparameter arguments, checked, with a clear error for each."""
-  clip = clipping.ClipConfig(**{
-      key: hyperparameters.validate_positive_or_none(key, value) for key, value in clip.items()})
+  clip = clipping.ClipConfig(
+      **{key: hyperparameters.validate_positive_or_none(key, value) for key, value in clip.items()})
   if clip.clipnorm is not None and clip.global_clipnorm is not None:
     raise ValueError("Adam: set at most one of `clipnorm` (per gradient) and "
                      "`global_clipnorm` (all gradients together); both were given.")
-  for flag_name, flag in (("amsgrad", amsgrad), ("jit_compile", jit_compile),
-                          ("shard_state", shard_state)):
+  for flag_name, flag in (("amsgrad", amsgrad), ("jit_compile", jit_compile), ("shard_state",
+                                                                               shard_state)):
     if not isinstance(flag, bool):
       raise TypeError(f"Adam: `{flag_name}` must be True or False; got {flag!r}.")
   if sparse_mode not in SPARSE_MODES:

@@ -85,8 +85,8 @@ class Layout:
 
   def pieces_of(self, index):
     """(shard, piece) for every piece of variable `index`, in order."""
-    return [(shard, piece) for shard in range(self.num_shards)
-            for piece in self.pieces(shard) if piece.index == index]
+    return [(shard, piece) for shard in range(self.num_shards) for piece in self.pieces(shard)
+            if piece.index == index]
 
 
 class Group:
@@ -99,11 +99,11 @@ class Group:
     self.strategy = strategy
     with distribution.creation_scope(variables[0]):
       self.shards = {
-          slot: tf.Variable(tf.zeros([self.layout.shard_size], variables[0].dtype),
-                            trainable=False, name=f"{name}/{slot}",
-                            synchronization=tf.VariableSynchronization.ON_READ,
-                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-          for slot in slot_names}
+          slot: tf.Variable(
+              tf.zeros([self.layout.shard_size], variables[0].dtype), trainable=False,
+              name=f"{name}/{slot}", synchronization=tf.VariableSynchronization.ON_READ,
+              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA) for slot in slot_names
+      }
     self.replica_ids = distribution.local_replica_ids(strategy)
 
   def local_shards(self, slot):
@@ -135,11 +135,10 @@ class ShardedSlot(slot_views.SlotView):
 
   def read_value(self):
     group = self._group
-    shards = distribution.gather_shards(
-        group.strategy, [s.read_value() for s in group.local_shards(self._slot)],
-        group.replica_ids)
-    pieces = [shards[shard][p.at:p.at + p.size]
-              for shard, p in group.layout.pieces_of(self._index)]
+    shards = distribution.gather_shards(group.strategy,
+                                        [s.read_value() for s in group.local_shards(self._slot)],
+                                        group.replica_ids)
+    pieces = [shards[shard][p.at:p.at + p.size] for shard, p in group.layout.pieces_of(self._index)]
     return tf.reshape(tf.concat(pieces, 0), self._shape)
 
   def _write(self, flat_value):
@@ -151,6 +150,7 @@ class ShardedSlot(slot_views.SlotView):
 
 
 # ---- The step: replicas update their shards, then exchange them ------------------------------
+
 
 def step(strategy, plan, update_fn, write_fn, variables, per_variable, shared):
   """One step of sharded variables, in cross-replica context.
@@ -183,13 +183,13 @@ def step(strategy, plan, update_fn, write_fn, variables, per_variable, shared):
       with tf.device(device):
         new_rows[replica_ids[i]] = [
             _rows(local(i)[present[p.index]], p) for p in group.layout.pieces(replica_ids[i])
-            if p.index in present]
+            if p.index in present
+        ]
     if len(devices) < strategy.num_replicas_in_sync:
       new_rows = _all_gathered(strategy, group, present, new_rows, replica_ids)
     for replica, rows in new_rows.items():
       pieces = [p for p in group.layout.pieces(replica) if p.index in present]
-      incoming += [(replica, present[p.index], p.start, value)
-                   for p, value in zip(pieces, rows)]
+      incoming += [(replica, present[p.index], p.start, value) for p, value in zip(pieces, rows)]
   for i, device in enumerate(devices):
     others = [item for item in incoming if item[0] != replica_ids[i]]
     if others:
@@ -221,9 +221,13 @@ def _all_gathered(strategy, group, present, local_pieces, replica_ids):
     parts.append(tf.zeros([layout.shard_size - at], dtype))
     flat.append(tf.concat(parts, 0))
   shards = distribution.gather_shards(strategy, flat, replica_ids)
+
   def rows(shard, piece):  # static shapes: the gathered tensor's length may be unknown
     row_shape = layout.row_shape(piece.index)
     return tf.reshape(shard[piece.at:piece.at + piece.size],
                       [piece.size // math.prod(row_shape)] + row_shape)
-  return {replica: [rows(shard, p) for p in shard_pieces(replica)]
-          for replica, shard in enumerate(shards)}
+
+  return {
+      replica: [rows(shard, p) for p in shard_pieces(replica)]
+      for replica, shard in enumerate(shards)
+  }

@@ -69,9 +69,8 @@ class SlotView(tf.__internal__.tracking.Trackable):
 
 def write_range(variable, begin, value):
   """Writes the 1-D `value` into elements [begin, begin + len) of the 1-D `variable`."""
-  tf.raw_ops.ResourceStridedSliceAssign(
-      ref=variable.handle, begin=[begin], end=[begin + value.shape[0]], strides=[1],
-      value=value)
+  tf.raw_ops.ResourceStridedSliceAssign(ref=variable.handle, begin=[begin],
+                                        end=[begin + value.shape[0]], strides=[1], value=value)
 
 
 def _reads_value(operator):

@@ -89,8 +89,7 @@ class SlotTable:
     for dtype, group in sharded.items():
       state = sharding.Group(group, self._names, group[0].distribute_strategy,
                              f"{self._prefix}/sharded_{dtype.name}")
-      ranges.update({var.ref(): sharding.Sharded(state, index)
-                     for index, var in enumerate(group)})
+      ranges.update({var.ref(): sharding.Sharded(state, index) for index, var in enumerate(group)})
     for var, key in zip(variables, keys):
       if var.ref() in ranges:
         self._add_view(var, key, ranges[var.ref()])
@@ -118,9 +117,10 @@ class SlotTable:
 
   def _add_own(self, var, key):
     with distribution.creation_scope(var):
-      slots = {name: tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
-                                 name=f"{self._prefix}/{key}/{name}")
-               for name in self._names}
+      slots = {
+          name: tf.Variable(tf.zeros(var.shape, var.dtype), trainable=False,
+                            name=f"{self._prefix}/{key}/{name}") for name in self._names
+      }
     self._by_variable[var.ref()] = update_rule.Moments(**slots)
     for name, slot in slots.items():
       self._saved[f"{key}/{name}"] = slot
@@ -133,17 +133,21 @@ class SlotTable:
     with distribution.creation_scope(group[0]):
       m, v = (tf.Variable(tf.zeros([offsets[-1]], group[0].dtype), trainable=False,
                           name=f"{self._prefix}/packed/{name}") for name in self._names)
-    return {var.ref(): Packed(m, v, offset, size)
-            for var, offset, size in zip(group, offsets, sizes)}
+    return {
+        var.ref(): Packed(m, v, offset, size) for var, offset, size in zip(group, offsets, sizes)
+    }
 
   def _add_view(self, var, key, entry):
     self._by_variable[var.ref()] = entry
     if isinstance(entry, sharding.Sharded):
-      views = {name: sharding.ShardedSlot(entry.group, name, entry.index, var.shape)
-               for name in self._names}
+      views = {
+          name: sharding.ShardedSlot(entry.group, name, entry.index, var.shape)
+          for name in self._names
+      }
     else:
-      views = {name: PackedSlot(getattr(entry, name), entry.offset, var.shape)
-               for name in self._names}
+      views = {
+          name: PackedSlot(getattr(entry, name), entry.offset, var.shape) for name in self._names
+      }
     self._views[var.ref()] = views
     for name, view in views.items():  # the state exists: a deferred restore can fire here
       self._saved[f"{key}/{name}"] = view
@@ -164,16 +168,16 @@ class PackedSlot(slot_views.SlotView):
     super().__init__(shape, flat.dtype)
     self._flat, self._offset = flat, offset
 
-  buffer = property(lambda self: self._flat, doc="The flat buffer (a distributed variable "
-                    "under a strategy) this slot is a range of.")
+  buffer = property(
+      lambda self: self._flat, doc="The flat buffer (a distributed variable "
+      "under a strategy) this slot is a range of.")
   device = property(lambda self: self._flat.device)
 
   @property
   def values(self):
     """One view per local copy of the buffer (under a strategy; else this view alone)."""
     copies = getattr(self._flat, "values", None)
-    return tuple(PackedSlot(c, self._offset, self._shape) for c in copies) if copies else (
-        self,)
+    return tuple(PackedSlot(c, self._offset, self._shape) for c in copies) if copies else (self,)
 
   def read_value(self):
     flat = tf.convert_to_tensor(self._flat)

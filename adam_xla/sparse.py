@@ -47,8 +47,8 @@ def sum_duplicates(grad: tf.IndexedSlices) -> tf.IndexedSlices:
   sorted_indices = tf.gather(indices, order)
   # `first` has length min(1, size), unlike [True] or sorted_indices[0]: empty stays empty.
   first = sorted_indices[:1]
-  starts_run = tf.concat(
-      [tf.ones_like(first, tf.bool), sorted_indices[1:] != sorted_indices[:-1]], 0)
+  starts_run = tf.concat([tf.ones_like(first, tf.bool), sorted_indices[1:] != sorted_indices[:-1]],
+                         0)
   runs = tf.cast(starts_run, tf.int32)
   segment = tf.cumsum(runs) - 1
   summed = tf.math.unsorted_segment_sum(tf.gather(values, order), segment, size)

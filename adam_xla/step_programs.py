@@ -71,8 +71,10 @@ def build(parts: StepParts, strategy, plan, config):
       totals = _add_results(totals, one_step(next(iterator)))
     return _average(totals, config.steps_per_loop)
 
-  return {"loop": tf.function(lambda iterator: parts.around_call(lambda: steps(iterator))),
-          "one_batch": tf.function(lambda batch: parts.around_call(lambda: one_step(batch)))}
+  return {
+      "loop": tf.function(lambda iterator: parts.around_call(lambda: steps(iterator))),
+      "one_batch": tf.function(lambda batch: parts.around_call(lambda: one_step(batch)))
+  }
 
 
 def _on_device(compiled_step, device):
@@ -91,5 +93,7 @@ def _add_results(a, b):
 
 
 def _average(totals, count):
-  return {key: value if key in COUNTED_OUTPUTS + _LATEST_OUTPUTS else value / count
-          for key, value in totals.items()}
+  return {
+      key: value if key in COUNTED_OUTPUTS + _LATEST_OUTPUTS else value / count
+      for key, value in totals.items()
+  }

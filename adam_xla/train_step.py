@@ -92,8 +92,8 @@ def sparse_top1_accuracy(labels, logits):
 
 
 _NAMED_METRICS = {"accuracy": sparse_top1_accuracy}
-_RESERVED_OUTPUTS = step_programs.COUNTED_OUTPUTS + (
-    "loss", "loss_scale", "consecutive_nonfinite", "nonfinite_variables")
+_RESERVED_OUTPUTS = step_programs.COUNTED_OUTPUTS + ("loss", "loss_scale", "consecutive_nonfinite",
+                                                     "nonfinite_variables")
 
 
 def make_train_step(model, loss_fn, optimizer, *, metrics=None, strategy=None, **options):
@@ -182,11 +182,11 @@ class TrainStep(tf.Module):
     described = (distribution.PLAN_DESCRIPTIONS[self.plan] if config.xla_scope == "step" else
                  "xla_scope='update': only the Adam update is an XLA program (one per "
                  "device); forward and backward run as TensorFlow ops")
-    logging.info("adam_xla train step: %s plan (%s); %d step(s) per call", self.plan,
-                 described, config.steps_per_loop)
+    logging.info("adam_xla train step: %s plan (%s); %d step(s) per call", self.plan, described,
+                 config.steps_per_loop)
     self._functions = _Untracked(**step_programs.build(
-        step_programs.StepParts(self._forward_backward, self._finish, self._around_call),
-        strategy, self.plan, config))
+        step_programs.StepParts(self._forward_backward, self._finish, self._around_call), strategy,
+        self.plan, config))
 
   # ---- Public -------------------------------------------------------------------------
 
@@ -236,7 +236,8 @@ class TrainStep(tf.Module):
         scaled = micro_loss * scale if scale is not None else micro_loss
       micro_grads = tape.gradient(scaled, variables)
       grads = micro_grads if grads is None else [
-          _add_gradients(a, b) for a, b in zip(grads, micro_grads)]
+          _add_gradients(a, b) for a, b in zip(grads, micro_grads)
+      ]
       loss += micro_loss
       for name, fn in parts.metric_fns.items():
         metrics[name] += _sum_examples(fn(micro_labels, predictions)) / global_batch
@@ -255,8 +256,9 @@ class TrainStep(tf.Module):
     share = 1.0 / distribution.replicas_in_sync()
     outputs = {"loss": loss, **metrics}
     if config.loss_scaling:
-      new_scale, good_steps = loss_scale_lib.next_state(
-          self.loss_scale, self.good_steps, gate["applied"], config.loss_scale_growth_interval)
+      new_scale, good_steps = loss_scale_lib.next_state(self.loss_scale, self.good_steps,
+                                                        gate["applied"],
+                                                        config.loss_scale_growth_interval)
       self.good_steps.assign(good_steps)
       self.loss_scale.assign(new_scale)
       outputs["skipped_steps"] = (1.0 - tf.cast(gate["applied"], tf.float32)) * share
@@ -273,8 +275,7 @@ class TrainStep(tf.Module):
     skip_nonfinite counts a bad step the loss scale (if any) cannot explain.
     """
     finite = iter([_is_finite(g) for g in summed])
-    finite_each = tf.stack([next(finite) if g is not None else tf.constant(True)
-                            for g in grads])
+    finite_each = tf.stack([next(finite) if g is not None else tf.constant(True) for g in grads])
     decision["applied"] = tf.reduce_all(finite_each)
     if self.config.skip_nonfinite:
       bad = tf.logical_not(decision["applied"])
@@ -297,8 +298,7 @@ class TrainStep(tf.Module):
     outputs = run()
     went_bad = tf.convert_to_tensor(self.nonfinite_counts) > counts_before
     outputs["consecutive_nonfinite"] = tf.convert_to_tensor(self.consecutive_nonfinite)
-    outputs["nonfinite_variables"] = tf.boolean_mask(tf.constant(self.variable_names),
-                                                     went_bad)
+    outputs["nonfinite_variables"] = tf.boolean_mask(tf.constant(self.variable_names), went_bad)
     return outputs
 
 
@@ -346,8 +346,8 @@ def _add_gradients(a, b):
     return a if b is None else b
   if isinstance(a, tf.IndexedSlices) or isinstance(b, tf.IndexedSlices):
     a, b = _as_slices(a), _as_slices(b)
-    return tf.IndexedSlices(tf.concat([a.values, b.values], 0),
-                            tf.concat([a.indices, b.indices], 0), a.dense_shape)
+    return tf.IndexedSlices(tf.concat([a.values, b.values], 0), tf.concat([a.indices, b.indices],
+                                                                          0), a.dense_shape)
   return a + b
 
 

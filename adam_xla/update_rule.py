@@ -44,8 +44,7 @@ class Moments(NamedTuple):
   vhat: Optional[tf.Tensor] = None
 
 
-def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype,
-                      weight_decay=0.0):
+def step_coefficients(learning_rate, beta_1, beta_2, epsilon, iterations, dtype, weight_decay=0.0):
   """Returns the scalars of step t = iterations + 1 in `dtype`."""
   cast = lambda x: _as_dtype(x, dtype)
   t = cast(iterations + 1)

@@ -1,4 +1,4 @@
-"""Tests of tools/benchmark_chart.py: target parsing, bar lengths, and the drawn PNG's colours."""
+"""Tests of tools/bench/chart.py: target parsing, bar lengths, and the drawn PNG's colours."""
 
 import math
 
@@ -7,12 +7,13 @@ from PIL import Image
 import pytest
 
 from tests import pytest_main
-from tools import benchmark_chart
+from tools.bench import chart
 
 
 def _check(name, value, target, passed, suite="s", unit="x"):
-  return {"suite": suite, "name": name, "value": value, "target": target, "passed": passed,
-          "unit": unit}
+  return {
+      "suite": suite, "name": name, "value": value, "target": target, "passed": passed, "unit": unit
+  }
 
 
 def _pixels(path, color):
@@ -34,54 +35,56 @@ def _pixels(path, color):
     (">= 1,000 ms", (">=", 1000.0)),
 ])
 def test_parse_target_accepts_the_forms(text, expected):
-  assert benchmark_chart.parse_target(text) == expected
+  assert chart.parse_target(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "1.6x", "about 3", ">= x", "== 1", ">= 1.6 x y", "=> 2",
-                                  ">= 0", "<= -1", ">= inf", None, 1.5])
+@pytest.mark.parametrize("text", [
+    "", "1.6x", "about 3", ">= x", "== 1", ">= 1.6 x y", "=> 2", ">= 0", "<= -1", ">= inf", None,
+    1.5
+])
 def test_parse_target_rejects_garbage(text):
   with pytest.raises(ValueError, match="target"):
-    benchmark_chart.parse_target(text)
+    chart.parse_target(text)
 
 
 def test_normalized_is_one_on_target_and_larger_when_better():
-  assert benchmark_chart.normalized(1.6, ">= 1.6x") == pytest.approx(1.0)
-  assert benchmark_chart.normalized(3.2, ">= 1.6x") == pytest.approx(2.0)
-  assert benchmark_chart.normalized(0.8, ">= 1.6x") == pytest.approx(0.5)
-  assert benchmark_chart.normalized(0.7, "<= 1.4") == pytest.approx(2.0)  # lower is better
-  assert benchmark_chart.normalized(2.8, "<= 1.4") == pytest.approx(0.5)
+  assert chart.normalized(1.6, ">= 1.6x") == pytest.approx(1.0)
+  assert chart.normalized(3.2, ">= 1.6x") == pytest.approx(2.0)
+  assert chart.normalized(0.8, ">= 1.6x") == pytest.approx(0.5)
+  assert chart.normalized(0.7, "<= 1.4") == pytest.approx(2.0)  # lower is better
+  assert chart.normalized(2.8, "<= 1.4") == pytest.approx(0.5)
   for value in (None, 0, 0.0, -1.0, math.inf, math.nan, True, "1.2"):
-    assert benchmark_chart.normalized(value, ">= 1") is None, value
+    assert chart.normalized(value, ">= 1") is None, value
   with pytest.raises(ValueError):
-    benchmark_chart.normalized(2.0, "garbage")
+    chart.normalized(2.0, "garbage")
 
 
 def test_format_value():
-  assert benchmark_chart.format_value(1.8234, "x") == "1.82x"
-  assert benchmark_chart.format_value(0.6234, "") == "0.62"
-  assert benchmark_chart.format_value(0.01234, "") == "0.0123"
-  assert benchmark_chart.format_value(1234.5, "ms") == "1,234 ms"
-  assert benchmark_chart.format_value(None, "x") == "not measured"
-  assert benchmark_chart.format_value(math.inf, "x") == "infx"
+  assert chart.format_value(1.8234, "x") == "1.82x"
+  assert chart.format_value(0.6234, "") == "0.62"
+  assert chart.format_value(0.01234, "") == "0.0123"
+  assert chart.format_value(1234.5, "ms") == "1,234 ms"
+  assert chart.format_value(None, "x") == "not measured"
+  assert chart.format_value(math.inf, "x") == "infx"
 
 
 def test_chart_draws_met_green_and_unmet_red(tmp_path):
   checks = [
-      _check("met, higher is better", 2.0, ">= 1.6x", True, suite="optimizer"),   # bar 1.25
-      _check("not met, lower is better", 2.0, "<= 1.4", False, suite="step"),      # bar 0.7
+      _check("met, higher is better", 2.0, ">= 1.6x", True, suite="optimizer"),  # bar 1.25
+      _check("not met, lower is better", 2.0, "<= 1.4", False, suite="step"),  # bar 0.7
       _check("not measured", None, ">= 1.3x", False, suite="embedding"),
       _check("infinite", math.inf, ">= 1.3x", True, suite="embedding"),
       _check("zero", 0.0, "<= 1.3x", False, suite="embedding"),
       _check("unreadable target", 2.0, "about 3", True, suite="embedding"),
   ]
   path = tmp_path / "chart.png"
-  benchmark_chart.write_chart(str(path), checks, "test machine, 2 cores; 2026-01-01")
+  chart.write_chart(str(path), checks, "test machine, 2 cores; 2026-01-01")
   with Image.open(path) as image:
     assert image.format == "PNG"
-    assert image.width == benchmark_chart.WIDTH
+    assert image.width == chart.WIDTH
     assert 300 < image.height < 1000
-  green_y, green_x = _pixels(path, benchmark_chart.MET_COLOR)
-  red_y, red_x = _pixels(path, benchmark_chart.UNMET_COLOR)
+  green_y, green_x = _pixels(path, chart.MET_COLOR)
+  red_y, red_x = _pixels(path, chart.UNMET_COLOR)
   # Exactly one bar of each colour (the checks without a usable figure or target get none),
   # in the order of the checks: the met one first.
   assert green_y.size > 100 and red_y.size > 100
@@ -96,27 +99,29 @@ def test_chart_draws_met_green_and_unmet_red(tmp_path):
 
 def test_chart_without_measurements_has_no_bars(tmp_path):
   path = tmp_path / "chart.png"
-  benchmark_chart.write_chart(
-      str(path), [_check("a", None, ">= 2x", True), _check("b", 0, "<= 1", False),
-                  _check("c", math.nan, ">= 2x", False)], "title")
-  assert _pixels(path, benchmark_chart.MET_COLOR)[0].size == 0
-  assert _pixels(path, benchmark_chart.UNMET_COLOR)[0].size == 0
+  chart.write_chart(str(path), [
+      _check("a", None, ">= 2x", True),
+      _check("b", 0, "<= 1", False),
+      _check("c", math.nan, ">= 2x", False)
+  ], "title")
+  assert _pixels(path, chart.MET_COLOR)[0].size == 0
+  assert _pixels(path, chart.UNMET_COLOR)[0].size == 0
 
 
 def test_chart_grows_with_checks_and_handles_none_and_huge_ratios(tmp_path):
   paths = [tmp_path / "empty.png", tmp_path / "two.png", tmp_path / "four.png"]
-  many = [_check(f"check {i}", 10.0 ** i, ">= 1x", True) for i in range(4)]  # up to 1000x
-  benchmark_chart.write_chart(str(paths[0]), [], "no checks")
-  benchmark_chart.write_chart(str(paths[1]), many[:2], "two")
-  benchmark_chart.write_chart(str(paths[2]), many, "four " + "very long title " * 40)
+  many = [_check(f"check {i}", 10.0**i, ">= 1x", True) for i in range(4)]  # up to 1000x
+  chart.write_chart(str(paths[0]), [], "no checks")
+  chart.write_chart(str(paths[1]), many[:2], "two")
+  chart.write_chart(str(paths[2]), many, "four " + "very long title " * 40)
   heights = []
   for path in paths:
     with Image.open(path) as image:
       heights.append(image.height)
   assert heights[0] < heights[1] < heights[2]
   # The 1000x bar is clipped to the plot, not drawn off the image.
-  _, xs = _pixels(paths[2], benchmark_chart.MET_COLOR)
-  assert xs.max() < benchmark_chart.WIDTH - 20
+  _, xs = _pixels(paths[2], chart.MET_COLOR)
+  assert xs.max() < chart.WIDTH - 20
 
 
 if __name__ == "__main__":

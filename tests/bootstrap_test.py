@@ -16,11 +16,13 @@ SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "tools" / "bootstrap.s
 
 
 def _run(body, root, extra_env=None, path=None):
-  env = {"HOME": str(root), "ADAM_XLA_ROOT": str(root),
-         "PATH": path if path is not None else os.environ["PATH"]}
+  env = {
+      "HOME": str(root), "ADAM_XLA_ROOT": str(root),
+      "PATH": path if path is not None else os.environ["PATH"]
+  }
   env.update(extra_env or {})
-  return subprocess.run(["bash", "-c", f"source '{SCRIPT}'; {body}"], env=env,
-                        capture_output=True, text=True, timeout=60)
+  return subprocess.run(["bash", "-c", f"source '{SCRIPT}'; {body}"], env=env, capture_output=True,
+                        text=True, timeout=60)
 
 
 def test_missing_requirements_file_names_it_and_the_fix(tmp_path):

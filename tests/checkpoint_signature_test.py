@@ -39,11 +39,15 @@ def test_checkpoints_without_a_signature_are_let_through(tmp_path):
 
 
 @pytest.mark.parametrize("now,amsgrad,expected", [
-    ([4, 1], False, ["variable 0 (net/dense/kernel): shape/dtype [2, 3] float32 vs [2, 4] "
-                     "float32", "variable 2 (net/dense_1/kernel): shape/dtype [3, 1] float32 "
-                     "vs [4, 1] float32"]),
-    ([3], False, ["4 variables vs 2", "only in the checkpoint: net/dense_1/kernel [3, 1]",
-                  "only in the checkpoint: net/dense_1/bias [1]"]),
+    ([4, 1], False, [
+        "variable 0 (net/dense/kernel): shape/dtype [2, 3] float32 vs [2, 4] "
+        "float32", "variable 2 (net/dense_1/kernel): shape/dtype [3, 1] float32 "
+        "vs [4, 1] float32"
+    ]),
+    ([3], False, [
+        "4 variables vs 2", "only in the checkpoint: net/dense_1/kernel [3, 1]",
+        "only in the checkpoint: net/dense_1/bias [1]"
+    ]),
     ([3, 1, 5], False, ["only in this run: net/dense_2/kernel [1, 5]"]),
     ([3, 1], True, ["optimizer amsgrad: False vs True"]),
 ])

@@ -50,9 +50,10 @@ def make_mixed(seed, scale=1.0):
   rows = (rng.normal(size=(len(SPARSE_INDICES), 2)) * scale).astype(np.float32)
   table_grad = np.zeros((NUM_ROWS, 2), np.float32)
   table_grad[SPARSE_INDICES] = rows
-  tf_grads = [tf.constant(g) for g in dense] + [tf.IndexedSlices(
-      tf.constant(rows), tf.constant(SPARSE_INDICES, tf.int64),
-      tf.constant([NUM_ROWS, 2], tf.int64))]
+  tf_grads = [tf.constant(g) for g in dense] + [
+      tf.IndexedSlices(tf.constant(rows), tf.constant(SPARSE_INDICES, tf.int64),
+                       tf.constant([NUM_ROWS, 2], tf.int64))
+  ]
   return tf_grads, dense + [table_grad]
 
 
@@ -120,12 +121,10 @@ def test_sparse_xla_matches_numpy():
   @tf.function(jit_compile=True)
   def fn(a, b, values, indices):
     out = clipping.clip_gradients(
-        [a, b, tf.IndexedSlices(values, indices, tf.constant([NUM_ROWS, 2], tf.int64))],
-        config)
+        [a, b, tf.IndexedSlices(values, indices, tf.constant([NUM_ROWS, 2], tf.int64))], config)
     return out[0], out[1], out[2].values, out[2].indices
 
-  a, b, values, indices = fn(tf_grads[0], tf_grads[1], tf_grads[2].values,
-                             tf_grads[2].indices)
+  a, b, values, indices = fn(tf_grads[0], tf_grads[1], tf_grads[2].values, tf_grads[2].indices)
   got = [a, b, tf.IndexedSlices(values, indices)]
   check(got, np_clip(dense, clipvalue=0.7, global_clipnorm=1.0))
 
@@ -189,8 +188,7 @@ def test_no_clipping_returns_inputs_unchanged():
 
 def test_accepts_generator_of_gradients():
   grads = make_dense(seed=6, scale=3.0)
-  got = clipping.clip_gradients((tf.constant(g) for g in grads),
-                                ClipConfig(global_clipnorm=1.0))
+  got = clipping.clip_gradients((tf.constant(g) for g in grads), ClipConfig(global_clipnorm=1.0))
   check(got, np_clip(grads, global_clipnorm=1.0))
 
 
@@ -203,7 +201,8 @@ def test_float64_gradients():
     check(got, np_clip(grads, **kwargs), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kwargs", [dict(clipnorm=1.0), dict(global_clipnorm=1.0)],
+@pytest.mark.parametrize("kwargs",
+                         [dict(clipnorm=1.0), dict(global_clipnorm=1.0)],
                          ids=["clipnorm", "global_clipnorm"])
 def test_zero_gradients_stay_zero(kwargs):
   got = clipping.clip_gradients([tf.zeros((3,)), tf.zeros((2, 2))], ClipConfig(**kwargs))
@@ -264,8 +263,11 @@ def test_factor_below_the_smallest_normal_is_kept_at_it():
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
 def test_global_clipnorm_with_mixed_dtypes_uses_float64(compiled):
-  grads = [np.array([3.0, 0.0, 4.0], np.float32), np.array([1.0, -1.0], np.float64),
-           np.array([[2.0]], np.float32)]
+  grads = [
+      np.array([3.0, 0.0, 4.0], np.float32),
+      np.array([1.0, -1.0], np.float64),
+      np.array([[2.0]], np.float32)
+  ]
   got = run(grads, ClipConfig(global_clipnorm=1.0), compiled)
   want = np_clip(grads, global_clipnorm=1.0)
   assert [g.dtype for g in got] == [np.float32, np.float64, np.float32]
@@ -295,8 +297,7 @@ def test_non_finite_element_makes_the_whole_clipped_gradient_nan(bad, compiled):
 
 
 def test_clipvalue_makes_infinite_elements_finite_before_the_norm():
-  got = run([np.array([np.inf, -1.0], np.float32)], ClipConfig(clipvalue=2.0, clipnorm=1.0),
-            False)
+  got = run([np.array([np.inf, -1.0], np.float32)], ClipConfig(clipvalue=2.0, clipnorm=1.0), False)
   np.testing.assert_allclose(got[0], np.array([2.0, -1.0]) / np.sqrt(5), rtol=1e-6)
 
 
@@ -305,8 +306,7 @@ def test_empty_sparse_gradient(compiled):
   config = ClipConfig(clipnorm=1.0)
 
   def fn(values, indices):
-    out = clipping.clip_gradients([tf.IndexedSlices(values, indices, tf.constant([4, 2]))],
-                                  config)
+    out = clipping.clip_gradients([tf.IndexedSlices(values, indices, tf.constant([4, 2]))], config)
     return out[0].values
 
   if compiled:

@@ -38,10 +38,12 @@ def test_defaults_round_trip():
 
 
 def test_every_field_type_parses_from_the_command_line():
-  parsed = _parse(["--rate=0.25", "--clip=2", "--steps=7", "--limit=9", "--name=y",
-                   "--path=/p", "--fast", "--sizes=10,20,30"])
-  assert parsed == _Example(rate=0.25, clip=2.0, steps=7, limit=9, name="y", path="/p",
-                            fast=True, sizes=(10, 20, 30))
+  parsed = _parse([
+      "--rate=0.25", "--clip=2", "--steps=7", "--limit=9", "--name=y", "--path=/p", "--fast",
+      "--sizes=10,20,30"
+  ])
+  assert parsed == _Example(rate=0.25, clip=2.0, steps=7, limit=9, name="y", path="/p", fast=True,
+                            sizes=(10, 20, 30))
   assert _parse(["--sizes="]).sizes == ()
 
 

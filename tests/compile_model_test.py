@@ -27,8 +27,9 @@ from adam_xla import keras_fit
 from tests import pytest_main
 
 _TWO_CPUS = len(tf.config.list_logical_devices("CPU")) >= 2
-needs_two_cpus = pytest.mark.skipif(not _TWO_CPUS, reason="needs two logical CPUs, configured "
-                                    "before TensorFlow starts; run this file on its own")
+needs_two_cpus = pytest.mark.skipif(
+    not _TWO_CPUS, reason="needs two logical CPUs, configured "
+    "before TensorFlow starts; run this file on its own")
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if _TWO_CPUS else None
 _RNG = np.random.default_rng(0)
 X = _RNG.normal(size=[48, 6]).astype(np.float32)
@@ -50,20 +51,30 @@ def _two_output_model():
   keras.utils.set_random_seed(3)
   inputs = keras.Input((6,))
   hidden = _Penalty()(keras.layers.Dense(8, activation="relu")(inputs))
-  return keras.Model(inputs, {"cls": keras.layers.Dense(3, name="cls")(hidden),
-                              "value": keras.layers.Dense(1, name="value")(hidden)})
+  return keras.Model(
+      inputs, {
+          "cls": keras.layers.Dense(3, name="cls")
+                 (hidden), "value": keras.layers.Dense(1, name="value")(hidden)
+      })
 
 
 def _classifier():
   keras.utils.set_random_seed(4)
-  return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
-                           keras.layers.Dense(3)])
+  return keras.Sequential([
+      keras.Input((6,)),
+      keras.layers.Dense(8, activation="tanh"),
+      keras.layers.Dense(3)
+  ])
 
 
 def _embedding_model():
   keras.utils.set_random_seed(5)
-  return keras.Sequential([keras.Input((4,), dtype="int64"), keras.layers.Embedding(5, 3),
-                           keras.layers.Flatten(), keras.layers.Dense(1)])
+  return keras.Sequential([
+      keras.Input((4,), dtype="int64"),
+      keras.layers.Embedding(5, 3),
+      keras.layers.Flatten(),
+      keras.layers.Dense(1)
+  ])
 
 
 def _fit_both(strategy, build, compile_args, fit_args, optimizer_args=None):
@@ -83,8 +94,8 @@ def _fit_both(strategy, build, compile_args, fit_args, optimizer_args=None):
 
 
 def _assert_same(runs, rtol=1e-5):
-  (keras_history, keras_weights, _), (ours_history, ours_weights, _) = (
-      runs["keras"], runs["compile_model"])
+  (keras_history, keras_weights, _), (ours_history, ours_weights, _) = (runs["keras"],
+                                                                        runs["compile_model"])
   assert set(keras_history) == set(ours_history)
   for key, values in keras_history.items():
     np.testing.assert_allclose(ours_history[key], values, rtol=rtol, err_msg=key)
@@ -95,8 +106,7 @@ def _assert_same(runs, rtol=1e-5):
 
 
 _TWO_OUTPUT_COMPILE = dict(
-    loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          "value": "mse"},
+    loss={"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "value": "mse"},
     loss_weights={"cls": 1.0, "value": 0.5}, metrics={"cls": ["accuracy"], "value": ["mae"]})
 _TWO_OUTPUT_FIT = dict(x=X[:32], y={"cls": Y_CLASS[:32], "value": Y_VALUE[:32]},
                        sample_weight=SAMPLE_WEIGHT[:32], batch_size=8,
@@ -117,18 +127,17 @@ def test_mirrored_two_outputs_add_loss_sample_weights_validation():
 
 @needs_two_cpus
 def test_mirrored_class_weight():
-  runs = _fit_both(MIRRORED, _classifier,
-                   dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        metrics=["accuracy"]),
-                   dict(x=X, y=Y_CLASS, batch_size=16, class_weight={0: 1.0, 1: 3.0, 2: 0.5}))
+  runs = _fit_both(
+      MIRRORED, _classifier,
+      dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]),
+      dict(x=X, y=Y_CLASS, batch_size=16, class_weight={0: 1.0, 1: 3.0, 2: 0.5}))
   _assert_same(runs)
   # evaluate and predict (Keras' own steps) of the trained models.
   keras_model, ours = runs["keras"][2], runs["compile_model"][2]
   np.testing.assert_allclose(ours.evaluate(X, Y_CLASS, batch_size=16, verbose=0),
-                             keras_model.evaluate(X, Y_CLASS, batch_size=16, verbose=0),
-                             rtol=1e-5)
-  np.testing.assert_allclose(ours.predict(X, batch_size=16, verbose=0), ours(X).numpy(),
-                             rtol=1e-5, atol=1e-6)
+                             keras_model.evaluate(X, Y_CLASS, batch_size=16, verbose=0), rtol=1e-5)
+  np.testing.assert_allclose(ours.predict(X, batch_size=16, verbose=0),
+                             ours(X).numpy(), rtol=1e-5, atol=1e-6)
 
 
 @needs_two_cpus
@@ -188,9 +197,8 @@ def test_model_xla_cannot_compile_keeps_keras_step(monkeypatch):
   monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
   keras.utils.set_random_seed(4)
   model = keras.Sequential([keras.Input((6,)), _NotForXla(name="no_xla"), keras.layers.Dense(3)])
-  plan = adam_xla.compile_model(
-      model, adam_xla.Adam(0.01),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  plan = adam_xla.compile_model(model, adam_xla.Adam(0.01),
+                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   assert plan is None and model.jit_compile is False
   assert len(warnings) == 1 and "no_xla" in warnings[0] and "without XLA" in warnings[0]
   history = model.fit(X, Y_CLASS, batch_size=16, epochs=2, verbose=0).history

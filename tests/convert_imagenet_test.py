@@ -29,8 +29,7 @@ def _cmyk_jpeg(rgb):
 def _records(output_dir, split):
   """The tf.train.Examples of a split's shards, in shard order."""
   paths = sorted(tf.io.gfile.glob(os.path.join(output_dir, f"{split}-*")))
-  return [tf.train.Example.FromString(record.numpy())
-          for record in tf.data.TFRecordDataset(paths)]
+  return [tf.train.Example.FromString(record.numpy()) for record in tf.data.TFRecordDataset(paths)]
 
 
 def _jpeg_components(example):
@@ -51,8 +50,8 @@ def tree(tmp_path):
       tf.io.encode_png(np.full((30, 30, 3), COLORS["n01"], np.uint8)).numpy())
   (root / "n02" / "gray.JPEG").write_bytes(
       tf.io.encode_jpeg(np.full((30, 30, 1), 140, np.uint8)).numpy())
-  (root / "zebra" / "cmyk.JPEG").write_bytes(_cmyk_jpeg(
-      np.full((26, 34, 3), COLORS["zebra"], np.uint8)))
+  (root / "zebra" / "cmyk.JPEG").write_bytes(
+      _cmyk_jpeg(np.full((26, 34, 3), COLORS["zebra"], np.uint8)))
   (root / "n02" / "notes.txt").write_text("not an image")
   return str(root)
 
@@ -70,8 +69,7 @@ def _read_back(output_dir, image_size=8):
 def test_convert_and_read_back(tree, tmp_path, capsys):
   out = str(tmp_path / "out")
   paths = convert_imagenet.convert(tree, out, "validation", num_shards=3)
-  assert [os.path.basename(p) for p in paths] == [
-      f"validation-0000{i}-of-00003" for i in range(3)]
+  assert [os.path.basename(p) for p in paths] == [f"validation-0000{i}-of-00003" for i in range(3)]
   assert sorted(os.listdir(out)) == ["labels.txt"] + [os.path.basename(p) for p in paths]
   with open(os.path.join(out, "labels.txt")) as f:
     assert f.read() == "n01\nn02\nzebra\n"
@@ -105,8 +103,11 @@ def test_train_split_and_resize(tree, tmp_path):
   assert len(shapes) == 15
   assert all(min(h, w) == 20 and c == 3 for h, w, c in shapes)
   assert (20, 27, 3) in shapes  # the 30 x 40 images keep their aspect ratio
-  x, y = next(iter(data.train_dataset(data.DataConfig(
-      source="tfrecord", data_dir=out, image_size=8, num_classes=3, global_batch_size=4))))
+  x, y = next(
+      iter(
+          data.train_dataset(
+              data.DataConfig(source="tfrecord", data_dir=out, image_size=8, num_classes=3,
+                              global_batch_size=4))))
   assert x.shape == (4, 8, 8, 3) and set(y.numpy()) <= {0, 1, 2}
 
 
@@ -141,9 +142,9 @@ def test_empty_class_folder_and_other_classes(tree, tmp_path):
     convert_imagenet.convert(tree, out, "validation", num_shards=1)
 
 
-@pytest.mark.parametrize("split, num_images, expected", [
-    ("train", 15, 15), ("train", 5000, 1024), ("validation", 5000, 128),
-    ("validation", 1, 1)])
+@pytest.mark.parametrize("split, num_images, expected", [("train", 15, 15), ("train", 5000, 1024),
+                                                         ("validation", 5000, 128),
+                                                         ("validation", 1, 1)])
 def test_default_shard_counts(split, num_images, expected):
   assert convert_imagenet.default_num_shards(split, num_images) == expected
 
@@ -151,11 +152,11 @@ def test_default_shard_counts(split, num_images, expected):
 def test_default_num_shards_is_one_shard_per_image_for_a_small_folder(tree, tmp_path):
   out = str(tmp_path / "out")
   paths = convert_imagenet.convert(tree, out, "validation", progress=False)
-  assert [os.path.basename(p) for p in paths] == [
-      f"validation-{i:05d}-of-00015" for i in range(15)]
+  assert [os.path.basename(p) for p in paths] == [f"validation-{i:05d}-of-00015" for i in range(15)]
   assert all(os.path.getsize(p) for p in paths)  # no empty shard
-  assert sorted(int(e.features.feature["image/class/label"].int64_list.value[0])
-                for e in _records(out, "validation")) == [1] * 5 + [2] * 5 + [3] * 5
+  assert sorted(
+      int(e.features.feature["image/class/label"].int64_list.value[0])
+      for e in _records(out, "validation")) == [1] * 5 + [2] * 5 + [3] * 5
 
 
 def test_remote_paths_through_gfile(tree, tmp_path):
@@ -171,18 +172,21 @@ def test_remote_paths_through_gfile(tree, tmp_path):
   assert paths == [f"{root}/out/validation-0000{i}-of-00002" for i in range(2)]
   _, labels = _read_back(f"{root}/out")
   np.testing.assert_array_equal(np.bincount(labels), [5, 5, 5])
-  config = data.DataConfig(source="tfrecord", data_dir=f"{root}/out", image_size=8,
-                           num_classes=3, global_batch_size=1)
+  config = data.DataConfig(source="tfrecord", data_dir=f"{root}/out", image_size=8, num_classes=3,
+                           global_batch_size=1)
   assert data.count_bad_records(config, "validation") == 0
 
 
 def test_command_line(tree, tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(convert_imagenet.__file__)))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+  env = dict(
+      os.environ,
+      PYTHONPATH=os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
   out = str(tmp_path / "out")
-  command = [sys.executable, "-m", "tools.convert_imagenet", f"--input_dir={tree}",
-             f"--output_dir={out}", "--split=train"]
+  command = [
+      sys.executable, "-m", "tools.convert_imagenet", f"--input_dir={tree}", f"--output_dir={out}",
+      "--split=train"
+  ]
   bad = subprocess.run(command + ["--num_shards=0"], env=env, capture_output=True, text=True,
                        check=False)
   assert bad.returncode != 0
@@ -191,10 +195,9 @@ def test_command_line(tree, tmp_path):
                         check=False)
   assert good.returncode == 0, good.stderr
   assert "Wrote 2 train shards" in good.stdout
-  assert sorted(os.listdir(out)) == ["labels.txt", "train-00000-of-00002",
-                                     "train-00001-of-00002"]
-  default = subprocess.run(command[:-1] + ["--split=validation"], env=env,
-                           capture_output=True, text=True, check=False)
+  assert sorted(os.listdir(out)) == ["labels.txt", "train-00000-of-00002", "train-00001-of-00002"]
+  default = subprocess.run(command[:-1] + ["--split=validation"], env=env, capture_output=True,
+                           text=True, check=False)
   assert default.returncode == 0, default.stderr
   assert "Wrote 15 validation shards" in default.stdout
 

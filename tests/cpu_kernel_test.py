@@ -55,8 +55,8 @@ def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel, packed=Fals
                                       tf.float32, weight_decay=weight_decay)
     if use_kernel and packed:
       layouts = [(0, 1, offset) for offset in offsets[:-1]]
-      new_params, (new_m, new_v) = cpu_kernel.adam_steps(
-          params, step_grads, [flat_m, flat_v], layouts, decays, c)
+      new_params, (new_m, new_v) = cpu_kernel.adam_steps(params, step_grads, [flat_m, flat_v],
+                                                         layouts, decays, c)
       flat_m.assign(new_m)
       flat_v.assign(new_v)
       results = [(p, tf.reshape(new_m[o:o + n], p.shape), tf.reshape(new_v[o:o + n], p.shape))
@@ -64,15 +64,14 @@ def _run_rule(inits, grads, hyper, weight_decay, decays, use_kernel, packed=Fals
     elif use_kernel:
       buffers = [tf.reshape(t, [n]) for m, v, n in zip(ms, vs, sizes) for t in (m, v)]
       layouts = [(2 * i, 2 * i + 1, 0) for i in range(len(params))]
-      new_params, new_buffers = cpu_kernel.adam_steps(params, step_grads, buffers, layouts,
-                                                      decays, c)
-      results = [(p, new_buffers[2 * i], new_buffers[2 * i + 1])
-                 for i, p in enumerate(new_params)]
+      new_params, new_buffers = cpu_kernel.adam_steps(params, step_grads, buffers, layouts, decays,
+                                                      c)
+      results = [(p, new_buffers[2 * i], new_buffers[2 * i + 1]) for i, p in enumerate(new_params)]
     else:
       results = []
       for param, grad, m, v, decay in zip(params, step_grads, ms, vs, decays):
-        new_param, moments = update_rule.adam_step(
-            param, grad, update_rule.Moments(m, v), c if decay else c._replace(decay=None))
+        new_param, moments = update_rule.adam_step(param, grad, update_rule.Moments(m, v),
+                                                   c if decay else c._replace(decay=None))
         results.append((new_param, moments.m, moments.v))
     for targets, values in zip(zip(params, ms, vs), results):
       for target, value in zip(targets, values):
@@ -145,10 +144,8 @@ def test_optimizer_agrees_with_numpy_reference(weight_decay):
     optimizer.apply_gradients([(tf.constant(grad), var)])
     reference.step(params, [grad])
   np.testing.assert_allclose(var.numpy(), params[0], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(optimizer.slot(var, "m").numpy(), reference.m[0], rtol=1e-5,
-                             atol=1e-7)
-  np.testing.assert_allclose(optimizer.slot(var, "v").numpy(), reference.v[0], rtol=1e-4,
-                             atol=1e-9)
+  np.testing.assert_allclose(optimizer.slot(var, "m").numpy(), reference.m[0], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(optimizer.slot(var, "v").numpy(), reference.v[0], rtol=1e-4, atol=1e-9)
 
 
 def test_apply_if_false_changes_nothing():
@@ -166,9 +163,11 @@ def test_apply_if_false_changes_nothing():
 
 def _optimized_hlo(optimizer, variables, grads):
   """The optimized HLO of one jit step applying `grads` (a list) to `variables`."""
+
   @tf.function(jit_compile=True)
   def step(grads):
     optimizer.apply_gradients(zip(grads, variables))
+
   return step.experimental_get_compiler_ir(grads)(stage="optimized_hlo")
 
 
@@ -217,6 +216,7 @@ def test_used_in_default_case_through_optimizer():
 
 # ---- The rows kernel: dense mode of a sparse gradient ----------------------------------------
 
+
 def _row_gradients(rows, row_shape, seed, entries=24):
   """STEPS sparse gradients of a table: duplicates, the first and last rows, neighbours, and
   one index out of range, summed and zero-padded as the optimizer does (sparse module)."""
@@ -245,8 +245,8 @@ def _run_rows(init, grads, hyper, weight_decay, use_kernel, apply_if=None):
     if use_kernel:
       results = cpu_kernel.adam_step_at_rows(param, indices, values, m, v, c, apply_if)
     else:
-      new_param, moments = engine.adam_step_at_rows(
-          param, tf.IndexedSlices(values, indices), update_rule.Moments(m, v), c, apply_if)
+      new_param, moments = engine.adam_step_at_rows(param, tf.IndexedSlices(values, indices),
+                                                    update_rule.Moments(m, v), c, apply_if)
       results = (new_param, moments.m, moments.v)
     for target, value in zip((param, m, v), results):
       target.assign(value)
@@ -315,17 +315,17 @@ def test_rows_through_optimizer_agree_with_numpy_reference(weight_decay):
     np.add.at(dense, ids, values)
     reference.step(params, [dense])
   np.testing.assert_allclose(table.numpy(), params[0], rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(optimizer.slot(table, "v").numpy(), reference.v[0], rtol=1e-4,
-                             atol=1e-9)
+  np.testing.assert_allclose(
+      optimizer.slot(table, "v").numpy(), reference.v[0], rtol=1e-4, atol=1e-9)
 
 
 def test_rows_update_is_one_in_place_custom_call():
   table = tf.Variable(np.ones([1000, 16], np.float32))
-  grad = tf.IndexedSlices(tf.ones([5, 16]), tf.constant([1, 3, 3, 999, 0]),
-                          tf.constant([1000, 16]))
+  grad = tf.IndexedSlices(tf.ones([5, 16]), tf.constant([1, 3, 3, 999, 0]), tf.constant([1000, 16]))
   hlo = _optimized_hlo(adam_xla.Adam(), [table], [grad])
-  calls = [line for line in hlo.splitlines()
-           if f'custom_call_target="{cpu_kernel.ROWS_TARGET}"' in line]
+  calls = [
+      line for line in hlo.splitlines() if f'custom_call_target="{cpu_kernel.ROWS_TARGET}"' in line
+  ]
   assert len(calls) == 1
   assert "output_to_operand_aliasing={{0}: (0, {}), {1}: (1, {}), {2}: (2, {})}" in calls[0]
   assert not [line for line in hlo.splitlines() if "f32[16000]{0} copy(" in line]

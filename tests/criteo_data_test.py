@@ -42,15 +42,19 @@ def _read_all(config):
 
 def _good_lines(n, seed=0):
   rng = np.random.default_rng(seed)
-  return [_line(int(rng.integers(2)), [str(v) for v in rng.integers(-3, 1000, 13)],
-                [f"{v:08x}" for v in rng.integers(0, 2**32, 26)]) for _ in range(n)]
+  return [
+      _line(int(rng.integers(2)), [str(v) for v in rng.integers(-3, 1000, 13)],
+            [f"{v:08x}" for v in rng.integers(0, 2**32, 26)]) for _ in range(n)
+  ]
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".tsv.gz"])
 def test_shapes_dtypes_and_values(tmp_path, suffix):
-  lines = [_line(1, ["0", "-2", "", "7"] + ["1"] * 9,
-                 ["0000000a", "FFFFFFFF", "", "00000063"] + ["00000001"] * 22),
-           _line(0)] * 3
+  lines = [
+      _line(1, ["0", "-2", "", "7"] + ["1"] * 9,
+            ["0000000a", "FFFFFFFF", "", "00000063"] + ["00000001"] * 22),
+      _line(0)
+  ] * 3
   path = _write(str(tmp_path / ("day_0" + suffix)), lines)
   config = criteo_data.CriteoConfig(files=(path,), table_sizes=SIZES, batch_size=2)
   ds = criteo_data.dataset(config)
@@ -117,8 +121,7 @@ def test_remote_paths_and_globs_through_gfile(tmp_path):
     local.append(_write(str(tmp_path / f"day_{day}.gz"), lines))
     with tf.io.gfile.GFile(f"{root}/day_{day}.gz", "wb") as f:
       f.write(gzip.compress("".join(line + "\n" for line in lines).encode()))
-  remote = criteo_data.CriteoConfig(files=(f"{root}/day_*.gz",), table_sizes=SIZES,
-                                    batch_size=4)
+  remote = criteo_data.CriteoConfig(files=(f"{root}/day_*.gz",), table_sizes=SIZES, batch_size=4)
   assert criteo_data.list_files(remote) == [f"{root}/day_0.gz", f"{root}/day_1.gz"]
   got = _read_all(remote)
   want = _read_all(dataclasses.replace(remote, files=tuple(local)))
@@ -126,8 +129,7 @@ def test_remote_paths_and_globs_through_gfile(tmp_path):
   np.testing.assert_array_equal(got[1], want[1])
 
 
-@pytest.mark.parametrize("content, shown", [
-    (b"0\t1\t2", "30 09"), (b"", "nothing (empty file)")])
+@pytest.mark.parametrize("content, shown", [(b"0\t1\t2", "30 09"), (b"", "nothing (empty file)")])
 def test_gz_file_that_is_not_gzip_is_named_before_reading(tmp_path, content, shown):
   path = tmp_path / "day_0.gz"
   path.write_bytes(content)

@@ -17,8 +17,8 @@ def _first_feature_as_logit(features, training=False):
 
 def _dataset(logits, labels, batch_size):
   features = {"dense": logits[:, None].astype(np.float32)}
-  return tf.data.Dataset.from_tensor_slices((features, labels.astype(np.float32))).batch(
-      batch_size, drop_remainder=True)
+  return tf.data.Dataset.from_tensor_slices(
+      (features, labels.astype(np.float32))).batch(batch_size, drop_remainder=True)
 
 
 def test_metrics_cover_every_batch_and_equal_the_exact_values():

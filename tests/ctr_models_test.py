@@ -30,9 +30,10 @@ def _batches(count=3, size=6, seed=1):
     ids[1, 0] = ids[0, 0]  # a repeated id in the batch: its gradients must add up
     if k == count - 1:
       ids[:, 2] %= 3  # the last batch leaves rows 3.. of table 2 out
-    batches.append(({"dense": tf.constant(rng.normal(size=(size, NUM_DENSE)), tf.float32),
-                     "sparse": tf.constant(ids, tf.int64)},
-                    tf.constant(rng.integers(0, 2, size), tf.float32)))
+    batches.append(({
+        "dense": tf.constant(rng.normal(size=(size, NUM_DENSE)), tf.float32),
+        "sparse": tf.constant(ids, tf.int64)
+    }, tf.constant(rng.integers(0, 2, size), tf.float32)))
   return batches
 
 
@@ -50,8 +51,7 @@ def test_logits_have_one_value_per_example_and_tables_their_sizes():
 def test_pairwise_interactions_are_the_distinct_dot_products():
   vectors = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
   got = models.pairwise_interactions(tf.constant(vectors)).numpy()
-  expected = [[vectors[b, i] @ vectors[b, j] for i in range(4) for j in range(i)]
-              for b in range(2)]
+  expected = [[vectors[b, i] @ vectors[b, j] for i in range(4) for j in range(i)] for b in range(2)]
   np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -59,8 +59,8 @@ def test_sigmoid_cross_entropy_matches_the_formula():
   logits, labels = np.array([-2.0, 0.0, 3.0]), np.array([1.0, 0.0, 1.0])
   p = 1 / (1 + np.exp(-logits))
   expected = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-  np.testing.assert_allclose(models.sigmoid_cross_entropy(labels, logits).numpy(), expected,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      models.sigmoid_cross_entropy(labels, logits).numpy(), expected, rtol=1e-6)
 
 
 def test_table_gradients_are_indexed_slices_of_the_batch_rows():
@@ -113,8 +113,8 @@ def _reference_training(initial, batches, lazy, learning_rate):
 @pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
 def test_training_equals_the_numpy_reference(sparse_mode):
   model = _model()
-  assert [v.name for v in model.trainable_variables[:len(TABLES)]] == [
-      f"table_{i}" for i in range(len(TABLES))]  # the reference's order
+  assert [v.name for v in model.trainable_variables[:len(TABLES)]
+         ] == [f"table_{i}" for i in range(len(TABLES))]  # the reference's order
   initial = [v.numpy() for v in model.trainable_variables]
   batches = _batches()
   optimizer = adam_xla.Adam(0.05, sparse_mode=sparse_mode)
@@ -127,14 +127,14 @@ def test_training_equals_the_numpy_reference(sparse_mode):
   step(batches[-1])
   expected = _reference_training(initial, batches, sparse_mode == "lazy", 0.05)
   for variable, want in zip(model.trainable_variables, expected):
-    np.testing.assert_allclose(variable.numpy(), want, rtol=2e-5, atol=2e-6,
-                               err_msg=variable.name)
+    np.testing.assert_allclose(variable.numpy(), want, rtol=2e-5, atol=2e-6, err_msg=variable.name)
   # The modes differ on rows with momentum that are absent from the last batch: dense mode
   # moves them, lazy mode leaves them alone.
   absent = np.setdiff1d(np.flatnonzero(has_momentum), batches[-1][0]["sparse"].numpy()[:, 2])
   assert absent.size  # the test data has such rows
   moved = np.abs(table.numpy()[absent] - before_last[absent]).max(axis=1)
   assert (moved.max() == 0) if sparse_mode == "lazy" else (moved.min() > 1e-4)
+
 
 if __name__ == "__main__":
   pytest_main.main(__file__)

@@ -26,8 +26,8 @@ ADAM = dict(beta_1=0.8, beta_2=0.95, epsilon=0.1)
 
 
 def _optimizer(sparse_mode="lazy", learning_rate=0.01, **kwargs):
-  return tpu_embedding.tpu_optimizer(learning_rate, **{**ADAM, "sparse_mode": sparse_mode,
-                                                       **kwargs})
+  return tpu_embedding.tpu_optimizer(learning_rate,
+                                     **{**ADAM, "sparse_mode": sparse_mode, **kwargs})
 
 
 # ---- Tables ---------------------------------------------------------------------------------
@@ -72,8 +72,8 @@ def test_initializer_shards_differ():
   # On TPU the API initializes one shard per host, passing the table's shape and a ShardInfo
   # with the shard's shape and row offset (tpu_embedding_v2.make_sharded_variable_creator).
   initializer = tpu_embedding.DLRMUniform(rows=10, seed=3)
-  shard = lambda offset: initializer(
-      (10, 2), dtype=tf.float32, shard_info=trackable_base.ShardInfo((5, 2), (offset, 0)))
+  shard = lambda offset: initializer((10, 2), dtype=tf.float32, shard_info=trackable_base.ShardInfo(
+      (5, 2), (offset, 0)))
   a, b = shard(0).numpy(), shard(5).numpy()
   assert a.shape == (5, 2)
   assert not np.array_equal(a, b)
@@ -193,8 +193,7 @@ def test_schedule_is_called_with_the_step():
   schedule = tf.keras.optimizers.schedules.PiecewiseConstantDecay([4], [0.1, 0.01])
   iterations = tf.Variable(5, dtype=tf.int64)
   rate = _optimizer(learning_rate=schedule, iterations=iterations).learning_rate
-  np.testing.assert_allclose(float(rate()), 0.01 * math.sqrt(1 - 0.95**6) / (1 - 0.8**6),
-                             rtol=1e-6)
+  np.testing.assert_allclose(float(rate()), 0.01 * math.sqrt(1 - 0.95**6) / (1 - 0.8**6), rtol=1e-6)
 
 
 def test_weight_decay():
@@ -205,8 +204,7 @@ def test_weight_decay():
   assert opt.weight_decay_factor == 0.5
   assert opt.multiply_weight_decay_factor_by_learning_rate
   with pytest.raises(ValueError, match="`weight_decay` must be 0 when the learning rate"):
-    _optimizer(learning_rate=lambda: 0.01, weight_decay=0.5,
-               iterations=tf.Variable(0, tf.int64))
+    _optimizer(learning_rate=lambda: 0.01, weight_decay=0.5, iterations=tf.Variable(0, tf.int64))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -253,16 +251,14 @@ def test_matches_adam_xla(sparse_mode):
     b1, b2, eps = tpu_adam.beta_1, tpu_adam.beta_2, tpu_adam.epsilon
     assert not tpu_adam.sum_inside_sqrt
     m[updated] = b1 * m[updated] + (1 - b1) * accumulated[updated]
-    v[updated] = b2 * v[updated] + (1 - b2) * accumulated[updated] ** 2
+    v[updated] = b2 * v[updated] + (1 - b2) * accumulated[updated]**2
     expected[updated] -= rate * m[updated] / (np.sqrt(v[updated]) + eps)
-    reference_adam.apply_gradients(
-        [(tf.IndexedSlices(tf.constant(grads), tf.constant(ids), tf.constant([rows, dim])),
-          table)])
+    reference_adam.apply_gradients([(tf.IndexedSlices(tf.constant(grads), tf.constant(ids),
+                                                      tf.constant([rows, dim])), table)])
   assert int(reference_adam.iterations) == 4
   np.testing.assert_allclose(table.numpy(), expected, rtol=2e-5, atol=2e-6)
   moved_in_last_step = np.any(table.numpy() != before_step, axis=1)
-  expected_moved = [True] * 6 if sparse_mode == "dense" else [False, True, False, True, True,
-                                                               False]
+  expected_moved = [True] * 6 if sparse_mode == "dense" else [False, True, False, True, True, False]
   np.testing.assert_array_equal(moved_in_last_step, expected_moved)
 
 
@@ -274,8 +270,7 @@ def test_tpu_optimizer_like_follows_a_schedule():
     adam.iterations.assign(step)
     t = step + 1
     np.testing.assert_allclose(float(opt.learning_rate()),
-                               0.1 * 0.5**step * math.sqrt(1 - 0.95**t) / (1 - 0.8**t),
-                               rtol=1e-6)
+                               0.1 * 0.5**step * math.sqrt(1 - 0.95**t) / (1 - 0.8**t), rtol=1e-6)
 
 
 def test_tpu_optimizer_like():
@@ -310,8 +305,7 @@ def test_step_needs_a_tpu_strategy():
 
 def test_step_refuses_wrong_parts():
   with pytest.raises(TypeError, match="`optimizer` must be an adam_xla.Adam"):
-    tpu_embedding.TPUEmbeddingStep(_unbuilt_dlrm(), tf.keras.optimizers.Adam(),
-                                   global_batch_size=8)
+    tpu_embedding.TPUEmbeddingStep(_unbuilt_dlrm(), tf.keras.optimizers.Adam(), global_batch_size=8)
   with pytest.raises(TypeError, match="`model` must be a trainers.ctr.models.DLRM"):
     tpu_embedding.TPUEmbeddingStep(tf.keras.Sequential(), adam_xla.Adam(), global_batch_size=8)
   built = models.build_dlrm((5, 7), 4, bottom_mlp=(8,), top_mlp=(8,))
@@ -328,7 +322,7 @@ def test_step_refuses_wrong_parts():
 requires_tpu = pytest.mark.skipif(
     not tf.config.list_physical_devices("TPU"),
     reason="needs a TPU (a Cloud TPU VM with tensorflow-tpu): TPUEmbedding's enqueue, dequeue "
-           "and table update run only on TPU hardware")
+    "and table update run only on TPU hardware")
 
 
 @pytest.fixture(scope="module")
@@ -351,11 +345,10 @@ def full_float32_matmuls():
 def _cpu_tables(checkpoint_path, sizes, dim, sparse_mode):
   """The tables of a TPU run's checkpoint, read as TPUEmbedding documents it: restored into a
   TPUEmbedding built without a TPU strategy, whose tables are ordinary variables."""
-  embedding = tf.tpu.experimental.embedding.TPUEmbedding(
-      tpu_embedding.feature_config(sizes, dim), _optimizer(sparse_mode))
+  embedding = tf.tpu.experimental.embedding.TPUEmbedding(tpu_embedding.feature_config(sizes, dim),
+                                                         _optimizer(sparse_mode))
   embedding.build()
-  tf.train.Checkpoint(embedding=embedding).read(
-      checkpoint_path).assert_existing_objects_matched()
+  tf.train.Checkpoint(embedding=embedding).read(checkpoint_path).assert_existing_objects_matched()
   tables = {config.name: table.numpy() for config, table in embedding.embedding_tables.items()}
   return [tables[f"table_{i}"] for i in range(len(sizes))]
 
@@ -378,13 +371,16 @@ def test_step_on_a_tpu(tpu_strategy, tmp_path):
   ids = np.stack([rng.integers(0, n, batch) for n in sizes], axis=1)
   dense = rng.normal(size=(batch, 3)).astype(np.float32)
   labels = rng.integers(0, 2, batch).astype(np.float32)
-  iterator = iter(step.distribute(tf.data.Dataset.from_tensor_slices(
-      ({"dense": dense, "sparse": ids}, labels)).batch(batch, drop_remainder=True)))
+  iterator = iter(
+      step.distribute(
+          tf.data.Dataset.from_tensor_slices(
+              ({"dense": dense, "sparse": ids}, labels)).batch(batch, drop_remainder=True)))
 
   # The host's step, from the initial tables (on one host each table is one shard at row
   # offset 0: the initializer's own draw) and a copy of the MLPs.
-  initial = [tpu_embedding.DLRMUniform(rows, seed=i)((rows, dim)).numpy()
-             for i, rows in enumerate(sizes)]
+  initial = [
+      tpu_embedding.DLRMUniform(rows, seed=i)((rows, dim)).numpy() for i, rows in enumerate(sizes)
+  ]
   with tf.device("/cpu:0"):
     host_model = models.DLRM(sizes, dim, bottom_mlp=(8,), top_mlp=(8,))
     host_model.interact(tf.zeros([1, 3]), [tf.zeros([1, dim])] * len(sizes))
@@ -392,12 +388,12 @@ def test_step_on_a_tpu(tpu_strategy, tmp_path):
     activations = [tf.gather(t, ids[:, i]) for i, t in enumerate(initial)]
     with tf.GradientTape() as tape:
       tape.watch(activations)
-      expected_loss = tf.reduce_mean(models.sigmoid_cross_entropy(
-          labels, host_model.interact(dense, activations)))
-    activation_grads, mlp_grads = tape.gradient(
-        expected_loss, (activations, host_model.trainable_variables))
-    adam_xla.Adam(0.01, sparse_mode="lazy", **ADAM).apply_gradients(
-        zip(mlp_grads, host_model.trainable_variables))
+      expected_loss = tf.reduce_mean(
+          models.sigmoid_cross_entropy(labels, host_model.interact(dense, activations)))
+    activation_grads, mlp_grads = tape.gradient(expected_loss,
+                                                (activations, host_model.trainable_variables))
+    adam_xla.Adam(0.01, sparse_mode="lazy",
+                  **ADAM).apply_gradients(zip(mlp_grads, host_model.trainable_variables))
 
   loss = step(iterator)["loss"]
   np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-4)

@@ -15,8 +15,7 @@ from trainers.ctr import train
 
 TINY = dict(generated_train_lines=8192, generated_eval_lines=2048, global_batch_size=128,
             steps_per_loop=5, eval_every=20, log_every=5, embedding_dim=4, bottom_mlp=(8,),
-            top_mlp=(8,), learning_rate=0.01, lr_schedule="constant", deterministic=True,
-            seed=3)
+            top_mlp=(8,), learning_rate=0.01, lr_schedule="constant", deterministic=True, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +24,14 @@ def data_dir(tmp_path_factory):
 
 
 def _config(model_dir, data_dir, **overrides):
-  return config_lib.EmbeddingConfig(**dict(TINY, model_dir=str(model_dir), data_dir=data_dir,
-                                           **overrides)).validate()
+  return config_lib.EmbeddingConfig(
+      **dict(TINY, model_dir=str(model_dir), data_dir=data_dir, **overrides)).validate()
 
 
 @pytest.mark.parametrize("sparse_mode", ["dense", "lazy"])
-def test_short_run_learns_and_writes_tensorboard_and_checkpoints(tmp_path, data_dir,
-                                                                 sparse_mode):
-  metrics = train.train_and_evaluate(_config(tmp_path, data_dir, train_steps=60,
-                                             sparse_mode=sparse_mode))
+def test_short_run_learns_and_writes_tensorboard_and_checkpoints(tmp_path, data_dir, sparse_mode):
+  metrics = train.train_and_evaluate(
+      _config(tmp_path, data_dir, train_steps=60, sparse_mode=sparse_mode))
   assert set(metrics) == {"auc", "log_loss", "click_rate", "planted_auc"}
   assert 0.7 < metrics["planted_auc"] < 0.95
   assert metrics["auc"] > 0.6  # chance is 0.5
@@ -81,8 +79,8 @@ def test_criteo_files_with_a_bad_line_fail_naming_it_or_skip_it(tmp_path):
                 table_sizes=(1000,), train_steps=10, eval_every=10)
   with pytest.raises(tf.errors.InvalidArgumentError, match=f"{train_path}:700"):
     train.train_and_evaluate(_config(tmp_path / "strict", None, **criteo))
-  metrics = train.train_and_evaluate(_config(tmp_path / "skipping", None,
-                                             skip_bad_records=True, **criteo))
+  metrics = train.train_and_evaluate(
+      _config(tmp_path / "skipping", None, skip_bad_records=True, **criteo))
   assert set(metrics) == {"auc", "log_loss", "click_rate"}  # no planted model for real files
   assert 0 < metrics["log_loss"] < 1
 

@@ -14,13 +14,13 @@ import tensorflow as tf
 # started the runtime this raises; the check below then skips the module.)
 _cpu = tf.config.list_physical_devices("CPU")[0]
 try:
-  tf.config.set_logical_device_configuration(
-      _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:
   pass
 if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip("needs two logical CPUs, configured before the TF runtime starts; run this "
-              "file in its own process", allow_module_level=True)
+  pytest.skip(
+      "needs two logical CPUs, configured before the TF runtime starts; run this "
+      "file in its own process", allow_module_level=True)
 
 # pylint: disable=g-direct-tensorflow-import,wrong-import-position
 from tensorflow.python.distribute import values as values_lib
@@ -54,9 +54,8 @@ def assert_replicas_identical(variable, name):
 
 def split_per_replica(array):
   """A PerReplica value: replica i gets rows [i * HALF, (i + 1) * HALF) of `array`."""
-  return STRATEGY.experimental_distribute_values_from_function(
-      lambda ctx: tf.constant(array[ctx.replica_id_in_sync_group * HALF:
-                                    (ctx.replica_id_in_sync_group + 1) * HALF]))
+  return STRATEGY.experimental_distribute_values_from_function(lambda ctx: tf.constant(array[
+      ctx.replica_id_in_sync_group * HALF:(ctx.replica_id_in_sync_group + 1) * HALF]))
 
 
 # ---- (a) state placement --------------------------------------------------------------
@@ -85,8 +84,9 @@ def test_build_creates_mirrored_slots_and_iterations(build_in_scope, amsgrad):
         np.testing.assert_array_equal(component.numpy(), np.zeros(var.shape))
       # Each copy of the slot sits on the device of the matching copy of the variable.
       for slot_copy, var_copy in zip(slot.values, var.values):
-        assert (tf.DeviceSpec.from_string(slot_copy.device).device_index ==
-                tf.DeviceSpec.from_string(var_copy.device).device_index)
+        assert (tf.DeviceSpec.from_string(
+            slot_copy.device).device_index == tf.DeviceSpec.from_string(
+                var_copy.device).device_index)
   assert opt.slot_names == (("m", "v", "vhat") if amsgrad else ("m", "v"))
   assert_mirrored(opt.iterations)
   assert opt.iterations.dtype == tf.int64
@@ -106,8 +106,7 @@ def test_build_rejects_variable_created_outside_scope():
 
 RNG = np.random.default_rng(1234)
 X = RNG.normal(size=(GLOBAL_BATCH, 3)).astype(np.float32)
-Y = (X @ np.array([1.5, -2.0, 0.5]) + 0.3 + 0.1 * RNG.normal(size=GLOBAL_BATCH)).astype(
-    np.float32)
+Y = (X @ np.array([1.5, -2.0, 0.5]) + 0.3 + 0.1 * RNG.normal(size=GLOBAL_BATCH)).astype(np.float32)
 W0 = np.array([0.2, 0.1, -0.3], np.float32)
 B0 = np.array([-0.5], np.float32)
 LEARNING_RATE = 0.05
@@ -174,8 +173,8 @@ def check_mirrored_equals_single(mirrored, single, slot_names):
   assert int(s_opt.iterations.numpy()) == STEPS
   for i, (m_var, s_var) in enumerate(zip(m_vars, s_vars)):
     pairs = [(f"var{i}", m_var, s_var)] + [
-        (f"var{i}/{name}", m_opt.slot(m_var, name), s_opt.slot(s_var, name))
-        for name in slot_names]
+        (f"var{i}/{name}", m_opt.slot(m_var, name), s_opt.slot(s_var, name)) for name in slot_names
+    ]
     for label, m, s in pairs:
       assert_mirrored(m)
       assert_replicas_identical(m, label)
@@ -315,8 +314,9 @@ def test_sum_over_replicas_sums_inside_strategy_run():
   def run():
 
     def replica_fn(dense, values, indices):
-      summed_dense, summed_sparse = distribution.sum_over_replicas(
-          [dense, tf.IndexedSlices(values, indices, tf.constant([3, 2], tf.int64))])
+      summed_dense, summed_sparse = distribution.sum_over_replicas([
+          dense, tf.IndexedSlices(values, indices, tf.constant([3, 2], tf.int64))
+      ])
       return summed_dense, tf.convert_to_tensor(summed_sparse)
 
     return STRATEGY.run(replica_fn, args=(per_replica, sparse_values, sparse_indices))
@@ -378,8 +378,8 @@ def test_update_on_each_device_gives_each_device_its_components():
     for var, scale in zip(variables, scales):
       var.assign_add(tf.ones_like(var) * scale * shared)
 
-  distribution.update_on_each_device(
-      STRATEGY, update, [first, second], ([deltas, deltas],), tf.constant(10.0))
+  distribution.update_on_each_device(STRATEGY, update, [first, second], ([deltas, deltas],),
+                                     tf.constant(10.0))
   assert sorted(calls) == [0, 1]  # one call per device, covering all variables
   np.testing.assert_array_equal(first.values[0].numpy(), [11.0, 12.0])
   np.testing.assert_array_equal(first.values[1].numpy(), [21.0, 22.0])
@@ -394,8 +394,8 @@ def test_update_on_each_device_without_strategy_calls_once():
     calls.append(1)
     variables[0].assign_add(per_variable[0][0] + shared)
 
-  distribution.update_on_each_device(
-      tf.distribute.get_strategy(), update, [var], ([tf.constant(2.0)],), tf.constant(0.5))
+  distribution.update_on_each_device(tf.distribute.get_strategy(), update, [var],
+                                     ([tf.constant(2.0)],), tf.constant(0.5))
   assert calls == [1] and var.numpy() == 3.5
 
 

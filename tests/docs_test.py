@@ -95,8 +95,9 @@ def _parse(page):
       while i < len(lines) and not lines[i].strip().startswith("```"):
         body.append(lines[i][len(fence.group(1)):])
         i += 1
-      blocks.append(Block(page, start + 1, language, "\n".join(body) + "\n",
-                          pending[1] if pending and pending[0] == "not run" else None))
+      blocks.append(
+          Block(page, start + 1, language, "\n".join(body) + "\n",
+                pending[1] if pending and pending[0] == "not run" else None))
       if pending and pending[0] != "not run":
         stray.append((page, pending[2], "a table mark followed by a code block"))
       pending = None
@@ -143,8 +144,10 @@ def test_every_block_names_a_known_language():
 
 
 def test_marks_are_well_formed():
-  stray = [f"{p.relative_to(ROOT)}:{line}: {what}" for page in PAGES
-           for p, line, what in _PARSED[page][2]]
+  stray = [
+      f"{p.relative_to(ROOT)}:{line}: {what}" for page in PAGES
+      for p, line, what in _PARSED[page][2]
+  ]
   assert not stray, stray
   unexplained = [_where(b) for b in BLOCKS if b.not_run is not None and not b.not_run]
   assert not unexplained, f"'not run' marks without a reason: {unexplained}"
@@ -184,8 +187,7 @@ def test_python_block_runs(block, fresh_state):  # pylint: disable=redefined-out
 
 
 def _modules():
-  return sorted(path.stem for path in (ROOT / "adam_xla").glob("*.py")
-                if path.stem != "__init__")
+  return sorted(path.stem for path in (ROOT / "adam_xla").glob("*.py") if path.stem != "__init__")
 
 
 @pytest.mark.parametrize("name", ["__init__"] + _modules())
@@ -194,8 +196,8 @@ def test_docstring_examples(name):
   runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
   # The examples show NumPy scalars as NumPy 1 printed them (9.9, not np.float32(9.9)).
   with np.printoptions(legacy="1.25"):
-    for test in doctest.DocTestFinder().find(module, globs={"tf": tf, "adam_xla": adam_xla,
-                                                             "np": np, "keras": keras}):
+    for test in doctest.DocTestFinder().find(
+        module, globs={"tf": tf, "adam_xla": adam_xla, "np": np, "keras": keras}):
       runner.run(test)
   result = runner.summarize(verbose=False)
   assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"
@@ -223,8 +225,8 @@ def _parameters(names):
   parameters = {}
   for dotted in names:
     target = _resolve(dotted)
-    signature = inspect.signature(target.__init__ if inspect.isclass(target)
-                                  and not dataclasses.is_dataclass(target) else target)
+    signature = inspect.signature(target.__init__ if inspect.isclass(target) and
+                                  not dataclasses.is_dataclass(target) else target)
     for parameter in signature.parameters.values():
       if parameter.name == "self" or parameter.kind == parameter.VAR_KEYWORD:
         continue
@@ -240,9 +242,11 @@ MEMBER_TABLES = [t for t in TABLES if t.mark and t.mark[0] == "members"]
 
 
 def test_argument_and_flag_tables_are_marked():
-  unmarked = [_where(t) for t in TABLES if not t.mark and (
-      t.header[0].lower() in ("argument", "arguments", "flag", "flags")
-      or "flags" in [cell.lower() for cell in t.header])]
+  unmarked = [
+      _where(t) for t in TABLES
+      if not t.mark and (t.header[0].lower() in ("argument", "arguments", "flag", "flags") or
+                         "flags" in [cell.lower() for cell in t.header])
+  ]
   assert not unmarked, f"tables of arguments or flags without a signature/flags mark: {unmarked}"
   assert {t.mark[1][0] for t in SIGNATURE_TABLES} >= {"adam_xla.Adam", "adam_xla.make_train_step"}
 
@@ -290,10 +294,14 @@ def test_member_table(table):
           f"{_where(table)}: {owner.__name__} has no member `{name}`")
       if arguments is not None:
         listed = [a.strip() for a in arguments.split(",") if a.strip()]
-        parameters = [p for p in inspect.signature(getattr(owner, name)).parameters.values()
-                      if p.name != "self"]
-        required = [p.name for p in parameters if p.default is p.empty
-                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        parameters = [
+            p for p in inspect.signature(getattr(owner, name)).parameters.values()
+            if p.name != "self"
+        ]
+        required = [
+            p.name for p in parameters
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         in_order = [p.name for p in parameters if p.name in listed]
         assert in_order == listed and set(required) <= set(listed), (
             f"{_where(table)}: {entry}: {name} takes {[p.name for p in parameters]}")
@@ -325,8 +333,10 @@ def test_relative_links_resolve():
   assert not broken, broken
 
 
-TRAINER_CONFIGS = {"//trainers:imagenet": "trainers.image_classification.config.ImagenetConfig",
-                   "//trainers:embedding": "trainers.ctr.config.EmbeddingConfig"}
+TRAINER_CONFIGS = {
+    "//trainers:imagenet": "trainers.image_classification.config.ImagenetConfig",
+    "//trainers:embedding": "trainers.ctr.config.EmbeddingConfig"
+}
 
 
 def _trainer_commands():
@@ -375,9 +385,11 @@ REPO_PATH = re.compile(r"`((?:adam_xla|tools|trainers|tests|docs|third_party|\.c
 def test_repository_paths_exist():
   if not (ROOT / "WORKSPACE").exists():
     pytest.skip("not a checkout (a Bazel test holds only its own files)")
-  missing = sorted({f"{page.relative_to(ROOT)}: {path}" for page in PAGES
-                    for path in REPO_PATH.findall(page.read_text(encoding="utf-8"))
-                    if not list(ROOT.glob(path.rstrip("/")))})
+  missing = sorted({
+      f"{page.relative_to(ROOT)}: {path}" for page in PAGES
+      for path in REPO_PATH.findall(page.read_text(encoding="utf-8"))
+      if not list(ROOT.glob(path.rstrip("/")))
+  })
   assert not missing, missing
 
 

@@ -29,8 +29,8 @@ def test_adam_step_at_rows_apply_if(compiled, apply):
     rows = tf.constant([[0.5, 1.0], [-2.0, -1.0], [0.0, 0.0]], tf.float64)
 
   def step(apply_if):
-    c = update_rule.step_coefficients(0.1, 0.9, 0.999, 1e-7, tf.constant(0, tf.int64),
-                                      tf.float64, weight_decay=0.5)
+    c = update_rule.step_coefficients(0.1, 0.9, 0.999, 1e-7, tf.constant(0, tf.int64), tf.float64,
+                                      weight_decay=0.5)
     moments = update_rule.Moments(m, v, vhat)
     slices = tf.IndexedSlices(rows, indices)
     with_select = engine.adam_step_at_rows(param, slices, moments, c, apply_if)

@@ -38,8 +38,8 @@ def test_layout_parses_with_criteo_data(log):
   assert os.path.dirname(result["directory"]) == root
   assert [n for n in os.listdir(root) if n.startswith(".")] == []  # no staging dir left
   suffix = ".tsv.gz" if result["train_files"][0].endswith(".gz") else ".tsv"
-  assert [os.path.basename(f) for f in result["train_files"]] == [
-      f"train-{i:05d}-of-00004{suffix}" for i in range(4)]
+  assert [os.path.basename(f) for f in result["train_files"]
+         ] == [f"train-{i:05d}-of-00004{suffix}" for i in range(4)]
   dense, sparse, labels, config = _read(result["train_files"])
   assert criteo_data.count_bad_records(config) == 0
   assert dense.shape == (20000, 13) and sparse.shape == (20000, 26)
@@ -96,11 +96,11 @@ def test_second_call_reuses_without_rewriting(log, monkeypatch):
 
   monkeypatch.setattr(generated_clicks, "_generate", fail)
   gzip = result["train_files"][0].endswith(".gz")
-  again = generated_clicks.write_click_log(root, num_train=20000, num_eval=5000,
-                                           vocab_sizes=VOCAB, seed=4, gzip=gzip)
+  again = generated_clicks.write_click_log(root, num_train=20000, num_eval=5000, vocab_sizes=VOCAB,
+                                           seed=4, gzip=gzip)
   assert again == result
-  assert {n: os.path.getmtime(os.path.join(directory, n)) for n in os.listdir(directory)} == (
-      mtimes)
+  paths = [os.path.join(directory, name) for name in os.listdir(directory)]
+  assert {os.path.basename(p): os.path.getmtime(p) for p in paths} == mtimes
   with open(os.path.join(directory, "manifest.json")) as f:
     assert json.load(f)["params"]["vocab_sizes"] == list(VOCAB)
 

@@ -30,24 +30,27 @@ def _read(path):
 
 
 def _read_split(directory, split):
-  parts = [_read(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
-           if name.startswith(split + "-")]
+  parts = [
+      _read(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
+      if name.startswith(split + "-")
+  ]
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("generated"))
-  return root, generated_data.ensure_generated_data(
-      root, num_classes=6, image_size=32, train_examples=600, validation_examples=120, seed=3)
+  return root, generated_data.ensure_generated_data(root, num_classes=6, image_size=32,
+                                                    train_examples=600, validation_examples=120,
+                                                    seed=3)
 
 
 def test_layout(small):
   root, directory = small
   assert os.path.dirname(directory) == root
-  assert sorted(os.listdir(directory)) == (
-      ["labels.txt", "manifest.json"] + [f"train-{i:05d}-of-00008" for i in range(8)] +
-      [f"validation-{i:05d}-of-00002" for i in range(2)])
+  assert sorted(os.listdir(directory)) == (["labels.txt", "manifest.json"] +
+                                           [f"train-{i:05d}-of-00008" for i in range(8)] +
+                                           [f"validation-{i:05d}-of-00002" for i in range(2)])
   assert [n for n in os.listdir(root) if n.startswith(".")] == []  # no staging dir left
   with open(os.path.join(directory, "labels.txt")) as f:
     assert f.read().splitlines() == generated_data.class_names(6)
@@ -76,11 +79,11 @@ def test_second_call_reuses_without_rewriting(small, monkeypatch):
     raise AssertionError("regenerated")
 
   monkeypatch.setattr(generated_data, "draw_images", fail)
-  again = generated_data.ensure_generated_data(
-      root, num_classes=6, image_size=32, train_examples=600, validation_examples=120, seed=3)
+  again = generated_data.ensure_generated_data(root, num_classes=6, image_size=32,
+                                               train_examples=600, validation_examples=120, seed=3)
   assert again == directory
-  assert {n: os.path.getmtime(os.path.join(directory, n)) for n in os.listdir(directory)} == (
-      mtimes)
+  paths = [os.path.join(directory, name) for name in os.listdir(directory)]
+  assert {os.path.basename(p): os.path.getmtime(p) for p in paths} == mtimes
 
 
 def test_incomplete_data_set_is_regenerated(tmp_path):
@@ -130,7 +133,7 @@ def test_classes_show_in_the_pixels():
   test_labels = np.arange(500) % num_classes
   train, test = features(train_labels), features(test_labels)
   means = np.stack([train[train_labels == c].mean(axis=0) for c in range(num_classes)])
-  distances = ((test[:, None, :] - means[None]) ** 2).sum(axis=-1)
+  distances = ((test[:, None, :] - means[None])**2).sum(axis=-1)
   accuracy = np.mean(distances.argmin(axis=1) == test_labels)
   assert accuracy > 4.0 / num_classes, accuracy  # about 0.7
   # ... but not trivially: color alone does not tell the shapes apart.

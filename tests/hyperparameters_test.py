@@ -15,8 +15,8 @@ validate = hyperparameters.validate
 
 
 def exponential_decay():
-  return keras.optimizers.schedules.ExponentialDecay(
-      initial_learning_rate=0.1, decay_steps=10, decay_rate=0.5)
+  return keras.optimizers.schedules.ExponentialDecay(initial_learning_rate=0.1, decay_steps=10,
+                                                     decay_rate=0.5)
 
 
 def np_exponential_decay(step, initial=0.1, decay_steps=10, rate=0.5):
@@ -26,9 +26,9 @@ def np_exponential_decay(step, initial=0.1, decay_steps=10, rate=0.5):
 # ---- validate: accepted values ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [0.0, 0.5, 1, 3.0, np.float32(0.25), np.float64(2.0),
-                                   np.int64(1)],
-                         ids=lambda v: f"{type(v).__name__}({v})")
+@pytest.mark.parametrize(
+    "value", [0.0, 0.5, 1, 3.0, np.float32(0.25),
+              np.float64(2.0), np.int64(1)], ids=lambda v: f"{type(v).__name__}({v})")
 def test_validate_accepts_numbers_in_range(value):
   assert validate("learning_rate", value, low=0.0) is value
 
@@ -42,8 +42,13 @@ def test_validate_accepts_bounds():
 def test_validate_accepts_tensors_variables_and_callables_unchecked():
   # Their values can change from step to step, so only the type is checked: even an out of
   # range tensor passes.
-  for value in [tf.constant(0.9), tf.constant(5.0, tf.float64), tf.Variable(0.9),
-                tf.Variable(-1.0), keras.Variable(0.9), lambda: 0.9, lambda: 2.0]:
+  for value in [
+      tf.constant(0.9),
+      tf.constant(5.0, tf.float64),
+      tf.Variable(0.9),
+      tf.Variable(-1.0),
+      keras.Variable(0.9), lambda: 0.9, lambda: 2.0
+  ]:
     assert validate("beta_1", value, 0.0, 1.0, high_open=True) is value
 
 
@@ -62,8 +67,7 @@ def test_validate_rejects_schedule_when_not_allowed():
 # ---- validate: type errors ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["0.1", True, False, None, [0.1], b"0.1", 1j],
-                         ids=repr)
+@pytest.mark.parametrize("value", ["0.1", True, False, None, [0.1], b"0.1", 1j], ids=repr)
 @pytest.mark.parametrize("allow_schedule", [False, True])
 def test_validate_type_error_names_argument(value, allow_schedule):
   with pytest.raises(TypeError) as info:
@@ -121,11 +125,16 @@ check_in_dtype = hyperparameters.check_in_dtype
 
 
 @pytest.mark.parametrize("name,value,dtype", [
-    ("beta_1", 1 - 1e-9, tf.float64), ("beta_2", 1 - 1e-9, tf.float64),
-    ("beta_1", float(np.float32(0.99999994)), tf.float32), ("beta_2", 0.999, tf.float32),
-    ("epsilon", 1e-50, tf.float64), ("epsilon", float(np.finfo(np.float32).tiny), tf.float32),
-    ("epsilon", 1e38, tf.float32), ("beta_1", tf.constant(1.0), tf.float32),
-    ("epsilon", lambda: 0.0, tf.float32), ("learning_rate", 1e-50, tf.float32),
+    ("beta_1", 1 - 1e-9, tf.float64),
+    ("beta_2", 1 - 1e-9, tf.float64),
+    ("beta_1", float(np.float32(0.99999994)), tf.float32),
+    ("beta_2", 0.999, tf.float32),
+    ("epsilon", 1e-50, tf.float64),
+    ("epsilon", float(np.finfo(np.float32).tiny), tf.float32),
+    ("epsilon", 1e38, tf.float32),
+    ("beta_1", tf.constant(1.0), tf.float32),
+    ("epsilon", lambda: 0.0, tf.float32),
+    ("learning_rate", 1e-50, tf.float32),
 ], ids=repr)
 def test_check_in_dtype_accepts(name, value, dtype):
   check_in_dtype(name, value, dtype, "w:0")
@@ -184,8 +193,7 @@ def test_current_value_schedule_is_called_with_step():
 def test_current_value_schedule_with_iterations_variable_in_function():
   schedule = exponential_decay()
   iterations = tf.Variable(0, dtype=tf.int64)
-  fn = tf.function(lambda: hyperparameters.current_value(schedule, iterations),
-                   jit_compile=True)
+  fn = tf.function(lambda: hyperparameters.current_value(schedule, iterations), jit_compile=True)
   for step in [0, 3, 20]:
     iterations.assign(step)
     np.testing.assert_allclose(float(fn()), np_exponential_decay(step), rtol=1e-6)
@@ -193,6 +201,7 @@ def test_current_value_schedule_with_iterations_variable_in_function():
 
 
 def test_current_value_custom_schedule_receives_step():
+
   class Recorder(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self):

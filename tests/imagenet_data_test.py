@@ -21,9 +21,9 @@ NUM_CLASSES = 4
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
   # 8 train shards of 20 and 2 validation shards of 20 examples.
-  return generated_data.ensure_generated_data(
-      str(tmp_path_factory.mktemp("data")), num_classes=NUM_CLASSES, image_size=24,
-      train_examples=160, validation_examples=40, seed=5)
+  return generated_data.ensure_generated_data(str(tmp_path_factory.mktemp("data")),
+                                              num_classes=NUM_CLASSES, image_size=24,
+                                              train_examples=160, validation_examples=40, seed=5)
 
 
 def _config(data_dir, **overrides):
@@ -35,8 +35,7 @@ def _config(data_dir, **overrides):
 
 def _context(num_pipelines, pipeline_id, replicas):
   return tf.distribute.InputContext(num_input_pipelines=num_pipelines,
-                                    input_pipeline_id=pipeline_id,
-                                    num_replicas_in_sync=replicas)
+                                    input_pipeline_id=pipeline_id, num_replicas_in_sync=replicas)
 
 
 def _batches(dataset, n=None):
@@ -94,8 +93,10 @@ def test_input_pipelines_read_disjoint_parts(shards, num_pipelines):
   everything = _rows(_eval_images(_config(shards, global_batch_size=1)))
   assert len(everything) == 40
   config = _config(shards, global_batch_size=num_pipelines)  # 1 per replica
-  parts = [_rows(_eval_images(config, _context(num_pipelines, i, num_pipelines)))
-           for i in range(num_pipelines)]
+  parts = [
+      _rows(_eval_images(config, _context(num_pipelines, i, num_pipelines)))
+      for i in range(num_pipelines)
+  ]
   for i in range(num_pipelines):
     assert parts[i], i
     for j in range(i):
@@ -108,8 +109,7 @@ def test_train_pipelines_read_their_own_shards(shards):
   config = _config(shards, global_batch_size=2)
   labels = []
   for i in range(2):
-    ys = np.concatenate([y for _, y in _batches(data.train_dataset(config, _context(2, i, 2)),
-                                                40)])
+    ys = np.concatenate([y for _, y in _batches(data.train_dataset(config, _context(2, i, 2)), 40)])
     labels.append(ys)
   # 4 shards of 20 each, per pipeline: one epoch is 80 examples, all classes present.
   for ys in labels:
@@ -137,12 +137,11 @@ def _write_shard(path, images, labels):
   with tf.io.TFRecordWriter(path) as writer:
     for image, label in zip(images, labels):
       feature = {
-          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-              value=[_jpeg(image)])),
+          "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_jpeg(image)])),
           "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
       }
-      writer.write(tf.train.Example(
-          features=tf.train.Features(feature=feature)).SerializeToString())
+      writer.write(
+          tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
 def test_eval_center_crop_of_a_known_image(tmp_path):
@@ -168,8 +167,8 @@ def test_eval_center_crop_of_a_known_image(tmp_path):
   assert np.abs(inner[..., 0] - inner[..., 1]).max() < 30  # gray (the frame: 255)
   np.testing.assert_allclose(pixels[17, :, 0], ramp[0, 15:50, 0], atol=6)
   # Resized to 16: still the middle of the ramp, increasing left to right.
-  (small, _), = _batches(data.eval_dataset(_config(str(tmp_path), image_size=16,
-                                                   global_batch_size=1)))
+  (small,
+   _), = _batches(data.eval_dataset(_config(str(tmp_path), image_size=16, global_batch_size=1)))
   row = _unnormalize(small[0])[8, :, 1]
   assert np.all(np.diff(row) > 0) and 65 < row[0] < 90 and 160 < row[-1] < 185
 
@@ -207,8 +206,8 @@ def test_grayscale_and_cmyk_jpegs_of_mixed_sizes_read_as_rgb(tmp_path):
   labels = [1, 2, 3, 1]
   assert [int(tf.image.extract_jpeg_shape(j)[2]) for j in jpegs] == [4, 4, 1, 3]
   for split in ("train", "validation"):
-    _write_records(tmp_path / f"{split}-00000-of-00001", [
-        _example(jpeg, label) for jpeg, label in zip(jpegs, labels)])
+    _write_records(tmp_path / f"{split}-00000-of-00001",
+                   [_example(jpeg, label) for jpeg, label in zip(jpegs, labels)])
   config = _config(str(tmp_path), global_batch_size=4, shuffle_buffer=4)
   for dataset in (data.eval_dataset(config), data.train_dataset(config).take(2)):
     for x, y in _batches(dataset):
@@ -220,9 +219,10 @@ def test_grayscale_and_cmyk_jpegs_of_mixed_sizes_read_as_rgb(tmp_path):
 
 def test_labels_outside_num_classes_fail(shards):
   dataset = data.eval_dataset(_config(shards, label_offset=0))  # labels become 1..4
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"validation-0000[01]-of-00002:\d+: "
-                     r"image/class/label is 4: with label_offset=0 that is class 4, not in "
-                     r"\[0, num_classes=4\)"):
+  with pytest.raises(
+      tf.errors.InvalidArgumentError, match=r"validation-0000[01]-of-00002:\d+: "
+      r"image/class/label is 4: with label_offset=0 that is class 4, not in "
+      r"\[0, num_classes=4\)"):
     _batches(dataset)
 
 
@@ -236,8 +236,7 @@ def _example(jpeg, label):
   if jpeg is not None:
     feature["image/encoded"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg]))
   if label is not None:
-    feature["image/class/label"] = tf.train.Feature(
-        int64_list=tf.train.Int64List(value=[label]))
+    feature["image/class/label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
   return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -288,8 +287,10 @@ def _spoil(jpegs, kind):
   }[kind]
 
 
-_KINDS = ["not_an_example", "garbage_jpeg", "png", "truncated_jpeg", "empty_jpeg",
-          "label_too_big", "label_negative", "no_label", "no_image"]
+_KINDS = [
+    "not_an_example", "garbage_jpeg", "png", "truncated_jpeg", "empty_jpeg", "label_too_big",
+    "label_negative", "no_label", "no_image"
+]
 
 
 @pytest.mark.parametrize("kind", _KINDS)
@@ -353,7 +354,7 @@ def test_corrupt_shard_names_file_and_record(tmp_path, good_jpegs, how):
 
 
 def test_skip_bad_records_drops_exactly_the_bad_ones_and_counts(tmp_path, good_jpegs, capfd,
-                                                                  caplog):
+                                                                caplog):
   first = _records(good_jpegs)
   first[1], _ = _spoil(good_jpegs, "label_too_big")
   first[5], _ = _spoil(good_jpegs, "not_an_example")  # the last record of a shard
@@ -376,8 +377,8 @@ def test_skip_bad_records_drops_exactly_the_bad_ones_and_counts(tmp_path, good_j
   _write_records(tmp_path / "good" / "validation-00000-of-00001",
                  [r for i, r in enumerate(first) if i not in (1, 5)] +
                  [r for i, r in enumerate(second) if i not in (0, 3)] + _records(good_jpegs)[:4])
-  assert _rows(_eval_images(config)) == _rows(_eval_images(
-      dataclasses.replace(config, data_dir=str(tmp_path / "good"))))
+  assert _rows(_eval_images(config)) == _rows(
+      _eval_images(dataclasses.replace(config, data_dir=str(tmp_path / "good"))))
 
   shard = lambda i: str(tmp_path / f"validation-0000{i}-of-00004")
   caplog.clear()
@@ -392,16 +393,18 @@ def test_skip_bad_records_drops_exactly_the_bad_ones_and_counts(tmp_path, good_j
       f"{shard(0)}:5: the record is not a tf.train.Example with one bytes feature "
       "image/encoded and one int64 feature image/class/label",
       f"{shard(1)}:0: image/encoded ({len(good_jpegs[3]) * 2 // 3} bytes) is a corrupt or "
-      "truncated JPEG: decoding it fails",
-      f"{shard(1)}:3: image/class/label is missing",
+      "truncated JPEG: decoding it fails", f"{shard(1)}:3: image/class/label is missing",
       f"{shard(2)}:4: TFRecord framing breaks at byte {offset} of {len(broken)} (a length or "
       "CRC check or the read failed, see the warning before): the shard is corrupt or "
-      "truncated, and none of its records from here on can be read"])
+      "truncated, and none of its records from here on can be read"
+  ])
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     assert data.count_bad_records(config, "validation", max_logged=2) == 5
-  assert len([r for r in caplog.records if r.getMessage().startswith(
-      f"ImageNet data: skipping {tmp_path}/validation-")]) == 2
+  assert len([
+      r for r in caplog.records
+      if r.getMessage().startswith(f"ImageNet data: skipping {tmp_path}/validation-")
+  ]) == 2
 
 
 def test_count_bad_records_of_good_data(shards):
@@ -412,15 +415,17 @@ def test_skip_bad_records_in_training(tmp_path, good_jpegs):
   records = _records(good_jpegs)
   records[2], _ = _spoil(good_jpegs, "garbage_jpeg")
   _write_records(tmp_path / "train-00000-of-00001", records)
-  labels = np.concatenate([y for _, y in _batches(
-      data.train_dataset(_bad_config(tmp_path, skip_bad_records=True)), 25)])
+  labels = np.concatenate([
+      y for _, y in _batches(data.train_dataset(_bad_config(tmp_path, skip_bad_records=True)), 25)
+  ])
   np.testing.assert_array_equal(np.bincount(labels, minlength=8), [5, 5, 0, 5, 5, 5, 0, 0])
 
 
 def test_all_records_bad_fails_instead_of_spinning(tmp_path, good_jpegs):
   _write_records(tmp_path / "train-00000-of-00001", [_example(b"not a jpeg", 1)] * 3)
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"no usable record in the 1 train "
-                     r"shard\(s\).*every record is bad and skip_bad_records drops it"):
+  with pytest.raises(
+      tf.errors.InvalidArgumentError, match=r"no usable record in the 1 train "
+      r"shard\(s\).*every record is bad and skip_bad_records drops it"):
     _batches(data.train_dataset(_bad_config(tmp_path, skip_bad_records=True)), 1)
 
 
@@ -439,8 +444,11 @@ def op_determinism():
 def test_training_iterator_resumes_exactly(tmp_path, shards, skip, op_determinism):
   # The checks must leave the input position savable and the next pass's reshuffle restored
   # (which needed a shuffle buffer larger than a pass, under op determinism, to go wrong).
-  config = _config(shards, skip_bad_records=skip, global_batch_size=16,  # 10 batches a pass
-                   shuffle_buffer=1000)
+  config = _config(
+      shards,
+      skip_bad_records=skip,
+      global_batch_size=16,  # 10 batches a pass
+      shuffle_buffer=1000)
   iterator = iter(data.train_dataset(config))
   _ = [next(iterator) for _ in range(8)]
   path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / "ckpt"))
@@ -456,7 +464,7 @@ def test_training_iterator_resumes_exactly(tmp_path, shards, skip, op_determinis
 def test_empty_shards_are_skipped_with_a_warning(tmp_path, good_jpegs, caplog):
   _write_records(tmp_path / "validation-00000-of-00002", [])
   with pytest.raises(ValueError, match=r"all 1 validation shard\(s\).*are empty.*"
-                                       r"validation-00000-of-00002"):
+                     r"validation-00000-of-00002"):
     data.eval_dataset(_bad_config(tmp_path))
   _write_records(tmp_path / "validation-00001-of-00002", _records(good_jpegs))
   with caplog.at_level(logging.WARNING):
@@ -478,8 +486,7 @@ def test_no_shards(tmp_path, shards):
     data.train_dataset(_config(str(tmp_path)))
   only_train = tmp_path / "only_train"
   only_train.mkdir()
-  os.symlink(os.path.join(shards, "train-00000-of-00008"),
-             str(only_train / "train-00000-of-00008"))
+  os.symlink(os.path.join(shards, "train-00000-of-00008"), str(only_train / "train-00000-of-00008"))
   data.train_dataset(_config(str(only_train)))
   with pytest.raises(ValueError, match=r"only_train.*validation-\*"):
     data.eval_dataset(_config(str(only_train)))

@@ -29,6 +29,7 @@ def moving_stat_count(model):
 
 def resnet_small_params(num_classes):
   """resnet_small's trainable parameters, written out layer by layer."""
+
   def conv(c_in, c_out, k):
     return k * k * c_in * c_out
 
@@ -40,8 +41,7 @@ def resnet_small_params(num_classes):
     return conv(c_in, c_out, 3) + bn(c_out) + conv(c_out, c_out, 3) + bn(c_out) + proj
 
   stem = conv(3, 16, 3) + bn(16)
-  return (stem + basic(16, 16) + basic(16, 32) + basic(32, 64)
-          + 64 * num_classes + num_classes)
+  return (stem + basic(16, 16) + basic(16, 32) + basic(32, 64) + 64 * num_classes + num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,7 @@ def test_resnet18_parameter_count():
   # The first stage keeps 64 channels at stride 1, so it has no projection.
   names = {layer.name for layer in model.layers}
   assert "stage1_block1_proj_conv" not in names
-  assert {"stage2_block1_proj_conv", "stage3_block1_proj_conv",
-          "stage4_block1_proj_conv"} <= names
+  assert {"stage2_block1_proj_conv", "stage3_block1_proj_conv", "stage4_block1_proj_conv"} <= names
 
 
 @pytest.mark.parametrize("image_size", [32, 64])
@@ -93,8 +92,8 @@ def test_resnet_small_builds(image_size, num_classes):
   assert trainable_count(model) == resnet_small_params(num_classes)
   # The small stem keeps the resolution; two strided stages divide it by 4.
   assert model.get_layer("stem_conv").output.shape[1:] == (image_size, image_size, 16)
-  assert model.get_layer("stage3_block1_out").output.shape[1:] == (
-      image_size // 4, image_size // 4, 64)
+  assert model.get_layer("stage3_block1_out").output.shape[1:] == (image_size // 4, image_size // 4,
+                                                                   64)
   logits = model(np.zeros((2, image_size, image_size, 3), np.float32), training=False)
   assert logits.shape == (2, num_classes)
 
@@ -129,8 +128,7 @@ def test_bad_builder_arguments():
 def test_last_batch_norm_gamma_of_each_block_is_zero():
   for name, last_bn, blocks in [("resnet_small", "bn2", 3), ("resnet18", "bn2", 8)]:
     model = models.build_model(name, num_classes=10, image_size=32)
-    bns = [layer for layer in model.layers
-           if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     zero = [bn.name for bn in bns if not np.any(bn.gamma.numpy())]
     assert sorted(zero) == sorted(bn.name for bn in bns if bn.name.endswith(last_bn))
     assert len(zero) == blocks
@@ -140,8 +138,10 @@ def test_last_batch_norm_gamma_of_each_block_is_zero():
 
 
 def test_last_batch_norm_gamma_of_bottleneck_block_is_zero(resnet50):
-  gammas = {layer.name: layer.gamma.numpy() for layer in resnet50.layers
-            if isinstance(layer, keras.layers.BatchNormalization)}
+  gammas = {
+      layer.name: layer.gamma.numpy() for layer in resnet50.layers
+      if isinstance(layer, keras.layers.BatchNormalization)
+  }
   zero = sorted(n for n, g in gammas.items() if not np.any(g))
   assert len(zero) == 16 and all(n.endswith("_bn3") for n in zero)
   assert all(np.all(g == 1.0) for n, g in gammas.items() if n not in zero)

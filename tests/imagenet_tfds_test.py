@@ -80,10 +80,10 @@ def trained(tmp_path_factory, wnids):
   write_manual_dir(os.path.join(data_dir, "downloads", "manual"), wnids)
   model_dir = str(tmp_path_factory.mktemp("model"))
   config = config_lib.ImagenetConfig(
-      model="resnet_small", image_size=16, num_classes=data.TFDS_CLASSES,
-      data_source="tfds", data_dir=data_dir, global_batch_size=BATCH, train_steps=4,
-      steps_per_loop=2, eval_every=0, log_every=2, warmup_steps=0, learning_rate=0.01,
-      lr_schedule="constant", deterministic=True, seed=1, model_dir=model_dir).validate()
+      model="resnet_small", image_size=16, num_classes=data.TFDS_CLASSES, data_source="tfds",
+      data_dir=data_dir, global_batch_size=BATCH, train_steps=4, steps_per_loop=2, eval_every=0,
+      log_every=2, warmup_steps=0, learning_rate=0.01, lr_schedule="constant", deterministic=True,
+      seed=1, model_dir=model_dir).validate()
   return data_dir, model_dir, train.train_and_evaluate(config)
 
 
@@ -110,16 +110,14 @@ def test_train_labels_are_the_classes_positions_in_tfds_labels(trained):
   labels = np.concatenate([y.numpy() for _, y in dataset])
   images = [x.numpy() for x, _ in dataset]
   assert sorted(labels) == sorted(np.repeat(CLASSES, TRAIN_PER_CLASS))
-  assert all(image.shape == (BATCH, 16, 16, 3) and np.isfinite(image).all()
-             for image in images)
+  assert all(image.shape == (BATCH, 16, 16, 3) and np.isfinite(image).all() for image in images)
 
 
-def test_validation_labels_pair_sorted_names_with_tfds_list_dropping_the_last_batch(
-    trained, wnids):
+def test_validation_labels_pair_sorted_names_with_tfds_list_dropping_the_last_batch(trained, wnids):
   listed = _tfds_list("validation_labels.txt")[:VALIDATION_IMAGES]
   expected = sorted(wnids.index(wnid) for wnid in listed)
-  labels = sorted(np.concatenate(
-      [y.numpy() for _, y in data.eval_dataset(_data_config(trained[0]))]))
+  labels = sorted(
+      np.concatenate([y.numpy() for _, y in data.eval_dataset(_data_config(trained[0]))]))
   assert len(labels) == VALIDATION_IMAGES // BATCH * BATCH
   remaining = list(expected)
   for label in labels:  # a sub-multiset: one image of the incomplete batch is not evaluated

@@ -18,21 +18,20 @@ from trainers.image_classification import generated_data
 from trainers.image_classification import train
 
 TINY = dict(model="resnet_small", image_size=16, num_classes=3, global_batch_size=16,
-            steps_per_loop=5, eval_every=10, log_every=5, warmup_steps=0,
-            learning_rate=0.01, epsilon=1.0, lr_schedule="constant", data_source="tfrecord",
-            deterministic=True, seed=3)
+            steps_per_loop=5, eval_every=10, log_every=5, warmup_steps=0, learning_rate=0.01,
+            epsilon=1.0, lr_schedule="constant", data_source="tfrecord", deterministic=True, seed=3)
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-  return generated_data.ensure_generated_data(
-      str(tmp_path_factory.mktemp("data")), num_classes=3, image_size=20,
-      train_examples=192, validation_examples=48, seed=1)
+  return generated_data.ensure_generated_data(str(tmp_path_factory.mktemp("data")), num_classes=3,
+                                              image_size=20, train_examples=192,
+                                              validation_examples=48, seed=1)
 
 
 def _config(model_dir, data_dir, **overrides):
-  return config_lib.ImagenetConfig(**dict(TINY, model_dir=str(model_dir), data_dir=data_dir,
-                                          **overrides)).validate()
+  return config_lib.ImagenetConfig(
+      **dict(TINY, model_dir=str(model_dir), data_dir=data_dir, **overrides)).validate()
 
 
 def test_short_run_learns_and_writes_tensorboard_and_checkpoints(tmp_path, tiny_data):
@@ -65,9 +64,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_data):
 
 def test_skip_bad_records_counts_them_before_training(tmp_path, tiny_data, caplog):
   with caplog.at_level(logging.INFO):
-    metrics = train.train_and_evaluate(_config(tmp_path, tiny_data, train_steps=5,
-                                               steps_per_loop=5, eval_every=5, log_every=5,
-                                               skip_bad_records=True))
+    metrics = train.train_and_evaluate(
+        _config(tmp_path, tiny_data, train_steps=5, steps_per_loop=5, eval_every=5, log_every=5,
+                skip_bad_records=True))
   assert set(metrics) == {"top1", "top5"}
   assert "--skip_bad_records: 0 bad train record(s) skipped in" in caplog.text
   assert "--skip_bad_records: 0 bad validation record(s) skipped in" in caplog.text
@@ -111,8 +110,8 @@ BAD_CONFIGS = [
     ({"global_batch_size": 0}, "--global_batch_size=0 is not valid"),
     ({"label_smoothing": 1.0}, "--label_smoothing=1.0 is not valid"),
     ({"num_classes": 1}, "--num_classes=1 is not valid"),
-    ({"data_source": "tfds", "num_classes": 10},
-     r"--num_classes=10 is not valid: expected 1000 with --data_source=tfds"),
+    ({"data_source": "tfds",
+      "num_classes": 10}, r"--num_classes=10 is not valid: expected 1000 with --data_source=tfds"),
     ({"xla_scope": "all"}, "--xla_scope='all' is not valid"),
     ({"model": "vgg16"}, "--model='vgg16' is not valid: expected one of resnet50"),
     ({"beta_2": -0.1}, r"--beta_2=-0.1 is not valid: expected a number in \[0, 1\)"),
@@ -129,7 +128,7 @@ BAD_CONFIGS = [
     ({"keep_checkpoints": 0}, "--keep_checkpoints=0 is not valid"),
     ({"model_dir": ""}, "--model_dir='' is not valid"),
     ({"on_nonfinite": "ignore"}, "--on_nonfinite='ignore' is not valid: expected one of stop, "
-                                 "skip"),
+     "skip"),
     ({"max_consecutive_nonfinite": -1}, "--max_consecutive_nonfinite=-1 is not valid"),
 ]
 
@@ -155,15 +154,15 @@ def test_model_names_match_the_builders():
 
 
 def test_batch_must_split_over_replicas():
-  config = config_lib.ImagenetConfig(**dict(TINY, global_batch_size=10, train_steps=10,
-                                            data_dir="/x"))
+  config = config_lib.ImagenetConfig(
+      **dict(TINY, global_batch_size=10, train_steps=10, data_dir="/x"))
   with pytest.raises(ValueError, match="a multiple of the 4 replicas"):
     config.validate(num_replicas=4)
 
 
 def test_epochs_become_whole_loops_of_steps():
-  config = config_lib.ImagenetConfig(**dict(TINY, train_epochs=2.0, train_examples=1000,
-                                            data_dir="/x"))
+  config = config_lib.ImagenetConfig(
+      **dict(TINY, train_epochs=2.0, train_examples=1000, data_dir="/x"))
   # 2 epochs of 1000 examples at 16 per step: 125 steps, rounded down to loops of 5.
   assert config.total_steps() == 125
   assert dataclasses.replace(config, steps_per_loop=10, eval_every=10,

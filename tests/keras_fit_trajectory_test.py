@@ -48,8 +48,9 @@ from tests import numpy_adam
 from tests import pytest_main
 
 _CPUS = len(tf.config.list_logical_devices("CPU"))
-needs_four_cpus = pytest.mark.skipif(_CPUS < 4, reason="needs four logical CPUs, configured "
-                                     "before TensorFlow starts; run this file on its own")
+needs_four_cpus = pytest.mark.skipif(
+    _CPUS < 4, reason="needs four logical CPUs, configured "
+    "before TensorFlow starts; run this file on its own")
 # One strategy per replica count for the module. TF keys collective all-reduce groups per
 # process, so strategies of two sizes that both use it collide ("joining a group with size 4,
 # but that group has size 2"): the 4-replica one reduces to one device instead.
@@ -138,7 +139,8 @@ def _mlp(seed=0):
   return keras.Sequential([
       keras.Input((5,)),
       keras.layers.Dense(8, activation="tanh", bias_initializer="random_normal"),
-      keras.layers.Dense(3, bias_initializer="random_normal")])
+      keras.layers.Dense(3, bias_initializer="random_normal")
+  ])
 
 
 # name: the optimizer's keyword arguments, "schedule" and "variable" as `_optimizer_arguments`
@@ -161,9 +163,8 @@ _keras_results = {}
 def _fit_mlp(optimizer_class, option, compile_kwargs, opt_kwargs=None):
   """The model, its optimizer and the loss History after fitting `_mlp()` for 2 epochs of 3
   batches."""
-  kwargs, callbacks = _optimizer_arguments(
-      KERAS_OPTIONS[option], _BETA_1_VALUES,
-      keras_optimizer=optimizer_class is keras.optimizers.Adam)
+  kwargs, callbacks = _optimizer_arguments(KERAS_OPTIONS[option], _BETA_1_VALUES,
+                                           keras_optimizer=optimizer_class is keras.optimizers.Adam)
   initial = _mlp().get_weights()
   model = _mlp(seed=1)
   model.set_weights(initial)
@@ -171,8 +172,7 @@ def _fit_mlp(optimizer_class, option, compile_kwargs, opt_kwargs=None):
   if option == "weight_decay":
     optimizer.exclude_from_weight_decay(var_names=["bias"])
   model.compile(optimizer=optimizer, loss="mse", **compile_kwargs)
-  history = model.fit(_X, _Y, batch_size=8, epochs=2, shuffle=False, verbose=0,
-                      callbacks=callbacks)
+  history = model.fit(_X, _Y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
   return model, optimizer, history.history["loss"]
 
 
@@ -190,8 +190,8 @@ def _keras_fit(option):
 # its CPU kernel; "none": the update as TensorFlow ops; "fit": the update inlined into fit's
 # XLA program.
 PROGRAMS = {"update": (False, True), "none": (False, False), "fit": (True, True)}
-_KERAS_CASES = ([(option, program) for option in KERAS_OPTIONS for program in ("update", "none")]
-                + [("defaults", "fit"), ("weight_decay", "fit")])
+_KERAS_CASES = ([(option, program) for option in KERAS_OPTIONS for program in ("update", "none")] +
+                [("defaults", "fit"), ("weight_decay", "fit")])
 
 
 @pytest.mark.parametrize("option,program", _KERAS_CASES)
@@ -208,8 +208,9 @@ def test_fit_follows_keras_adam(option, program):
   assert _max_difference(weights, _mlp().get_weights()) > 0.01  # it trained
   # The option changed the trajectory, so that the comparison tests it.
   if option == "amsgrad":  # v fell below its running maximum somewhere
-    assert any(np.any(optimizer.slot(w, "vhat").numpy() > optimizer.slot(w, "v").numpy())
-               for w in model.trainable_weights)
+    assert any(
+        np.any(optimizer.slot(w, "vhat").numpy() > optimizer.slot(w, "v").numpy())
+        for w in model.trainable_weights)
   elif option != "defaults":
     assert _max_difference(keras_weights, _keras_fit("defaults")[0]) > 1e-4
 
@@ -221,8 +222,9 @@ VOCABULARY, WIDTH, IDS_PER_EXAMPLE, BATCH = 16, 4, 3, 8
 # then 4-11, then 0-3 and 8-11. Rows 0-3 are absent from step 2, rows 4-7 from step 3, and
 # rows 12-15 from every step.
 _STEP_ROWS = [np.arange(0, 8), np.arange(4, 12), np.r_[0:4, 8:12]]
-_IDS = np.concatenate([np.random.default_rng(2).choice(rows, size=(BATCH, IDS_PER_EXAMPLE))
-                       for rows in _STEP_ROWS]).astype(np.int32)
+_IDS = np.concatenate([
+    np.random.default_rng(2).choice(rows, size=(BATCH, IDS_PER_EXAMPLE)) for rows in _STEP_ROWS
+]).astype(np.int32)
 _TARGETS = np.random.default_rng(3).normal(size=(len(_IDS), 2)).astype(np.float32)
 
 
@@ -301,8 +303,7 @@ def _reference_trajectory(kind, option, sparse_mode, initial):
     batch = slice(step * BATCH, (step + 1) * BATCH)
     model.set_weights([p.astype(np.float32) for p in params])
     with tf.GradientTape() as tape:
-      loss = keras.losses.MeanSquaredError()(_TARGETS[batch],
-                                             model(_IDS[batch], training=True))
+      loss = keras.losses.MeanSquaredError()(_TARGETS[batch], model(_IDS[batch], training=True))
     grads, touched = [], []
     for grad, param in zip(tape.gradient(loss, model.trainable_weights), params):
       if isinstance(grad, tf.IndexedSlices):
@@ -351,10 +352,10 @@ def _sparse_case(kind, option, model_jit):
 # model.compile's jit_compile alternates over the options: fit's step as one XLA program with
 # the update inlined, or as a graph calling the update's own XLA program (CPU kernels in both).
 _SPARSE_CASES = [
-    _sparse_case("embedding", option, model_jit) for option, model_jit in [
-        ("defaults", True), ("amsgrad", True), ("clipnorm", False),
-        ("clipvalue_and_clipnorm", True), ("global_clipnorm", False), ("weight_decay", True),
-        ("changing_hyperparameters", False)]
+    _sparse_case("embedding", option, model_jit)
+    for option, model_jit in [("defaults", True), ("amsgrad", True), ("clipnorm", False),
+                              ("clipvalue_and_clipnorm", True), ("global_clipnorm", False),
+                              ("weight_decay", True), ("changing_hyperparameters", False)]
 ] + [_sparse_case("gather", "defaults", False)]
 
 

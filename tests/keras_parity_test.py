@@ -29,8 +29,9 @@ from tests import pytest_main
 
 MODES = ["eager", "function", "jit"]
 _TWO_CPUS = len(tf.config.list_logical_devices("CPU")) >= 2
-needs_two_cpus = pytest.mark.skipif(not _TWO_CPUS, reason="needs two logical CPUs, configured "
-                                    "before TensorFlow starts; run this file on its own")
+needs_two_cpus = pytest.mark.skipif(
+    not _TWO_CPUS, reason="needs two logical CPUs, configured "
+    "before TensorFlow starts; run this file on its own")
 # One strategy for the module (TF's collectives are keyed per process).
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if _TWO_CPUS else None
 
@@ -74,8 +75,7 @@ def test_keras_variable_constraint_is_applied_after_each_step_as_keras_does(mode
   step = _step(opt, ours.trainable_variables, mode)
   for g in grads:
     step(tf.constant(g), tf.constant(g[0]))
-    keras_opt.apply_gradients(zip([tf.constant(g), tf.constant(g[0])],
-                                  theirs.trainable_variables))
+    keras_opt.apply_gradients(zip([tf.constant(g), tf.constant(g[0])], theirs.trainable_variables))
   kernel = ours.kernel.numpy()
   assert np.min(kernel) == 0.0 and np.sum(kernel == 0.0) >= 2
   np.testing.assert_allclose(kernel, theirs.kernel.numpy(), rtol=1e-5, atol=1e-6)
@@ -130,18 +130,18 @@ def _train_with_keras(model, batches):
 
 def _constrained_model():
   keras.utils.set_random_seed(3)
-  return keras.Sequential([keras.Input((5,)),
-                           keras.layers.Dense(8, activation="tanh",
-                                              kernel_constraint="non_neg"),
-                           keras.layers.Dense(3)])
+  return keras.Sequential([
+      keras.Input((5,)),
+      keras.layers.Dense(8, activation="tanh", kernel_constraint="non_neg"),
+      keras.layers.Dense(3)
+  ])
 
 
-@pytest.mark.parametrize("strategy_name", [
-    "default", pytest.param("mirrored", marks=needs_two_cpus)])
+@pytest.mark.parametrize("strategy_name",
+                         ["default", pytest.param("mirrored", marks=needs_two_cpus)])
 def test_make_train_step_applies_constraints_on_every_device_as_keras_fit(strategy_name):
   rng = np.random.default_rng(1)
-  batches = [(rng.normal(size=(8, 5)).astype(np.float32), rng.integers(0, 3, 8))
-             for _ in range(10)]
+  batches = [(rng.normal(size=(8, 5)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(10)]
   reference = _constrained_model()
   _train_with_keras(reference, batches)
   strategy = MIRRORED if strategy_name == "mirrored" else tf.distribute.get_strategy()
@@ -150,21 +150,20 @@ def test_make_train_step_applies_constraints_on_every_device_as_keras_fit(strate
     opt = adam_xla.Adam(2.0**-7, **EXACT)
   loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
   step = adam_xla.make_train_step(model, loss, opt, strategy=strategy)
-  dataset = tf.data.Dataset.from_tensor_slices(
-      (np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])))
+  dataset = tf.data.Dataset.from_tensor_slices((np.concatenate([x for x, _ in batches]),
+                                                np.concatenate([y for _, y in batches])))
   iterator = iter(step.distribute(dataset.batch(8, drop_remainder=True)))
   for _ in batches:
     step(iterator)
   kernel = model.layers[0].kernel
-  copies = ([c.numpy() for c in kernel.value.values] if strategy_name == "mirrored" else
-            [kernel.numpy()])
+  copies = ([c.numpy() for c in kernel.value.values]
+            if strategy_name == "mirrored" else [kernel.numpy()])
   assert len(copies) == (2 if strategy_name == "mirrored" else 1)
   for copy in copies:
     assert np.min(copy) == 0.0 and np.sum(copy == 0.0) >= 2
-    np.testing.assert_allclose(copy, reference.layers[0].kernel.numpy(), rtol=1e-4,
-                               atol=1e-6)
-  np.testing.assert_allclose(model.layers[1].kernel.numpy(),
-                             reference.layers[1].kernel.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(copy, reference.layers[0].kernel.numpy(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(model.layers[1].kernel.numpy(), reference.layers[1].kernel.numpy(),
+                             rtol=1e-4, atol=1e-6)
 
 
 # ---- 2. Setting the learning rate: reaches compiled steps or raises ------------------------
@@ -216,13 +215,14 @@ def test_number_reaches_a_traced_step(initial):
   np.testing.assert_allclose(var.numpy(), _reference([1.0, 2.0, 0.5]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("initial, replacement", [
-    (1.0, _schedule(3.0)),
-    (_schedule(1.0), _schedule(3.0)),
-    (lambda: 1.0, lambda: 3.0),
-    (lambda: 1.0, 3.0),
-], ids=["float_to_schedule", "schedule_to_schedule", "callable_to_callable",
-        "callable_to_float"])
+@pytest.mark.parametrize(
+    "initial, replacement", [
+        (1.0, _schedule(3.0)),
+        (_schedule(1.0), _schedule(3.0)),
+        (lambda: 1.0, lambda: 3.0),
+        (lambda: 1.0, 3.0),
+    ],
+    ids=["float_to_schedule", "schedule_to_schedule", "callable_to_callable", "callable_to_float"])
 def test_replacing_after_a_traced_step_raises_and_keeps_the_rate(initial, replacement):
   var, grad = _problem()
   opt = adam_xla.Adam(initial)
@@ -234,13 +234,14 @@ def test_replacing_after_a_traced_step_raises_and_keeps_the_rate(initial, replac
   np.testing.assert_allclose(var.numpy(), _reference([1.0, 1.0]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("initial, replacement, later_rates", [
-    (1.0, _schedule(3.0), [3.0, 1.5, 1.5]),
-    (_schedule(1.0), _schedule(3.0), [3.0, 1.5, 1.5]),
-    (lambda: 1.0, 3.0, [3.0, 3.0, 3.0]),
-    (_schedule(1.0), lambda: 3.0, [3.0, 3.0, 3.0]),
-], ids=["float_to_schedule", "schedule_to_schedule", "callable_to_float",
-        "schedule_to_callable"])
+@pytest.mark.parametrize(
+    "initial, replacement, later_rates", [
+        (1.0, _schedule(3.0), [3.0, 1.5, 1.5]),
+        (_schedule(1.0), _schedule(3.0), [3.0, 1.5, 1.5]),
+        (lambda: 1.0, 3.0, [3.0, 3.0, 3.0]),
+        (_schedule(1.0), lambda: 3.0, [3.0, 3.0, 3.0]),
+    ],
+    ids=["float_to_schedule", "schedule_to_schedule", "callable_to_float", "schedule_to_callable"])
 def test_replacing_before_any_traced_step_reaches_the_step_traced_later(
     initial, replacement, later_rates):
   """Eager steps trace nothing, so replacing is still safe there."""
@@ -255,8 +256,7 @@ def test_replacing_before_any_traced_step_reaches_the_step_traced_later(
   if not callable(replacement):
     opt.learning_rate = 0.25  # a number that replaced a callable is in a variable
     step(grad)
-    np.testing.assert_allclose(var.numpy(), _reference([1.0] + later_rates + [0.25]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(var.numpy(), _reference([1.0] + later_rates + [0.25]), rtol=1e-6)
 
 
 def test_betas_and_epsilon_are_not_settable():
@@ -285,8 +285,8 @@ def test_learning_rate_reads_as_keras_for_a_float():
   assert ours.get_config()["learning_rate"] == theirs.get_config()["learning_rate"] == 0.5
 
 
-@pytest.mark.parametrize("rate, after_three_steps",
-                         [(_schedule(0.5), 0.25), (lambda: 0.125, 0.125)],
+@pytest.mark.parametrize("rate, after_three_steps", [(_schedule(0.5), 0.25),
+                                                     (lambda: 0.125, 0.125)],
                          ids=["schedule", "callable"])
 def test_learning_rate_reads_as_keras_for_a_schedule_or_callable(rate, after_three_steps):
   ours, theirs = adam_xla.Adam(rate, **EXACT), keras.optimizers.Adam(rate, **EXACT)
@@ -338,8 +338,7 @@ def test_learning_rate_variable_is_mirrored_like_the_other_state():
     rate = opt.learning_rate
   for variable in (rate, opt.iterations):
     assert isinstance(variable, values_lib.MirroredVariable), type(variable)
-    assert {tf.DeviceSpec.from_string(c.device).device_index
-            for c in variable.values} == {0, 1}
+    assert {tf.DeviceSpec.from_string(c.device).device_index for c in variable.values} == {0, 1}
   opt.learning_rate = 0.5
   assert [float(c.numpy()) for c in rate.values] == [0.5, 0.5]
 
@@ -363,15 +362,14 @@ def test_empty_gradient_list_is_a_no_op_like_keras_apply(mode):
 
 
 def test_all_gradients_none_raises_value_error_like_keras():
-  for opt, var in ((keras.optimizers.Adam(), keras.Variable(1.0)),
-                   (adam_xla.Adam(), tf.Variable(1.0))):
+  for opt, var in ((keras.optimizers.Adam(), keras.Variable(1.0)), (adam_xla.Adam(),
+                                                                    tf.Variable(1.0))):
     with pytest.raises(ValueError, match="(?i)no gradients provided for any variable"):
       opt.apply_gradients([(None, var)])
     assert int(opt.iterations.numpy()) == 0
 
 
 # ---- 5. IndexedSlices from Python tuples ---------------------------------------------------
-
 
 _TUPLE_BATCHES = [((2, 0, 2), [[1.0, -2.0], [0.5, 3.0], [2.0, 2.0]]),
                   ((1, 1), [[-1.0, 0.5], [0.25, 0.25]])]
@@ -385,9 +383,12 @@ def test_indexed_slices_with_tuple_indices_and_shape(sparse_mode, mode):
   initial = np.arange(8.0).reshape(4, 2)
   table = tf.Variable(initial)
   opt = adam_xla.Adam(0.125, sparse_mode=sparse_mode)
-  steps = [_compiled(lambda ids=ids, rows=rows: opt.apply_gradients(
-      [(tf.IndexedSlices(tf.constant(rows, tf.float64), ids, (4, 2)), table)]), mode)
-           for ids, rows in _TUPLE_BATCHES]
+  steps = [
+      _compiled(
+          lambda ids=ids, rows=rows: opt.apply_gradients([(tf.IndexedSlices(
+              tf.constant(rows, tf.float64), ids, (4, 2)), table)]), mode)
+      for ids, rows in _TUPLE_BATCHES
+  ]
   ref = numpy_adam.NumpyAdam(0.125, lazy=sparse_mode == "lazy")
   params = [initial.copy()]
   for step, (ids, rows) in [*zip(steps, _TUPLE_BATCHES)] * 2:
@@ -416,8 +417,7 @@ def test_keras_accepts_the_same_tuple_indexed_slices():
 def test_indexed_slices_with_float_indices_are_refused():
   table = tf.Variable(np.zeros((3, 2), np.float32))
   with pytest.raises(TypeError, match="indices must be integers"):
-    adam_xla.Adam().apply_gradients([(tf.IndexedSlices(tf.ones((1, 2)), (1.0,), (3, 2)),
-                                      table)])
+    adam_xla.Adam().apply_gradients([(tf.IndexedSlices(tf.ones((1, 2)), (1.0,), (3, 2)), table)])
 
 
 if __name__ == "__main__":

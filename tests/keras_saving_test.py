@@ -50,10 +50,12 @@ def _model(seed=0, kernel_initializer="glorot_uniform"):
   """The same network for the same seed; named layers, so its variables' paths (the slots'
   checkpoint keys) are the same in every model built here."""
   keras.utils.set_random_seed(seed)
-  dense = lambda units, **kwargs: keras.layers.Dense(
-      units, kernel_initializer=kernel_initializer, **kwargs)
-  return keras.Sequential([keras.Input((3,)), dense(4, activation="tanh", name="hidden"),
-                           dense(1, name="out")], name="net")
+  dense = lambda units, **kwargs: keras.layers.Dense(units, kernel_initializer=kernel_initializer,
+                                                     **kwargs)
+  return keras.Sequential(
+      [keras.Input((3,)),
+       dense(4, activation="tanh", name="hidden"),
+       dense(1, name="out")], name="net")
 
 
 def _compiled(optimizer, seed=0, **model_args):
@@ -74,9 +76,11 @@ def _state(model):
   """The weights, the optimizer's iteration count and every slot of every trainable variable
   (in `slot_names` order), as NumPy."""
   opt = model.optimizer
-  return {"weights": model.get_weights(), "iterations": int(opt.iterations.numpy()),
-          "slots": [(name, opt.slot(var, name).numpy())
-                    for var in model.trainable_variables for name in opt.slot_names]}
+  return {
+      "weights": model.get_weights(), "iterations": int(opt.iterations.numpy()),
+      "slots": [(name, opt.slot(var, name).numpy()) for var in model.trainable_variables
+                for name in opt.slot_names]
+  }
 
 
 def _assert_same_state(got, want, rtol=0.0):
@@ -161,10 +165,11 @@ def test_serialization_round_trips_give_an_equal_adam_xla_adam(options):
   serialized = keras.optimizers.serialize(opt)
   assert serialized["registered_name"] == "adam_xla>Adam"
   from_json = json.loads(json.dumps(serialized))  # as a .keras file stores it
-  clones = {"deserialize": keras.optimizers.deserialize(from_json),
-            "get": keras.optimizers.get(from_json),
-            "from_config": adam_xla.Adam.from_config(config),
-            "from_json_config": adam_xla.Adam.from_config(json.loads(json.dumps(config)))}
+  clones = {
+      "deserialize": keras.optimizers.deserialize(from_json),
+      "get": keras.optimizers.get(from_json), "from_config": adam_xla.Adam.from_config(config),
+      "from_json_config": adam_xla.Adam.from_config(json.loads(json.dumps(config)))
+  }
   for how, clone in clones.items():
     assert type(clone) is adam_xla.Adam, how
     assert clone is not opt and clone.get_config() == config, how
@@ -210,8 +215,11 @@ def test_learning_rate_scheduler_sets_the_rate_the_steps_use_as_with_keras_adam(
   for name, make in (("keras", keras.optimizers.Adam), ("ours", adam_xla.Adam)):
     model = _compiled(make(1.0, **EXACT))  # 1.0 is never used: the scheduler sets the rate
     rates = []
-    history = _fit(model, 3, callbacks=[keras.callbacks.LearningRateScheduler(schedule),
-                                        _rate_after_each_epoch(model, rates)])
+    history = _fit(
+        model, 3, callbacks=[
+            keras.callbacks.LearningRateScheduler(schedule),
+            _rate_after_each_epoch(model, rates)
+        ])
     assert rates == expected_rates, name
     assert history.history["learning_rate"] == expected_rates, name
     weights[name] = model.get_weights()
@@ -224,9 +232,11 @@ def test_reduce_lr_on_plateau_halves_the_rate_while_the_loss_stays_flat():
   not improve after the first epoch and each later epoch halves the rate (patience 1)."""
   model = _compiled(adam_xla.Adam(2.0**-3), kernel_initializer="zeros")
   rates = []
-  history = _fit(model, 4, y=np.zeros_like(_Y), callbacks=[
-      keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1),
-      _rate_after_each_epoch(model, rates)])
+  history = _fit(
+      model, 4, y=np.zeros_like(_Y), callbacks=[
+          keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=1),
+          _rate_after_each_epoch(model, rates)
+      ])
   assert history.history["loss"] == [0.0] * 4
   assert rates == [2.0**-3, 2.0**-4, 2.0**-5, 2.0**-6]
   assert history.history["learning_rate"] == [2.0**-3, 2.0**-3, 2.0**-4, 2.0**-5]  # before
@@ -252,8 +262,11 @@ def _scalars(event_dir):
 
 def test_tensorboard_writes_the_learning_rate_of_each_epoch(tmp_path):
   model = _compiled(adam_xla.Adam(1.0))
-  _fit(model, 2, callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, _: 2.0**-epoch),
-                            keras.callbacks.TensorBoard(str(tmp_path / "logs"))])
+  _fit(
+      model, 2, callbacks=[
+          keras.callbacks.LearningRateScheduler(lambda epoch, _: 2.0**-epoch),
+          keras.callbacks.TensorBoard(str(tmp_path / "logs"))
+      ])
   scalars = _scalars(str(tmp_path / "logs" / "train"))
   rate_tags = [tag for tag in scalars if "learning_rate" in tag]
   assert rate_tags == ["epoch_learning_rate"], sorted(scalars)
@@ -326,8 +339,11 @@ def test_backup_and_restore_resumes_an_interrupted_fit_to_the_same_state(tmp_pat
 
   first = make()
   with pytest.raises(_Interrupted):
-    _fit(first, epochs, callbacks=[keras.callbacks.BackupAndRestore(backup_dir),
-                                   keras.callbacks.LambdaCallback(on_epoch_end=interrupt)])
+    _fit(
+        first, epochs, callbacks=[
+            keras.callbacks.BackupAndRestore(backup_dir),
+            keras.callbacks.LambdaCallback(on_epoch_end=interrupt)
+        ])
   assert int(first.optimizer.iterations.numpy()) == interrupted_after * _STEPS_PER_EPOCH
   resumed = make()
   history = _fit(resumed, epochs, callbacks=[keras.callbacks.BackupAndRestore(backup_dir)])
@@ -344,8 +360,10 @@ def test_backup_and_restore_resumes_an_interrupted_fit_to_the_same_state(tmp_pat
 
 def _expected_optimizer_keys(variable_paths, slot_names):
   keys = ["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
-  keys += [f"optimizer/_slots/{path.replace('/', '.S')}.S{slot}/.ATTRIBUTES/VARIABLE_VALUE"
-           for path in variable_paths for slot in slot_names]
+  keys += [
+      f"optimizer/_slots/{path.replace('/', '.S')}.S{slot}/.ATTRIBUTES/VARIABLE_VALUE"
+      for path in variable_paths for slot in slot_names
+  ]
   return sorted(keys)
 
 
@@ -357,10 +375,9 @@ def test_checkpoint_holds_the_iterations_and_slots_only(tmp_path, amsgrad):
   opt.apply_gradients(zip([tf.fill((3, 2), 2.0), tf.fill((2,), 2.0)], layer.trainable_variables))
   path = tf.train.Checkpoint(optimizer=opt).save(str(tmp_path / "ckpt"))
   names = sorted(name for name, _ in tf.train.list_variables(path))
-  assert names == sorted(["_CHECKPOINTABLE_OBJECT_GRAPH",
-                          "save_counter/.ATTRIBUTES/VARIABLE_VALUE"] +
-                         _expected_optimizer_keys(["proj/kernel", "proj/bias"],
-                                                  _slot_names(amsgrad)))
+  assert names == sorted(
+      ["_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE"] +
+      _expected_optimizer_keys(["proj/kernel", "proj/bias"], _slot_names(amsgrad)))
   assert tf.train.load_variable(path, "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 1
   m = tf.train.load_variable(path, "optimizer/_slots/proj.Skernel.Sm/.ATTRIBUTES/VARIABLE_VALUE")
   np.testing.assert_allclose(m, np.full((3, 2), 0.2), rtol=1e-6)  # (1 - beta_1) * 2
@@ -369,12 +386,11 @@ def test_checkpoint_holds_the_iterations_and_slots_only(tmp_path, amsgrad):
 def test_checkpoint_of_a_fit_model_restores_into_an_optimizer_not_yet_built(tmp_path):
   model = _compiled(adam_xla.Adam(2.0**-5))
   _fit(model, 2)
-  path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
-      str(tmp_path / "ckpt"))
-  optimizer_keys = sorted(name for name, _ in tf.train.list_variables(path)
-                          if name.startswith("optimizer/"))
-  assert optimizer_keys == _expected_optimizer_keys(
-      [v.path for v in model.trainable_variables], ["m", "v"])
+  path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "ckpt"))
+  optimizer_keys = sorted(
+      name for name, _ in tf.train.list_variables(path) if name.startswith("optimizer/"))
+  assert optimizer_keys == _expected_optimizer_keys([v.path for v in model.trainable_variables],
+                                                    ["m", "v"])
   want = _state(model)
 
   # Restored before the optimizer is built; `build` creates the slots with their values.

@@ -96,7 +96,6 @@ else:
   sys.exit(f"unknown behavior {BEHAVIOR}")
 '''
 
-
 # A real MultiWorkerMirroredStrategy program: one all-reduce over the workers.
 MULTI_WORKER_SCRIPT = r'''
 import json, os
@@ -125,11 +124,12 @@ class _Run:
     self.tmp_path = tmp_path
     self.new_session = new_session  # the launcher in a process group of its own
     self.start = time.monotonic()
-    self.process = subprocess.Popen(
-        [sys.executable, "-m", "tools.local_workers", f"--num_workers={len(behaviors)}",
-         *flags, "--", sys.executable, str(script), *behaviors],
-        cwd=ROOT, env=local_cluster.base_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=new_session)
+    self.process = subprocess.Popen([
+        sys.executable, "-m", "tools.local_workers", f"--num_workers={len(behaviors)}", *flags,
+        "--", sys.executable,
+        str(script), *behaviors
+    ], cwd=ROOT, env=local_cluster.base_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=new_session)
 
   def wait_until_ready(self, count):
     deadline = time.monotonic() + 30
@@ -188,10 +188,11 @@ def test_the_workers_form_a_multi_worker_mirrored_strategy_cluster(tmp_path):
   """TensorFlow itself reads the TF_CONFIGs: two replicas, and each sees the other's value."""
   script = tmp_path / "multi_worker.py"
   script.write_text(MULTI_WORKER_SCRIPT)
-  result = subprocess.run(
-      [sys.executable, "-m", "tools.local_workers", "--num_workers=2", "--", sys.executable,
-       str(script)], cwd=ROOT, env=local_cluster.base_env(), capture_output=True, text=True,
-      timeout=TIMEOUT_SECONDS * 2)
+  result = subprocess.run([
+      sys.executable, "-m", "tools.local_workers", "--num_workers=2", "--", sys.executable,
+      str(script)
+  ], cwd=ROOT, env=local_cluster.base_env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_SECONDS * 2)
   assert result.returncode == 0, result.stderr[-3000:]
   for index in range(2):
     assert f"[worker {index}] replicas 2 sum 3\n" in result.stdout, result
@@ -204,14 +205,16 @@ def test_gpus_per_worker_gives_each_worker_gpus_of_its_own(tmp_path):
   assert gpus == ["0,1", "2,3"]
 
 
-@pytest.mark.parametrize("behaviors,status", [
-    (["exit-3", "exit-0"], 3),
-    # A worker that stopped with the trainers' "interrupted" status is no failure: the chief
-    # is left to finish.
-    (["late-exit-0", "exit-75"], 0),
-    # The chief's status, whatever the other workers' (here: one failed after it finished).
-    (["exit-0", "late-exit-4"], 0),
-])
+@pytest.mark.parametrize(
+    "behaviors,status",
+    [
+        (["exit-3", "exit-0"], 3),
+        # A worker that stopped with the trainers' "interrupted" status is no failure: the chief
+        # is left to finish.
+        (["late-exit-0", "exit-75"], 0),
+        # The chief's status, whatever the other workers' (here: one failed after it finished).
+        (["exit-0", "late-exit-4"], 0),
+    ])
 def test_the_launcher_exits_with_the_chiefs_status(tmp_path, behaviors, status):
   run = _Run(tmp_path, behaviors).finish()
   assert run.status == status, run
@@ -257,20 +260,20 @@ def test_a_signal_to_the_launcher_reaches_every_worker_once(tmp_path, number):
 
 
 @pytest.mark.parametrize("arguments,message", [
-    (["--num_workers=0", "--", "python3"],
-     "--num_workers=0 is not valid: expected an integer >= 1."),
-    (["--gpus_per_worker=-1", "--", "python3"],
-     "--gpus_per_worker=-1 is not valid: expected an integer >= 0 (0: CPU only)."),
-    (["--grace_seconds=-2", "--", "python3"],
-     "--grace_seconds=-2.0 is not valid: expected a number >= 0."),
+    (["--num_workers=0", "--", "python3"
+     ], "--num_workers=0 is not valid: expected an integer >= 1."),
+    (["--gpus_per_worker=-1", "--", "python3"
+     ], "--gpus_per_worker=-1 is not valid: expected an integer >= 0 (0: CPU only)."),
+    (["--grace_seconds=-2", "--", "python3"
+     ], "--grace_seconds=-2.0 is not valid: expected a number >= 0."),
     (["--num_workers=two", "--", "python3"], "flag --num_workers=two: invalid literal"),
     (["--num_wrkers=2", "--", "python3"], "Unknown command line flag 'num_wrkers'"),
-    (["--num_workers=2", "python3", "-m", "trainers.ctr.main"],
-     "put `--` between the launcher's flags and the command to run, as in: local_workers "
+    (["--num_workers=2", "python3", "-m", "trainers.ctr.main"
+     ], "put `--` between the launcher's flags and the command to run, as in: local_workers "
      "--num_workers=2 -- python3 -m trainers.ctr.main"),
     (["--num_workers=2", "--"], "no command: put the program to run after `--`"),
-    (["--", "no-such-program-here"],
-     "the command after `--`, 'no-such-program-here', is not an executable file or on PATH."),
+    (["--", "no-such-program-here"
+     ], "the command after `--`, 'no-such-program-here', is not an executable file or on PATH."),
 ])
 def test_bad_command_lines_stop_before_any_worker_starts(arguments, message):
   result = subprocess.run([sys.executable, "-m", "tools.local_workers", *arguments], cwd=ROOT,
@@ -287,6 +290,7 @@ def test_the_interrupted_status_is_the_trainers():
 
 
 # ---- docs/kubernetes/multi-worker-job.yaml -------------------------------------------------
+
 
 @pytest.fixture(name="manifest", scope="module")
 def _manifest():
@@ -326,8 +330,9 @@ def test_manifest_job_and_headless_service_fit_together(manifest):
   port = service["spec"]["ports"][0]["port"]
   assert [p["containerPort"] for p in container["ports"]] == [port]
   name, subdomain = job["metadata"]["name"], pod["spec"]["subdomain"]
-  assert _workers(container) == [f"{name}-{i}.{subdomain}:{port}"
-                                 for i in range(spec["completions"])]
+  assert _workers(container) == [
+      f"{name}-{i}.{subdomain}:{port}" for i in range(spec["completions"])
+  ]
 
 
 def test_manifest_command_gives_each_pod_its_tf_config(manifest, tmp_path):
@@ -340,10 +345,13 @@ def test_manifest_command_gives_each_pod_its_tf_config(manifest, tmp_path):
   shell, flag, script, name = container["command"]
   assert (shell, flag) == ("/bin/sh", "-c")
   out = tmp_path / "tf_config.json"
-  probe = [sys.executable, "-c",
-           f"import os; open({str(out)!r}, 'w').write(os.environ['TF_CONFIG'])"]
-  env = {"PATH": os.environ["PATH"], "WORKERS": ",".join(_workers(container)),
-         "JOB_COMPLETION_INDEX": "1"}
+  probe = [
+      sys.executable, "-c", f"import os; open({str(out)!r}, 'w').write(os.environ['TF_CONFIG'])"
+  ]
+  env = {
+      "PATH": os.environ["PATH"], "WORKERS": ",".join(_workers(container)),
+      "JOB_COMPLETION_INDEX": "1"
+  }
   subprocess.run([shell, flag, script, name, *probe], env=env, check=True, timeout=30)
   assert json.loads(out.read_text()) == json.loads(cluster_env.tf_config(_workers(container), 1))
 

@@ -46,14 +46,12 @@ def _data():
 def _dataset(tf):
   """Global batches in a fixed order; each worker takes its slice of every global batch."""
   x, y = _data()
-  dataset = (tf.data.Dataset.from_tensor_slices((x, y))
-             .batch(GLOBAL_BATCH, drop_remainder=True)
-             .repeat())
+  dataset = (tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH,
+                                                              drop_remainder=True).repeat())
   options = tf.data.Options()
   # The global batch is split into per-replica batches first; DATA then gives worker w the
   # w-th of them, so the workers together see exactly each global batch.
-  options.experimental_distribute.auto_shard_policy = (
-      tf.data.experimental.AutoShardPolicy.DATA)
+  options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.DATA)
   options.deterministic = True
   return dataset.with_options(options)
 
@@ -63,7 +61,8 @@ def _model(keras):
   return keras.Sequential([
       keras.Input((FEATURES,)),
       keras.layers.Dense(HIDDEN, activation="relu"),
-      keras.layers.Dense(CLASSES)])
+      keras.layers.Dense(CLASSES)
+  ])
 
 
 def _weights(model):
@@ -82,8 +81,8 @@ def train(mode):
     if "TF_CONFIG" not in os.environ:
       raise SystemExit("multi_worker_program: --mode=multi_worker needs TF_CONFIG.")
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    if strategy.num_replicas_in_sync != len(json.loads(os.environ["TF_CONFIG"])
-                                            ["cluster"]["worker"]):
+    if strategy.num_replicas_in_sync != len(
+        json.loads(os.environ["TF_CONFIG"])["cluster"]["worker"]):
       raise SystemExit(f"multi_worker_program: expected one replica per worker; got "
                        f"{strategy.num_replicas_in_sync} replicas.")
   else:
@@ -101,13 +100,15 @@ def train(mode):
       "mode": mode,
       "plan": step.plan,
       "num_replicas": scope_strategy.num_replicas_in_sync,
-      "iterations": [int(v.numpy()) for v in
-                     scope_strategy.experimental_local_results(optimizer.iterations)],
+      "iterations": [
+          int(v.numpy()) for v in scope_strategy.experimental_local_results(optimizer.iterations)
+      ],
       # This process's replica devices (the strategy's), and its CPUs.
       "replica_devices": list(strategy.extended.worker_devices) if strategy else [],
       "physical_cpus": len(tf.config.list_physical_devices("CPU")),
-      "variable_types": sorted({type(getattr(v, "value", v)).__name__
-                                for v in model.trainable_variables}),
+      "variable_types": sorted({
+          type(getattr(v, "value", v)).__name__ for v in model.trainable_variables
+      }),
   }
   return initial, _weights(model), losses, info, strategy
 
@@ -144,8 +145,9 @@ def fit(strategy, compiler):
     if compiler == "compile_model" or strategy is None:
       raise
     return _weights(model), {"plan": plan, "error": f"{type(e).__name__}: {e}"[:300]}
-  summary = {"plan": plan, "history": history.history,
-             "iterations": int(optimizer.iterations.numpy())}
+  summary = {
+      "plan": plan, "history": history.history, "iterations": int(optimizer.iterations.numpy())
+  }
   return _weights(model), summary
 
 
@@ -162,9 +164,11 @@ def _worker_helpers(strategy):
   strategy = strategy or tf.distribute.get_strategy()
   resolver = strategy.cluster_resolver
   worker_1 = resolver is not None and resolver.task_type == "worker" and resolver.task_id == 1
-  return {"num_workers": strategies.num_workers(strategy),
-          "worker_index": strategies.worker_index(strategy),
-          "any_worker": strategies.any_worker(strategy)(worker_1)}
+  return {
+      "num_workers": strategies.num_workers(strategy),
+      "worker_index": strategies.worker_index(strategy),
+      "any_worker": strategies.any_worker(strategy)(worker_1)
+  }
 
 
 def _barrier(strategy):
@@ -173,8 +177,8 @@ def _barrier(strategy):
 
   @tf.function  # eagerly, the reduce would start a thread pool (and need /dev/shm)
   def count_replicas():
-    return strategy.reduce(tf.distribute.ReduceOp.SUM,
-                           strategy.run(lambda: tf.constant(1.0)), axis=None)
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                           axis=None)
 
   total = count_replicas()
   if int(total.numpy()) != strategy.num_replicas_in_sync:

@@ -30,6 +30,8 @@ PROGRAM = os.path.join(REPO_ROOT, "tests", "multi_worker_program.py")
 NUM_WORKERS = 2
 STEPS = multi_worker_program.STEPS
 TIMEOUT_SECONDS = 240
+
+
 def _die_with_parent():
   """In the child: SIGKILL it when this test process dies, however it dies (Linux)."""
   libc = ctypes.CDLL(None, use_errno=True)
@@ -46,8 +48,8 @@ class _Process:
     self.stderr_path = str(directory / f"{name}.stderr.txt")
     with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
       self.popen = subprocess.Popen(
-          [sys.executable, PROGRAM, f"--mode={mode}", f"--output={self.output}"],
-          env=env, cwd=str(directory), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+          [sys.executable, PROGRAM, f"--mode={mode}", f"--output={self.output}"], env=env,
+          cwd=str(directory), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
           preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
   def kill(self):
@@ -56,6 +58,7 @@ class _Process:
     self.popen.wait()
 
   def report(self, tail_chars=4000):
+
     def tail(path):
       try:
         with open(path, "rb") as f:
@@ -64,6 +67,7 @@ class _Process:
           return f.read().decode("utf-8", "replace")
       except OSError as e:
         return f"<{e}>"
+
     code = self.popen.poll()
     status = "still running (killed)" if code is None else f"exit code {code}"
     return (f"---- {self.name}: {status}\n"
@@ -96,6 +100,9 @@ def _wait_all(processes, timeout):
     time.sleep(0.2)
 
 
+COMPILERS = multi_worker_program.FIT_COMPILERS
+
+
 def _load(path):
   with np.load(path) as data:
     count = len([k for k in data.files if k.startswith("final_")])
@@ -103,8 +110,7 @@ def _load(path):
         "initial": [data[f"initial_{i}"] for i in range(count)],
         "final": [data[f"final_{i}"] for i in range(count)],
         "losses": data["losses"],
-        **{compiler: [data[f"{compiler}_{i}"] for i in range(count)]
-           for compiler in multi_worker_program.FIT_COMPILERS},
+        **{c: [data[f"{c}_{i}"] for i in range(count)] for c in COMPILERS},
         "info": json.loads(str(data["info"])),
     }
 
@@ -120,8 +126,9 @@ def _run(tmp_path):
     processes.append(_Process("single", tmp_path, "single", local_cluster.base_env()))
     problem = _wait_all(processes, TIMEOUT_SECONDS)
     if problem:
-      pytest.fail(f"{problem}; TF_CONFIG {envs[0]['TF_CONFIG']}\n" +
-                  "".join(p.report() for p in processes), pytrace=False)
+      pytest.fail(
+          f"{problem}; TF_CONFIG {envs[0]['TF_CONFIG']}\n" + "".join(p.report() for p in processes),
+          pytrace=False)
     return processes, [_load(p.output) for p in processes]
   finally:
     for process in processes:

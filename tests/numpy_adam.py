@@ -10,9 +10,8 @@ import numpy as np
 class NumpyAdam:
   """Adam on NumPy arrays. `step(params, grads)` updates params (a list) in place."""
 
-  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-               amsgrad=False, clipnorm=None, clipvalue=None, global_clipnorm=None,
-               lazy=False, weight_decay=0.0):
+  def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+               clipnorm=None, clipvalue=None, global_clipnorm=None, lazy=False, weight_decay=0.0):
     self.learning_rate = learning_rate  # a number, or a function of the step count
     self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
     self.amsgrad, self.lazy, self.weight_decay = amsgrad, lazy, weight_decay
@@ -49,7 +48,7 @@ class NumpyAdam:
       # Decoupled weight decay (AdamW): the plain learning rate, before the Adam step.
       params[i][rows] = params[i][rows] - lr * self.weight_decay * params[i][rows]
       m[rows] = self.beta_1 * m[rows] + (1 - self.beta_1) * g[rows]
-      v[rows] = self.beta_2 * v[rows] + (1 - self.beta_2) * g[rows] ** 2
+      v[rows] = self.beta_2 * v[rows] + (1 - self.beta_2) * g[rows]**2
       second = v
       if self.amsgrad:
         vhat[rows] = np.maximum(vhat[rows], v[rows])

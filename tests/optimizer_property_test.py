@@ -59,8 +59,7 @@ _EPSILON_EXPONENTS = {np.float32: (-20, 1), np.float64: (-40, 1)}
 def _numbers(low_exponent, high_exponent):
   """Zero, or either sign with a log-uniform magnitude."""
   magnitude = _log_uniform(low_exponent, high_exponent)
-  return st.one_of(st.just(0.0), st.builds(lambda s, m: s * m, st.sampled_from([-1, 1]),
-                                           magnitude))
+  return st.one_of(st.just(0.0), st.builds(lambda s, m: s * m, st.sampled_from([-1, 1]), magnitude))
 
 
 def _arrays(draw, dtype, shape, exponents):
@@ -78,12 +77,13 @@ def hyperparameters(draw, dtype, clip_options=CLIP_OPTIONS):
   exact = _f32 if dtype == np.float32 else float
   betas = st.one_of(st.sampled_from([0.0, 0.5, 0.9, 0.999]), st.floats(0.0, 0.999)).map(exact)
   kwargs = {
-      "learning_rate": draw(st.one_of(st.sampled_from([0.0, 1e-3, 0.1, 1.0]),
-                                      st.floats(1e-4, 1.0)).map(_f32)),
+      "learning_rate": draw(
+          st.one_of(st.sampled_from([0.0, 1e-3, 0.1, 1.0]), st.floats(1e-4, 1.0)).map(_f32)),
       "beta_1": draw(betas),
       "beta_2": draw(betas),
-      "epsilon": draw(st.one_of(st.sampled_from([1e-7, 1.0]),
-                                _log_uniform(*_EPSILON_EXPONENTS[dtype])).map(exact)),
+      "epsilon": draw(
+          st.one_of(st.sampled_from([1e-7, 1.0]),
+                    _log_uniform(*_EPSILON_EXPONENTS[dtype])).map(exact)),
       "amsgrad": draw(st.booleans()),
       "weight_decay": draw(st.one_of(st.just(0.0), st.floats(0.0, 0.5)).map(exact)),
   }
@@ -151,10 +151,11 @@ class _Reference:
     h, steps = self.hyper, self.ref.iterations
     amplifier = 4 + steps + 1 / (1 - h["beta_1"]) + 1 / (1 - h["beta_2"])
     finfo = [np.finfo(d) for d in self.dtypes]
-    params = [4 * f.eps * (amplifier * u + p) + f.tiny
-              for f, u, p in zip(finfo, self.update_budget, self.param_budget)]
-    moments = lambda xs: [16 * f.eps * (steps + 1) * np.abs(x) + f.tiny
-                          for f, x in zip(finfo, xs)]
+    params = [
+        4 * f.eps * (amplifier * u + p) + f.tiny
+        for f, u, p in zip(finfo, self.update_budget, self.param_budget)
+    ]
+    moments = lambda xs: [16 * f.eps * (steps + 1) * np.abs(x) + f.tiny for f, x in zip(finfo, xs)]
     return params, moments(self.shadow.m), moments(self.ref.v)
 
 
@@ -222,8 +223,7 @@ def _run_dense(case, jit_compile):
     if api == "minimize":
       # d/dw sum(g * w) is exactly g, so minimize sees the same gradients as the reference.
       loss = lambda g=step_grads: tf.add_n(
-          [tf.cast(tf.reduce_sum(tf.constant(x) * w), tf.float64)
-           for x, w in zip(g, variables)])
+          [tf.cast(tf.reduce_sum(tf.constant(x) * w), tf.float64) for x, w in zip(g, variables)])
       opt.minimize(loss, variables)
     else:
       opt.apply_gradients(zip([tf.constant(g) for g in step_grads], variables))
@@ -258,8 +258,9 @@ def huge_gradient_cases(draw):
   shapes = draw(st.lists(SHAPES, min_size=count, max_size=count))
   init = [_arrays(draw, dtype, s, (-3, 3)) for s in shapes]
   exponents = (25, 35) if dtype == np.float32 else (200, 300)
-  grads = [[_arrays(draw, dtype, s, exponents) for s in shapes]
-           for _ in range(draw(st.integers(1, 2)))]
+  grads = [
+      [_arrays(draw, dtype, s, exponents) for s in shapes] for _ in range(draw(st.integers(1, 2)))
+  ]
   return hyper, init, grads, "apply_gradients"
 
 
@@ -308,8 +309,8 @@ def sparse_cases(draw):
     # Empty IndexedSlices (a batch without ids for this table) included.
     indices = draw(st.lists(st.integers(0, rows - 1), max_size=6))
     scale = 2.0**draw(st.integers(round(low * math.log2(10)), round(high * math.log2(10))))
-    values = draw(hnp.arrays(np.int64, (len(indices),) + shape[1:],
-                             elements=st.integers(-4, 4))).astype(dtype) * dtype(scale)
+    values = draw(hnp.arrays(np.int64, (len(indices),) + shape[1:], elements=st.integers(
+        -4, 4))).astype(dtype) * dtype(scale)
     index_dtype = draw(st.sampled_from([np.int32, np.int64]))
     steps.append((np.array(indices, index_dtype), values))
   return hyper, mode, init, steps
@@ -327,7 +328,8 @@ def _run_sparse(case, where):
   var = tf.Variable(init)
   for indices, values in steps:
     grad = tf.IndexedSlices(tf.constant(values), tf.constant(indices),
-                            tf.constant(init.shape, tf.constant(indices).dtype))
+                            tf.constant(init.shape,
+                                        tf.constant(indices).dtype))
     _apply(opt, [(grad, var)], where)
   _assert_matches(opt, [var], reference)
   return mode, init, steps, opt, var
@@ -360,8 +362,8 @@ def test_compiled_sparse_update_matches_the_reference(case):
 def non_finite_cases(draw):
   """A gradient with NaN, inf or -inf at some elements, under each clipping option."""
   dtype = draw(DTYPES)
-  hyper = draw(hyperparameters(dtype, clip_options=("none", "clipvalue", "clipnorm",
-                                                    "global_clipnorm")))
+  hyper = draw(
+      hyperparameters(dtype, clip_options=("none", "clipvalue", "clipnorm", "global_clipnorm")))
   shape = draw(SHAPES)
   init = _arrays(draw, dtype, shape, (-3, 3))
   grad = _arrays(draw, dtype, shape, _GRAD_EXPONENTS[dtype])
@@ -418,8 +420,7 @@ def test_non_finite_gradients_propagate_as_documented(case):
 
 @_examples(20)
 @hypothesis.given(shape=SHAPES, dtype=st.sampled_from([tf.float16, tf.bfloat16]),
-                  name=st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
-                  sparse=st.booleans())
+                  name=st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), sparse=st.booleans())
 def test_low_precision_variables_are_refused_before_any_change(shape, dtype, name, sparse):
   """bfloat16/float16 variables raise a TypeError naming the variable and its dtype, and a
   float32 variable in the same call is left untouched (no slots, no update)."""
@@ -459,8 +460,8 @@ _BAD_VALUES = {
     "global_clipnorm": st.one_of(_NOT_POSITIVE, _NON_FINITE, _NOT_NUMBERS),
     "amsgrad": _NOT_BOOLS,
     "jit_compile": _NOT_BOOLS,
-    "sparse_mode": st.one_of(st.text(max_size=6), st.none(), st.integers()).filter(
-        lambda x: x not in ("dense", "lazy")),
+    "sparse_mode": st.one_of(st.text(max_size=6), st.none(),
+                             st.integers()).filter(lambda x: x not in ("dense", "lazy")),
     "name": st.one_of(st.just(""), st.integers(), st.none()),
 }
 
@@ -472,8 +473,8 @@ def invalid_arguments(draw):
   kwargs.pop("global_clipnorm" if "clipnorm" in kwargs else "clipnorm", None)
   key = draw(st.sampled_from(sorted(_BAD_VALUES) + ["unknown"]))
   if key == "unknown":
-    key = draw(st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(
-        lambda k: k not in _KNOWN))
+    key = draw(
+        st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True).filter(lambda k: k not in _KNOWN))
     value = draw(st.floats())
   else:
     value = draw(_BAD_VALUES[key])
@@ -483,9 +484,9 @@ def invalid_arguments(draw):
   return kwargs, key
 
 
-_BOUNDARIES = [("beta_1", 1.0), ("beta_2", 1.0), ("learning_rate", -5e-324),
-               ("epsilon", 0.0), ("weight_decay", -5e-324), ("clipnorm", 0.0),
-               ("clipvalue", 0.0), ("global_clipnorm", 0.0), ("sparse_mode", "Dense")]
+_BOUNDARIES = [("beta_1", 1.0), ("beta_2", 1.0), ("learning_rate", -5e-324), ("epsilon", 0.0),
+               ("weight_decay", -5e-324), ("clipnorm", 0.0), ("clipvalue", 0.0),
+               ("global_clipnorm", 0.0), ("sparse_mode", "Dense")]
 
 
 def _with_boundaries(test):
@@ -575,12 +576,14 @@ def test_epsilon_zero_is_refused_at_construction(epsilon):
     adam_xla.Adam(epsilon=epsilon)
 
 
-@pytest.mark.parametrize("epsilon,dtype,problem", [
-    (1e-50, np.float32, "below the smallest normal number"),  # rounds to 0
-    (1e-40, np.float32, "below the smallest normal number"),  # subnormal: flushed to 0 by TF
-    (5e-324, np.float64, "below the smallest normal number"),
-    (1e39, np.float32, "overflows to inf"),
-])
+@pytest.mark.parametrize(
+    "epsilon,dtype,problem",
+    [
+        (1e-50, np.float32, "below the smallest normal number"),  # rounds to 0
+        (1e-40, np.float32, "below the smallest normal number"),  # subnormal: flushed to 0 by TF
+        (5e-324, np.float64, "below the smallest normal number"),
+        (1e39, np.float32, "overflows to inf"),
+    ])
 def test_epsilon_that_is_not_a_normal_number_of_the_dtype_is_refused(epsilon, dtype, problem):
   """Such an epsilon is 0 (0 / 0 = NaN for a zero gradient element) or inf (nothing moves) in
   the variable's dtype; the error names it, the dtype and the variable, before any change."""
@@ -611,8 +614,7 @@ def test_beta_that_rounds_to_one_in_float32_is_refused(key):
   init = np.ones(3, np.float32)
   var = tf.Variable(init, name="w")
   opt = adam_xla.Adam(0.1, jit_compile=False, **{key: beta})
-  message = _assert_refused_before_any_change(opt, var, init, np.ones(3, np.float32),
-                                              f"`{key}`")
+  message = _assert_refused_before_any_change(opt, var, init, np.ones(3, np.float32), f"`{key}`")
   assert "rounds to 1.0 in float32" in message and "'w:0'" in message, message
   assert "0.99999994" in message, message
 
@@ -704,8 +706,7 @@ def test_empty_indexed_slices(mode, where):
   reference = numpy_adam.NumpyAdam(_f32(0.1), lazy=mode == "lazy")
   for values, indices in steps:
     before = var.numpy()
-    _apply(opt, [(tf.IndexedSlices(tf.constant(values), tf.constant(indices), shape), var)],
-           where)
+    _apply(opt, [(tf.IndexedSlices(tf.constant(values), tf.constant(indices), shape), var)], where)
     dense = np.zeros((3, 2))
     np.add.at(dense, indices, values)
     reference.step(params, [dense], [indices])
@@ -719,13 +720,16 @@ def test_empty_indexed_slices(mode, where):
     assert np.all(var.numpy()[[0, 2]] != before[[0, 2]])
 
 
-@pytest.mark.parametrize("var_dtype,grad", [
-    (np.float64, tf.ones([3], tf.float32)),
-    (np.float32, np.ones(3)),  # a NumPy float64 array
-    (np.float64, [1.0, 1.0, 1.0]),  # a Python list
-    (np.float32, tf.ones([3], tf.bfloat16)),
-    (np.float32, [1, 1, 1]),  # integers, as Keras casts them too
-], ids=["f32_for_f64", "numpy_f64_for_f32", "list_for_f64", "bf16_for_f32", "ints_for_f32"])
+@pytest.mark.parametrize(
+    "var_dtype,grad",
+    [
+        (np.float64, tf.ones([3], tf.float32)),
+        (np.float32, np.ones(3)),  # a NumPy float64 array
+        (np.float64, [1.0, 1.0, 1.0]),  # a Python list
+        (np.float32, tf.ones([3], tf.bfloat16)),
+        (np.float32, [1, 1, 1]),  # integers, as Keras casts them too
+    ],
+    ids=["f32_for_f64", "numpy_f64_for_f32", "list_for_f64", "bf16_for_f32", "ints_for_f32"])
 @pytest.mark.parametrize("where", ["eager", "xla"])
 def test_gradient_of_another_dtype_is_cast_to_the_variable(var_dtype, grad, where):
   """Keras casts gradients to the variable's dtype, and so does adam_xla."""
@@ -747,8 +751,11 @@ def test_python_list_gradient_is_converted_at_the_variable_precision():
   np.testing.assert_array_equal(opt.slot(var, "m").numpy(), (1 - 0.9) * np.array([0.1, -0.3]))
 
 
-@pytest.mark.parametrize("grad", [tf.constant([True, False, True]), tf.constant(["a", "b", "c"]),
-                                  tf.constant([1j, 1j, 1j])], ids=["bool", "string", "complex"])
+@pytest.mark.parametrize(
+    "grad",
+    [tf.constant([True, False, True]),
+     tf.constant(["a", "b", "c"]),
+     tf.constant([1j, 1j, 1j])], ids=["bool", "string", "complex"])
 def test_gradient_that_is_not_real_numbers_is_refused(grad):
   var = tf.Variable(np.zeros(3, np.float32), name="w")
   with pytest.raises(TypeError, match=rf"'w:0' is {grad.dtype.name}.*real numbers.*float32"):
@@ -794,8 +801,8 @@ def test_clipping_a_gradient_whose_squared_norm_overflows(option, dtype, scale, 
   _apply(opt, [(tf.constant(np.array([scale, -scale], dtype)), var)], where)
   np.testing.assert_allclose(var.numpy(), [-0.1, 0.1], rtol=1e-5)
   # m = (1 - beta_1) * clipped gradient, and the clipped gradient has norm 1.
-  np.testing.assert_allclose(opt.slot(var, "m").numpy(), 0.1 * np.array([1, -1]) / np.sqrt(2),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      opt.slot(var, "m").numpy(), 0.1 * np.array([1, -1]) / np.sqrt(2), rtol=1e-5)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,18 @@ def _numpy_grads(params, target, curvature):
 
 
 def _tf_loss(variables, target, curvature):
-  return tf.add_n([tf.reduce_sum(0.5 * a * tf.square(w - t))
-                   for w, t, a in zip(variables, target, curvature)])
+  return tf.add_n([
+      tf.reduce_sum(0.5 * a * tf.square(w - t)) for w, t, a in zip(variables, target, curvature)
+  ])
 
 
 def _make_step(opt, variables, target, curvature, mode):
+
   def step():
     with tf.GradientTape() as tape:
       loss = _tf_loss(variables, target, curvature)
     opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
   if mode == "eager":
     return step
   return tf.function(step, jit_compile=(mode == "jit"))
@@ -71,39 +74,37 @@ _SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.05, decay_steps=5, dec
 OPTION_CASES = {
     "default": ({}, {}),
     "lr_0.02": ({"learning_rate": 0.02}, {"learning_rate": 0.02}),
-    "amsgrad": ({"learning_rate": 0.02, "amsgrad": True},
-                {"learning_rate": 0.02, "amsgrad": True}),
-    "epsilon_1.0": ({"learning_rate": 0.05, "epsilon": 1.0},
-                    {"learning_rate": 0.05, "epsilon": 1.0}),
-    "epsilon_0.1": ({"learning_rate": 0.05, "epsilon": 0.1},
-                    {"learning_rate": 0.05, "epsilon": 0.1}),
-    "betas": ({"learning_rate": 0.02, "beta_1": 0.5, "beta_2": 0.8},
-              {"learning_rate": 0.02, "beta_1": 0.5, "beta_2": 0.8}),
-    "clipnorm": ({"learning_rate": 0.02, "clipnorm": 0.5},
-                 {"learning_rate": 0.02, "clipnorm": 0.5}),
-    "clipvalue": ({"learning_rate": 0.02, "clipvalue": 0.3},
-                  {"learning_rate": 0.02, "clipvalue": 0.3}),
-    "global_clipnorm": ({"learning_rate": 0.02, "global_clipnorm": 0.7},
-                        {"learning_rate": 0.02, "global_clipnorm": 0.7}),
-    "clipvalue_and_clipnorm": (
-        {"learning_rate": 0.02, "clipvalue": 0.3, "clipnorm": 0.5},
-        {"learning_rate": 0.02, "clipvalue": 0.3, "clipnorm": 0.5}),
-    "amsgrad_global_clipnorm_eps": (
-        {"learning_rate": 0.03, "amsgrad": True, "global_clipnorm": 0.5, "epsilon": 0.1},
-        {"learning_rate": 0.03, "amsgrad": True, "global_clipnorm": 0.5, "epsilon": 0.1}),
-    "schedule": ({"learning_rate": _SCHEDULE},
-                 {"learning_rate": lambda step: 0.05 * 0.5 ** (step / 5)}),
+    "amsgrad": ({"learning_rate": 0.02, "amsgrad": True}, {"learning_rate": 0.02, "amsgrad": True}),
+    "epsilon_1.0": ({"learning_rate": 0.05,
+                     "epsilon": 1.0}, {"learning_rate": 0.05, "epsilon": 1.0}),
+    "epsilon_0.1": ({"learning_rate": 0.05,
+                     "epsilon": 0.1}, {"learning_rate": 0.05, "epsilon": 0.1}),
+    "betas": ({"learning_rate": 0.02, "beta_1": 0.5,
+               "beta_2": 0.8}, {"learning_rate": 0.02, "beta_1": 0.5, "beta_2": 0.8}),
+    "clipnorm": ({"learning_rate": 0.02, "clipnorm": 0.5}, {"learning_rate": 0.02,
+                                                            "clipnorm": 0.5}),
+    "clipvalue": ({"learning_rate": 0.02,
+                   "clipvalue": 0.3}, {"learning_rate": 0.02, "clipvalue": 0.3}),
+    "global_clipnorm": ({"learning_rate": 0.02,
+                         "global_clipnorm": 0.7}, {"learning_rate": 0.02, "global_clipnorm": 0.7}),
+    "clipvalue_and_clipnorm": ({"learning_rate": 0.02, "clipvalue": 0.3, "clipnorm": 0.5},
+                               {"learning_rate": 0.02, "clipvalue": 0.3, "clipnorm": 0.5}),
+    "amsgrad_global_clipnorm_eps":
+        ({"learning_rate": 0.03, "amsgrad": True, "global_clipnorm": 0.5, "epsilon": 0.1},
+         {"learning_rate": 0.03, "amsgrad": True, "global_clipnorm": 0.5, "epsilon": 0.1}),
+    "schedule":
+        ({"learning_rate": _SCHEDULE}, {"learning_rate": lambda step: 0.05 * 0.5**(step / 5)}),
     "callable_lr": ({"learning_rate": lambda: 0.04}, {"learning_rate": 0.04}),
-    "weight_decay": ({"learning_rate": 0.02, "weight_decay": 0.1},
-                     {"learning_rate": 0.02, "weight_decay": 0.1}),
-    "weight_decay_amsgrad_schedule": (
-        {"learning_rate": _SCHEDULE, "weight_decay": 0.3, "amsgrad": True},
-        {"learning_rate": lambda step: 0.05 * 0.5 ** (step / 5), "weight_decay": 0.3,
-         "amsgrad": True}),
-    "tensor_and_callable_betas": (
-        {"learning_rate": 0.02, "beta_1": tf.constant(0.8), "beta_2": lambda: 0.99,
-         "epsilon": lambda: 1e-3},
-        {"learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-3}),
+    "weight_decay": ({"learning_rate": 0.02,
+                      "weight_decay": 0.1}, {"learning_rate": 0.02, "weight_decay": 0.1}),
+    "weight_decay_amsgrad_schedule": ({
+        "learning_rate": _SCHEDULE, "weight_decay": 0.3, "amsgrad": True
+    }, {"learning_rate": lambda step: 0.05 * 0.5**(step / 5), "weight_decay": 0.3,
+        "amsgrad": True}),
+    "tensor_and_callable_betas": ({
+        "learning_rate": 0.02, "beta_1": tf.constant(0.8), "beta_2": lambda: 0.99,
+        "epsilon": lambda: 1e-3
+    }, {"learning_rate": 0.02, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-3}),
 }
 
 
@@ -119,8 +120,8 @@ def test_float64_matches_numpy_reference(case, mode):
 
 
 @pytest.mark.parametrize("mode", ["eager", "jit"])
-@pytest.mark.parametrize("case", ["default", "amsgrad", "epsilon_1.0", "global_clipnorm",
-                                  "schedule"])
+@pytest.mark.parametrize("case",
+                         ["default", "amsgrad", "epsilon_1.0", "global_clipnorm", "schedule"])
 def test_float32_matches_numpy_reference(case, mode):
   ours, ref = OPTION_CASES[case]
   got, _ = _run_adam(ours, mode, np.float32)
@@ -221,18 +222,22 @@ def test_apply_if_false_changes_nothing(sparse_mode, jit):
 
   def step(ids, ok):
     with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(tf.gather(table, ids) ** 2) + tf.reduce_sum(dense ** 2)
+      loss = tf.reduce_sum(tf.gather(table, ids)**2) + tf.reduce_sum(dense**2)
     grads = tape.gradient(loss, [table, dense])
     opt.apply_gradients(zip(grads, [table, dense]), apply_if=ok)
 
   step = tf.function(step, jit_compile=True) if jit else step
   ids = tf.constant([1, 4, 1])
   step(ids, tf.constant(True))
-  state = [v.numpy() for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"),
-                               opt.slot(dense, "v"))]
+  state = [
+      v.numpy()
+      for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"), opt.slot(dense, "v"))
+  ]
   step(ids, tf.constant(False))
-  after = [v.numpy() for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"),
-                               opt.slot(dense, "v"))]
+  after = [
+      v.numpy()
+      for v in (table, dense, opt.slot(table, "m"), opt.slot(table, "vhat"), opt.slot(dense, "v"))
+  ]
   for a, b in zip(state, after):
     np.testing.assert_array_equal(a, b)
   assert int(opt.iterations.numpy()) == 1
@@ -254,7 +259,7 @@ def test_jit_compile_switch_gives_the_same_result(jit_compile):
 def test_keras_docs_usage_example():
   opt = adam_xla.Adam(learning_rate=0.1)
   var1 = tf.Variable(10.0)
-  loss = lambda: (var1 ** 2) / 2.0
+  loss = lambda: (var1**2) / 2.0
   step_count = opt.minimize(loss, [var1]).numpy()
   assert step_count == 1
   np.testing.assert_allclose(var1.numpy(), 9.9, rtol=1e-6)
@@ -272,7 +277,7 @@ def test_minimize_with_tape_and_callable_var_list():
   var = tf.Variable([1.0, -2.0])
   opt = adam_xla.Adam(0.1)
   with tf.GradientTape() as tape:
-    loss = tf.reduce_sum(var ** 2)
+    loss = tf.reduce_sum(var**2)
   opt.minimize(loss, lambda: [var], tape=tape)
   np.testing.assert_allclose(var.numpy(), [0.9, -1.9], rtol=1e-6)
 
@@ -336,7 +341,7 @@ def test_update_is_inside_the_compiled_program():
   @tf.function(jit_compile=True)
   def step():
     with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(var ** 2)
+      loss = tf.reduce_sum(var**2)
     opt.apply_gradients(zip(tape.gradient(loss, [var]), [var]))
 
   step()
@@ -461,9 +466,9 @@ SPARSE_OPTIONS = {
     "plain": ({"learning_rate": 0.05}, {"learning_rate": 0.05}),
     "amsgrad_clipnorm": ({"learning_rate": 0.05, "amsgrad": True, "clipnorm": 1.0},
                          {"learning_rate": 0.05, "amsgrad": True, "clipnorm": 1.0}),
-    "global_clipnorm_clipvalue": (
-        {"learning_rate": 0.05, "global_clipnorm": 1.5, "clipvalue": 0.8},
-        {"learning_rate": 0.05, "global_clipnorm": 1.5, "clipvalue": 0.8}),
+    "global_clipnorm_clipvalue":
+        ({"learning_rate": 0.05, "global_clipnorm": 1.5,
+          "clipvalue": 0.8}, {"learning_rate": 0.05, "global_clipnorm": 1.5, "clipvalue": 0.8}),
 }
 
 
@@ -511,8 +516,9 @@ def _sparse_step(opt, table, indices, where):
                           tf.constant([3, 2]))
   if where == "eager":
     return opt.apply_gradients([(grad, table)])
-  fn = tf.function(lambda v, i: opt.apply_gradients(
-      [(tf.IndexedSlices(v, i, grad.dense_shape), table)]), jit_compile=True)
+  fn = tf.function(
+      lambda v, i: opt.apply_gradients([(tf.IndexedSlices(v, i, grad.dense_shape), table)]),
+      jit_compile=True)
   return fn(grad.values, grad.indices)
 
 
@@ -592,16 +598,15 @@ DENSE_MODE_CASES = {
     "empty": ([], {}),
     "amsgrad": (_DUPLICATES, {"amsgrad": True}),
     "weight_decay": (_DUPLICATES, {"weight_decay": 0.1}),
-    "amsgrad_weight_decay_clipnorm": (
-        _DUPLICATES, {"amsgrad": True, "weight_decay": 0.1, "clipnorm": 0.5}),
+    "amsgrad_weight_decay_clipnorm":
+        (_DUPLICATES, {"amsgrad": True, "weight_decay": 0.1, "clipnorm": 0.5}),
 }
 
 
 @pytest.mark.parametrize("apply_if", [False, True], ids=["always", "apply_if"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(DENSE_MODE_CASES))
-def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, dtype,
-                                                                          apply_if):
+def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, dtype, apply_if):
   """IndexedSlices in dense mode, compiled, against the same optimizer given the dense
   gradient (TF's densification). With apply_if, the middle step is skipped by both."""
   ids, kwargs = DENSE_MODE_CASES[case]
@@ -611,8 +616,8 @@ def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, d
   opts = [adam_xla.Adam(0.05, **kwargs) for _ in tables]
   for opt, table in zip(opts, tables):
     opt.build([table])
-  update = tf.function(lambda opt, grad, var, ok: opt.apply_gradients(
-      [(grad, var)], apply_if=ok), jit_compile=True)
+  update = tf.function(lambda opt, grad, var, ok: opt.apply_gradients([(grad, var)], apply_if=ok),
+                       jit_compile=True)
   for step in range(3):
     grad = tf.IndexedSlices(tf.constant(rng.normal(size=[len(ids), DIM]).astype(dtype)),
                             tf.constant(ids, tf.int32), tf.constant([ROWS, DIM]))
@@ -624,8 +629,7 @@ def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, d
       np.testing.assert_array_equal(tables[0].numpy(), before[0])
       np.testing.assert_array_equal(opts[0].slot(tables[0], "v").numpy(), before[1])
     for name in ("var",) + opts[0].slot_names:
-      got, want = ((t if name == "var" else o.slot(t, name)).numpy()
-                   for t, o in zip(tables, opts))
+      got, want = ((t if name == "var" else o.slot(t, name)).numpy() for t, o in zip(tables, opts))
       # Duplicates are summed in another order than TF's densification: rounding only.
       tolerance = {np.float32: (1e-6, 1e-7), np.float64: (1e-12, 1e-15)}[dtype]
       np.testing.assert_allclose(got, want, *tolerance, err_msg=f"step {step}, {name}")
@@ -633,8 +637,7 @@ def test_compiled_dense_mode_equals_the_update_of_the_densified_gradient(case, d
   assert np.all(tables[0].numpy()[ids] != table0[ids])
 
 
-_HLO_ENTRY_LINE = re.compile(
-    r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([a-z][\w-]*)\(([^)]*)\)(.*)$")
+_HLO_ENTRY_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) ([a-z][\w-]*)\(([^)]*)\)(.*)$")
 
 
 def _entry_kernels(hlo):
@@ -662,8 +665,8 @@ def _entry_kernels(hlo):
   return kernels
 
 
-@pytest.mark.parametrize("kwargs,bytes_per_param", [
-    ({}, 32), ({"weight_decay": 0.1}, 32), ({"amsgrad": True}, 44)])
+@pytest.mark.parametrize("kwargs,bytes_per_param", [({}, 32), ({"weight_decay": 0.1}, 32),
+                                                    ({"amsgrad": True}, 44)])
 def test_compiled_dense_mode_builds_no_dense_gradient(kwargs, bytes_per_param, monkeypatch):
   """The dense-mode update of an IndexedSlices gradient, as XLA compiles it: no table-sized
   zero-filled gradient and no segment sum into one. The table-sized work is the moments'
@@ -689,8 +692,8 @@ def test_compiled_dense_mode_builds_no_dense_gradient(kwargs, bytes_per_param, m
       step.experimental_get_compiler_ir(*args)(stage="optimized_hlo")):
     writes = shape.startswith(table_shape)
     reads = sum(s.startswith(table_shape) for s in operand_shapes)
-    if kind in ("parameter", "constant", "bitcast", "tuple", "get-tuple-element") or not (
-        writes or reads):
+    if kind in ("parameter", "constant", "bitcast", "tuple",
+                "get-tuple-element") or not (writes or reads):
       continue
     assert kind not in ("broadcast", "copy"), (name, kind)  # a zero-fill, a copy of a table
     assert 'op_type="UnsortedSegmentSum"' not in attributes, name
@@ -728,8 +731,9 @@ def test_checkpoint_resume_into_fresh_optimizer_matches_uninterrupted(tmp_path, 
   fresh.build(resumed)  # slots created after the restore request receive the saved values
   status.assert_consumed()
   assert int(fresh.iterations.numpy()) == 10
-  np.testing.assert_array_equal(fresh.slot(resumed[0], "v").numpy(),
-                                opt.slot(first[0], "v").numpy())
+  np.testing.assert_array_equal(
+      fresh.slot(resumed[0], "v").numpy(),
+      opt.slot(first[0], "v").numpy())
   _train(fresh, resumed, target, curvature, 10)
   for a, b in zip(resumed, straight):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -760,9 +764,8 @@ def test_checkpoint_keys_are_readable(tmp_path):
 
 
 def test_config_round_trip_with_schedule_is_json_serializable():
-  opt = adam_xla.Adam(_SCHEDULE, beta_1=0.8, beta_2=0.99, epsilon=0.1, amsgrad=True,
-                      name="my_adam", sparse_mode="lazy", clipvalue=2.0,
-                      global_clipnorm=1.0)
+  opt = adam_xla.Adam(_SCHEDULE, beta_1=0.8, beta_2=0.99, epsilon=0.1, amsgrad=True, name="my_adam",
+                      sparse_mode="lazy", clipvalue=2.0, global_clipnorm=1.0)
   config = opt.get_config()
   json.dumps(config)
   clone = adam_xla.Adam.from_config(config)

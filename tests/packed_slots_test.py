@@ -15,13 +15,13 @@ import tensorflow as tf
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 try:
-  tf.config.set_logical_device_configuration(
-      _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:
   pass
 if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip("needs two logical CPUs, configured before the TF runtime starts; run this "
-              "file in its own process", allow_module_level=True)
+  pytest.skip(
+      "needs two logical CPUs, configured before the TF runtime starts; run this "
+      "file in its own process", allow_module_level=True)
 
 import adam_xla  # pylint: disable=wrong-import-position
 from adam_xla import cpu_kernel  # pylint: disable=wrong-import-position
@@ -54,14 +54,12 @@ def _train(inits, grads, jit_step=True, kernel_when_tracing=True, **adam_args):
   def apply(grads, step):
     pairs = list(zip(grads, variables))
     ids = tf.constant([3, 3, 999, 0])
-    pairs[2] = (tf.IndexedSlices(tf.gather(grads[2], ids), ids, tf.constant([1000])),
-                variables[2])
+    pairs[2] = (tf.IndexedSlices(tf.gather(grads[2], ids), ids, tf.constant([1000])), variables[2])
     if step == 1:
       pairs[1] = (None, variables[1])
     opt.apply_gradients(pairs, apply_if=tf.constant(step != 3))
 
-  with mock.patch.dict(os.environ,
-                       {cpu_kernel.ENV_SWITCH: "1" if kernel_when_tracing else "0"}):
+  with mock.patch.dict(os.environ, {cpu_kernel.ENV_SWITCH: "1" if kernel_when_tracing else "0"}):
     for step, step_grads in enumerate(grads):
       fn = tf.function(apply, jit_compile=True) if jit_step else apply
       fn([tf.constant(g) for g in step_grads], step)
@@ -143,25 +141,29 @@ def test_slot_view_reads_assigns_and_converts():
   np.testing.assert_array_equal(np.asarray(view), value)
   np.testing.assert_array_equal(tf.function(lambda: view + 1.0)().numpy(), value + 1)
   # Its neighbours' ranges are untouched.
-  np.testing.assert_array_equal(opt.slot(variables[0], "m").numpy(),
-                                _state(variables, opt)[len(SHAPES)])
+  np.testing.assert_array_equal(
+      opt.slot(variables[0], "m").numpy(),
+      _state(variables, opt)[len(SHAPES)])
   with pytest.raises(ValueError):
     view.assign(np.zeros(14, np.float32))
 
 
 def _checkpoint_values(path):
-  return {name: tf.train.load_variable(path, name)
-          for name, _ in tf.train.list_variables(path) if "_slots" in name}
+  return {
+      name: tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)
+      if "_slots" in name
+  }
 
 
 @pytest.mark.parametrize("saved_by,restored_into", [("packed", "own"), ("own", "packed")])
 @pytest.mark.parametrize("deferred", [False, True])
-def test_checkpoints_move_between_layouts(saved_by, restored_into, deferred, tmp_path,
-                                          monkeypatch):
+def test_checkpoints_move_between_layouts(saved_by, restored_into, deferred, tmp_path, monkeypatch):
   inits, grads = _problem(2)
+
   def train(layout):
     monkeypatch.setattr(slots, "PACK_MAX_ELEMENTS", 0 if layout == "own" else 1 << 20)
     return _train(inits, grads)
+
   variables, opt = train(saved_by)
   path = tf.train.Checkpoint(optimizer=opt, v=variables).save(str(tmp_path / "ckpt"))
   _, other = train(restored_into)  # same keys and values whichever layout saved them
@@ -182,8 +184,7 @@ def test_checkpoints_move_between_layouts(saved_by, restored_into, deferred, tmp
   else:
     fresh.build(fresh_vars)
     checkpoint.restore(path).assert_consumed()
-  assert isinstance(fresh.slot(fresh_vars[0], "m"), slots.PackedSlot) == (
-      restored_into == "packed")
+  assert isinstance(fresh.slot(fresh_vars[0], "m"), slots.PackedSlot) == (restored_into == "packed")
   for a, b in zip(_state(variables, opt), _state(fresh_vars, fresh)):
     np.testing.assert_array_equal(a, b)
 
@@ -228,12 +229,16 @@ def test_mirrored_restore_and_training_write_every_replica(tmp_path, monkeypatch
 
   @tf.function
   def step(grads):
+
     def replica_fn(grads):
       mirrored.apply_gradients(zip(grads, mirrored_vars))
+
     strategy.run(replica_fn, args=(grads,))
+
   # Each replica gets half the gradient; summed over replicas it is the whole.
-  step(strategy.experimental_distribute_values_from_function(
-      lambda _: [tf.constant(g / 2) for g in grads[0]]))
+  step(
+      strategy.experimental_distribute_values_from_function(
+          lambda _: [tf.constant(g / 2) for g in grads[0]]))
   _own_slots(monkeypatch)
   for var in mirrored_vars:
     for name in ("m", "v"):
@@ -243,8 +248,8 @@ def test_mirrored_restore_and_training_write_every_replica(tmp_path, monkeypatch
   own_vars, own = [tf.Variable(init) for init in inits], adam_xla.Adam(learning_rate=0.01)
   tf.train.Checkpoint(optimizer=own).restore(path)
   own.build(own_vars)
-  tf.function(lambda g: own.apply_gradients(zip(g, own_vars)), jit_compile=True)(
-      [tf.constant(g) for g in grads[0]])
+  tf.function(lambda g: own.apply_gradients(zip(g, own_vars)),
+              jit_compile=True)([tf.constant(g) for g in grads[0]])
   for var, own_var in zip(mirrored_vars, own_vars):
     np.testing.assert_allclose(var.values[0].numpy(), own_var.numpy(), rtol=1e-6, atol=1e-7)
 

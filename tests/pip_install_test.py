@@ -32,8 +32,10 @@ from tests import pytest_main
 # The workspace root: the checkout, or under Bazel the runfiles tree (which holds the declared
 # data and the package's sources). Not resolved: under Bazel that would lead to the checkout.
 ROOT = pathlib.Path(os.path.abspath(__file__)).parent.parent
-TENSORFLOW_EXTRAS = {"tensorflow": "tensorflow", "tensorflow-cpu": "tensorflow-cpu",
-                     "and-cuda": "tensorflow", "tensorflow-tpu": "tensorflow-tpu"}
+TENSORFLOW_EXTRAS = {
+    "tensorflow": "tensorflow", "tensorflow-cpu": "tensorflow-cpu", "and-cuda": "tensorflow",
+    "tensorflow-tpu": "tensorflow-tpu"
+}
 
 
 def _clean_env(**extra):
@@ -70,8 +72,8 @@ def _poisoned_tensorflow(directory):
   """A `tensorflow` module that fails on import: on the build's path it proves that setuptools
   reads __version__ without importing adam_xla (an isolated build has no TensorFlow)."""
   directory.mkdir()
-  (directory / "tensorflow.py").write_text(
-      'raise ImportError("the wheel build imported adam_xla (and so TensorFlow)")\n')
+  (directory / "tensorflow.py"
+  ).write_text('raise ImportError("the wheel build imported adam_xla (and so TensorFlow)")\n')
   return directory
 
 
@@ -82,8 +84,10 @@ def wheel(tmp_path_factory):
   source.mkdir()
   _copy_sources(source)
   env = _clean_env(PYTHONPATH=str(_poisoned_tensorflow(base / "poison")))
-  _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", base / "dist", source], cwd=base, env=env)
+  _run([
+      sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+      base / "dist", source
+  ], cwd=base, env=env)
   wheels = list((base / "dist").glob("adam_xla-*.whl"))
   assert len(wheels) == 1, wheels
   return wheels[0]
@@ -92,8 +96,10 @@ def wheel(tmp_path_factory):
 def _workspace_site_packages():
   """This interpreter's installed packages (the workspace venv's), without the checkout or
   Bazel's runfiles, which are also on sys.path."""
-  return [p for p in sys.path
-          if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+  return [
+      p for p in sys.path
+      if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +108,14 @@ def new_venv(tmp_path_factory, wheel):
   directory = tmp_path_factory.mktemp("venv") / "venv"
   _run([sys.executable, "-m", "venv", "--without-pip", directory], cwd=directory.parent)
   python = directory / "bin" / "python"
-  site_packages = pathlib.Path(_run(
-      [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-      cwd=directory).stdout.strip())
-  (site_packages / "workspace_packages.pth").write_text(
-      "\n".join(_workspace_site_packages()) + "\n")
-  _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--no-deps",
-        wheel], cwd=directory)
+  site_packages = pathlib.Path(
+      _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+           cwd=directory).stdout.strip())
+  (site_packages / "workspace_packages.pth").write_text("\n".join(_workspace_site_packages()) +
+                                                        "\n")
+  _run([
+      sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--no-deps", wheel
+  ], cwd=directory)
   return python, site_packages
 
 
@@ -185,8 +192,10 @@ def report(new_venv, outside):
 def test_wheel_holds_the_package_and_the_kernel_source_only(wheel):
   names = zipfile.ZipFile(wheel).namelist()
   assert all(n.startswith(("adam_xla/", "adam_xla-")) for n in names), names
-  expected = {f"adam_xla/{p.name}" for p in (ROOT / "adam_xla").iterdir()
-              if p.suffix == ".py" or p.name == "cpu_kernel.cc"}
+  expected = {
+      f"adam_xla/{p.name}" for p in (ROOT / "adam_xla").iterdir()
+      if p.suffix == ".py" or p.name == "cpu_kernel.cc"
+  }
   assert {n for n in names if n.startswith("adam_xla/")} == expected
 
 
@@ -255,11 +264,11 @@ def test_pip_check_finds_adam_xla_requirements_met_by_the_workspace(new_venv, ou
   assert "adam" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("version", ["2.15.1", "2.16.0", "2.20.1", "2.21.0", "2.21.2", "2.22.0",
-                                     "3.0.0"])
+@pytest.mark.parametrize("version",
+                         ["2.15.1", "2.16.0", "2.20.1", "2.21.0", "2.21.2", "2.22.0", "3.0.0"])
 def test_version_check_agrees_with_pip_on_releases(version):
-  assert environment.supported(version) == (version in SpecifierSet(
-      environment.TENSORFLOW_VERSIONS))
+  assert environment.supported(version) == (version
+                                            in SpecifierSet(environment.TENSORFLOW_VERSIONS))
 
 
 @pytest.mark.parametrize("version", ["2.21.0rc0", "2.21.1", "2.21.0-dev20260101"])
@@ -269,9 +278,10 @@ def test_version_check_accepts_candidates_and_nightlies_of_supported_releases(ve
 
 @pytest.mark.parametrize("fake, named", [
     ("types.SimpleNamespace(__version__='2.15.1')", "the installed TensorFlow is 2.15.1"),
-    ("None", "`import tensorflow` failed")])
-def test_import_names_the_installed_and_supported_versions_and_the_fix(new_venv, outside,
-                                                                       fake, named):
+    ("None", "`import tensorflow` failed")
+])
+def test_import_names_the_installed_and_supported_versions_and_the_fix(
+    new_venv, outside, fake, named):
   """In the new venv, a stand-in for an old or a missing TensorFlow (no real import)."""
   python, _ = new_venv
   code = f"import sys, types; sys.modules['tensorflow'] = {fake}; import adam_xla"

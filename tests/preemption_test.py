@@ -25,10 +25,12 @@ from trainers.ctr import generated_clicks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_LINES, EVAL_LINES = 8192, 1024
-FLAGS = [f"--generated_train_lines={TRAIN_LINES}", f"--generated_eval_lines={EVAL_LINES}",
-         "--global_batch_size=64", "--steps_per_loop=2", "--eval_every=10", "--log_every=2",
-         "--train_steps=120", "--embedding_dim=4", "--bottom_mlp=8", "--top_mlp=8",
-         "--lr_schedule=constant", "--deterministic", "--seed=4", "--keep_checkpoints=2"]
+FLAGS = [
+    f"--generated_train_lines={TRAIN_LINES}", f"--generated_eval_lines={EVAL_LINES}",
+    "--global_batch_size=64", "--steps_per_loop=2", "--eval_every=10", "--log_every=2",
+    "--train_steps=120", "--embedding_dim=4", "--bottom_mlp=8", "--top_mlp=8",
+    "--lr_schedule=constant", "--deterministic", "--seed=4", "--keep_checkpoints=2"
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +51,11 @@ class _Trainer:
       resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     with open(self.log_path, "w") as log:
-      self.process = subprocess.Popen(
-          [sys.executable, "-m", "trainers.ctr.main", *FLAGS, f"--model_dir={model_dir}",
-           f"--data_dir={data_dir}", *extra_flags], env=env or local_cluster.base_env(),
-          cwd=ROOT, stderr=log, stdout=log,
-          preexec_fn=limit_file_size if max_file_bytes else None)
+      self.process = subprocess.Popen([
+          sys.executable, "-m", "trainers.ctr.main", *FLAGS, f"--model_dir={model_dir}",
+          f"--data_dir={data_dir}", *extra_flags
+      ], env=env or local_cluster.base_env(), cwd=ROOT, stderr=log, stdout=log,
+                                      preexec_fn=limit_file_size if max_file_bytes else None)
 
   def log(self):
     with open(self.log_path) as f:
@@ -107,8 +109,10 @@ def test_sigterm_checkpoints_and_exits_with_the_interrupted_code(tmp_path, data_
 
 
 def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path, data_dir):
-  workers = [_Trainer(tmp_path / "model", data_dir, ["--strategy=multi_worker"], env)
-             for env in local_cluster.worker_envs(2)]
+  workers = [
+      _Trainer(tmp_path / "model", data_dir, ["--strategy=multi_worker"], env)
+      for env in local_cluster.worker_envs(2)
+  ]
   try:
     workers[1].wait_for("step 10/120", timeout=240)
     workers[1].process.send_signal(signal.SIGTERM)
@@ -142,8 +146,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, data_dir):
       reader = tf.train.load_checkpoint(os.path.join(killed, "checkpoints"))
       assert reader.get_tensor("steps_done/.ATTRIBUTES/VARIABLE_VALUE") == step
   log, _ = _run_to_end(killed, data_dir)
-  resumed = [line for text in logs[1:] + [log] for line in text.splitlines()
-             if "resuming from" in line]
+  resumed = [
+      line for text in logs[1:] + [log] for line in text.splitlines() if "resuming from" in line
+  ]
   assert len(resumed) >= 2  # the runs after the second kill resumed from checkpoints
   want = trainer_outputs.final_weights(str(straight))
   got = trainer_outputs.final_weights(str(killed))
@@ -176,7 +181,8 @@ def test_data_files_that_vanish_mid_run_are_named_and_the_checkpoint_kept(tmp_pa
   evaluation = sorted(glob.glob(f"{data_dir}/*/eval-*"))[0]
   trainer = _Trainer(tmp_path / "model", data_dir, [
       "--data_source=criteo", "--table_sizes=1000", f"--train_files={copy}",
-      f"--eval_files={evaluation}"])
+      f"--eval_files={evaluation}"
+  ])
   trainer.wait_for("step 10/120")
   os.remove(copy)  # read again at the next epoch
   log = trainer.finish()

@@ -24,27 +24,33 @@ from trainers.image_classification import generated_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HALF, FULL = 20, 40
-COMMON = ["--steps_per_loop=5", "--log_every=5", "--eval_every=20", "--lr_schedule=constant",
-          "--deterministic", "--keep_checkpoints=5"]
+COMMON = [
+    "--steps_per_loop=5", "--log_every=5", "--eval_every=20", "--lr_schedule=constant",
+    "--deterministic", "--keep_checkpoints=5"
+]
 TRAINERS = {
-    "imagenet": ("trainers.image_classification.main",
-                 ["--model=resnet_small", "--image_size=16", "--num_classes=3",
-                  "--global_batch_size=16", "--warmup_steps=0", "--learning_rate=0.01",
-                  "--epsilon=1.0", "--data_source=tfrecord", "--seed=3"]),
-    "ctr": ("trainers.ctr.main",
-            ["--sparse_mode=lazy", "--generated_train_lines=2048", "--generated_eval_lines=256",
-             "--global_batch_size=32", "--table_sizes=1000", "--embedding_dim=4",
-             "--bottom_mlp=8", "--top_mlp=8", "--seed=4"]),
+    "imagenet": ("trainers.image_classification.main", [
+        "--model=resnet_small", "--image_size=16", "--num_classes=3", "--global_batch_size=16",
+        "--warmup_steps=0", "--learning_rate=0.01", "--epsilon=1.0", "--data_source=tfrecord",
+        "--seed=3"
+    ]),
+    "ctr": ("trainers.ctr.main", [
+        "--sparse_mode=lazy", "--generated_train_lines=2048", "--generated_eval_lines=256",
+        "--global_batch_size=32", "--table_sizes=1000", "--embedding_dim=4", "--bottom_mlp=8",
+        "--top_mlp=8", "--seed=4"
+    ]),
 }
-STRATEGIES = {"mirrored": ["--strategy=mirrored", "--num_logical_cpus=2"],
-              "multi_worker": ["--strategy=multi_worker"]}
+STRATEGIES = {
+    "mirrored": ["--strategy=mirrored", "--num_logical_cpus=2"],
+    "multi_worker": ["--strategy=multi_worker"]
+}
 
 
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
-  images = generated_data.ensure_generated_data(
-      str(tmp_path_factory.mktemp("images")), num_classes=3, image_size=20,
-      train_examples=480, validation_examples=48, seed=1)
+  images = generated_data.ensure_generated_data(str(tmp_path_factory.mktemp("images")),
+                                                num_classes=3, image_size=20, train_examples=480,
+                                                validation_examples=48, seed=1)
   clicks = str(tmp_path_factory.mktemp("clicks"))
   generated_clicks.write_click_log(clicks, 2048, 256, seed=4)
   return {"imagenet": images, "ctr": clicks}
@@ -53,12 +59,16 @@ def data_dirs(tmp_path_factory):
 def _start(trainer, strategy, model_dir, steps, data_dir):
   """The trainer's processes (one, or one per worker) for a run to `steps`."""
   module, flags = TRAINERS[trainer]
-  envs = (local_cluster.worker_envs(2) if strategy == "multi_worker"
-          else [local_cluster.base_env()])
-  command = [sys.executable, "-m", module, *flags, *COMMON, *STRATEGIES[strategy],
-             f"--train_steps={steps}", f"--model_dir={model_dir}", f"--data_dir={data_dir}"]
-  return [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for env in envs]
+  envs = (local_cluster.worker_envs(2)
+          if strategy == "multi_worker" else [local_cluster.base_env()])
+  command = [
+      sys.executable, "-m", module, *flags, *COMMON, *STRATEGIES[strategy],
+      f"--train_steps={steps}", f"--model_dir={model_dir}", f"--data_dir={data_dir}"
+  ]
+  return [
+      subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) for env in envs
+  ]
 
 
 def _finish(processes):

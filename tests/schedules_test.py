@@ -77,8 +77,8 @@ def test_make_schedule_step():
   expected = [py_step(0.1, [300, 600, 900], 0.5, s) for s in STEPS]
   np.testing.assert_allclose(evaluate(schedule), expected, rtol=RTOL, atol=ATOL)
   schedule = schedules.make_schedule("step", 0.1, total_steps=200, step_boundaries=(0.5,))
-  np.testing.assert_allclose(evaluate(schedule, [0, 99, 100, 199]),
-                             [0.1, 0.1, 0.01, 0.01], rtol=RTOL)
+  np.testing.assert_allclose(evaluate(schedule, [0, 99, 100, 199]), [0.1, 0.1, 0.01, 0.01],
+                             rtol=RTOL)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.1])
@@ -104,24 +104,24 @@ def test_warmup_of_a_float():
 
 def test_zero_warmup_is_the_base():
   base = schedules.CosineDecay(1.0, 100)
-  np.testing.assert_allclose(evaluate(schedules.WarmupSchedule(base, 0)), evaluate(base),
-                             rtol=RTOL)
+  np.testing.assert_allclose(evaluate(schedules.WarmupSchedule(base, 0)), evaluate(base), rtol=RTOL)
 
 
 @pytest.mark.parametrize("kind", schedules.KINDS)
 def test_make_schedule_with_warmup(kind):
   total, warmup, rate = 1000, 100, 0.3
   schedule = schedules.make_schedule(kind, rate, total, warmup_steps=warmup)
-  base = {"constant": lambda s: rate,
-          "step": lambda s: py_step(rate, [300, 600, 900], 0.1, s),
-          "cosine": lambda s: py_cosine(rate, total, s)}[kind]
+  base = {
+      "constant": lambda s: rate, "step": lambda s: py_step(rate, [300, 600, 900], 0.1, s),
+      "cosine": lambda s: py_cosine(rate, total, s)
+  }[kind]
   expected = [py_warmup(base(s), warmup, s) for s in STEPS]
   np.testing.assert_allclose(evaluate(schedule), expected, rtol=1e-5, atol=1e-8)
   # Step 0 is at rate / warmup, step warmup - 1 reaches the (base) rate.
   np.testing.assert_allclose(evaluate(schedule, [0, 49, 99]),
                              [py_warmup(base(s), warmup, s) for s in [0, 49, 99]], rtol=1e-5)
-  assert float(schedule(tf.constant(0, tf.int64))) == pytest.approx(rate / warmup * (
-      1.0 if kind != "cosine" else py_cosine(1.0, total, 0)), rel=1e-6)
+  assert float(schedule(tf.constant(0, tf.int64))) == pytest.approx(
+      rate / warmup * (1.0 if kind != "cosine" else py_cosine(1.0, total, 0)), rel=1e-6)
 
 
 def test_warmup_equal_to_total_steps():
@@ -130,13 +130,12 @@ def test_warmup_equal_to_total_steps():
   np.testing.assert_allclose(evaluate(schedule, range(12)), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("global_batch, reference, factor", [
-    (1024, 256, 4.0), (64, 256, 0.25), (256, 256, 1.0), (96, 32, 3.0)])
+@pytest.mark.parametrize("global_batch, reference, factor", [(1024, 256, 4.0), (64, 256, 0.25),
+                                                             (256, 256, 1.0), (96, 32, 3.0)])
 def test_linear_batch_scaling(global_batch, reference, factor):
   for kind in schedules.KINDS:
     scaled = schedules.make_schedule(kind, 0.1, 500, warmup_steps=20,
-                                     global_batch_size=global_batch,
-                                     reference_batch_size=reference)
+                                     global_batch_size=global_batch, reference_batch_size=reference)
     plain = schedules.make_schedule(kind, 0.1 * factor, 500, warmup_steps=20)
     np.testing.assert_allclose(evaluate(scaled), evaluate(plain), rtol=1e-6)
   schedule = schedules.make_schedule("constant", 0.1, 500, global_batch_size=global_batch,
@@ -175,8 +174,7 @@ def test_serialize_round_trip(schedule):
 
 @pytest.mark.parametrize("schedule", ALL_SCHEDULES, ids=lambda s: type(s).__name__)
 def test_xla_gives_the_same_values(schedule):
-  np.testing.assert_allclose(evaluate_xla(schedule), evaluate(schedule), rtol=1e-6,
-                             atol=1e-9)
+  np.testing.assert_allclose(evaluate_xla(schedule), evaluate(schedule), rtol=1e-6, atol=1e-9)
 
 
 def test_int64_variable_step_inside_xla():

@@ -31,10 +31,10 @@ def _run_cluster(directory, shard_state, restore):
   processes = []
   for index, env in enumerate(local_cluster.worker_envs(2)):
     log = open(directory / f"worker_{index}.log", "wb")  # pylint: disable=consider-using-with
-    processes.append((subprocess.Popen(
-        [sys.executable, PROGRAM, f"--shard_state={int(shard_state)}", f"--restore={restore}",
-         f"--checkpoint_dir={directory / 'ckpt'}", f"--output={outputs[index]}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    processes.append((subprocess.Popen([
+        sys.executable, PROGRAM, f"--shard_state={int(shard_state)}", f"--restore={restore}",
+        f"--checkpoint_dir={directory / 'ckpt'}", f"--output={outputs[index]}"
+    ], env=env, stdout=log, stderr=subprocess.STDOUT), log))
   try:
     for process, log in processes:
       process.wait(timeout=TIMEOUT_SECONDS)
@@ -55,9 +55,10 @@ def _initial_checkpoint(directory):
   """One process's checkpoint after 3 steps (a process of its own: Keras names its layers,
   and so the slots' keys, per process), and its slots."""
   output = directory / "initial.npz"
-  subprocess.run([sys.executable, PROGRAM, "--initial", f"--checkpoint_dir={directory}",
-                  f"--output={output}"], env=local_cluster.base_env(), check=True,
-                 timeout=TIMEOUT_SECONDS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  subprocess.run(
+      [sys.executable, PROGRAM, "--initial", f"--checkpoint_dir={directory}", f"--output={output}"],
+      env=local_cluster.base_env(), check=True, timeout=TIMEOUT_SECONDS, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
   slots = {k[len("slot_"):]: v for k, v in np.load(output).items()}
   return str(directory / "ckpt"), slots
 
@@ -86,8 +87,8 @@ def test_sharded_equals_mirrored_on_two_workers_and_checkpoints_move(tmp_path):
   assert parameters * 4 <= int(sharded["state_bytes"]) < (-(-parameters // 2) + 33) * 8
   # The 2 sharded workers' checkpoint into one process: the slots they read.
   model, optimizer = program.model_and_optimizer(keras, adam_xla, True)
-  tf.train.Checkpoint(model=model, optimizer=optimizer).restore(
-      str(tmp_path / "shard_1" / "ckpt" / "ckpt"))
+  tf.train.Checkpoint(model=model,
+                      optimizer=optimizer).restore(str(tmp_path / "shard_1" / "ckpt" / "ckpt"))
   optimizer.build(model.trainable_variables)
   for i, v in enumerate(model.trainable_variables):
     np.testing.assert_array_equal(v.numpy(), sharded[f"weight_{i}"])

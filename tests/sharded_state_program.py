@@ -30,10 +30,12 @@ def model_and_optimizer(keras, adam_xla, shard_state):
   """The seeded model and its Adam (weight decay, global clip norm): the same in every
   process."""
   keras.utils.set_random_seed(1)
-  model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(HIDDEN, "relu"),
-                            keras.layers.Dense(CLASSES)])
-  return model, adam_xla.Adam(0.01, weight_decay=0.01, global_clipnorm=1.0,
-                              shard_state=shard_state)
+  model = keras.Sequential([
+      keras.Input((FEATURES,)),
+      keras.layers.Dense(HIDDEN, "relu"),
+      keras.layers.Dense(CLASSES)
+  ])
+  return model, adam_xla.Adam(0.01, weight_decay=0.01, global_clipnorm=1.0, shard_state=shard_state)
 
 
 def dataset(tf):
@@ -48,8 +50,11 @@ def dataset(tf):
 
 
 def slot_values(model, optimizer):
-  return {f"{name}_{i}": optimizer.slot(v, name).numpy()
-          for i, v in enumerate(model.trainable_variables) for name in optimizer.slot_names}
+  variables = model.trainable_variables
+  return {
+      f"{name}_{i}": optimizer.slot(v, name).numpy() for i, v in enumerate(variables)
+      for name in optimizer.slot_names
+  }
 
 
 def _write_initial(tf, keras, adam_xla, args):
@@ -60,8 +65,8 @@ def _write_initial(tf, keras, adam_xla, args):
   iterator = iter(step.distribute(dataset(tf)))
   for _ in range(3):
     step(iterator)
-  path = tf.train.Checkpoint(model=model, optimizer=optimizer).write(
-      os.path.join(args.checkpoint_dir, "ckpt"))
+  path = tf.train.Checkpoint(model=model,
+                             optimizer=optimizer).write(os.path.join(args.checkpoint_dir, "ckpt"))
   with open(args.output, "wb") as f:
     np.savez(f, **{f"slot_{k}": v for k, v in slot_values(model, optimizer).items()})
   print(f"sharded_state_program: wrote {path}", flush=True)

@@ -16,13 +16,13 @@ import tensorflow as tf
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 try:
-  tf.config.set_logical_device_configuration(
-      _cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
+  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
 except RuntimeError:
   pass
 if len(tf.config.list_logical_devices("CPU")) < 4:
-  pytest.skip("needs four logical CPUs, configured before the TF runtime starts; run this "
-              "file in its own process", allow_module_level=True)
+  pytest.skip(
+      "needs four logical CPUs, configured before the TF runtime starts; run this "
+      "file in its own process", allow_module_level=True)
 
 import keras  # pylint: disable=wrong-import-position
 
@@ -49,8 +49,7 @@ def _strategy(replicas):
 def _problem(seed=0):
   rng = np.random.default_rng(seed)
   inits = [rng.normal(size=s).astype(np.float32) for s in SHAPES]
-  grads = [np.stack([rng.normal(size=s).astype(np.float32) for _ in range(STEPS)])
-           for s in SHAPES]
+  grads = [np.stack([rng.normal(size=s).astype(np.float32) for _ in range(STEPS)]) for s in SHAPES]
   return inits, grads
 
 
@@ -72,6 +71,7 @@ class _Run:
 
     @tf.function
     def step(t):
+
       def replica_fn():
         scale = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group + 1,
                         tf.float32)
@@ -80,9 +80,10 @@ class _Run:
         g[1] = tf.IndexedSlices(tf.gather(g[1], ids), ids, tf.constant([11]))
         if nan_at is not None:
           g[3] = tf.where(tf.equal(t, nan_at), g[3] * np.nan, g[3])
-        finite = lambda summed: tf.reduce_all([tf.reduce_all(tf.math.is_finite(
-            tf.convert_to_tensor(x))) for x in summed])
+        finite = lambda summed: tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(x))) for x in summed])
         opt.apply_gradients(zip(g, variables), apply_if=finite if skip_nonfinite else None)
+
       self.strategy.run(replica_fn)
 
     for t in range(steps):
@@ -100,8 +101,8 @@ class _Run:
     return values
 
   def slots(self):
-    return {(i, name): self.opt.slot(var, name).numpy()
-            for i, var in enumerate(self.variables) for name in self.opt.slot_names}
+    return {(i, name): self.opt.slot(var, name).numpy() for i, var in enumerate(self.variables)
+            for name in self.opt.slot_names}
 
 
 def _assert_same(a, b):
@@ -122,8 +123,7 @@ def test_sharded_equals_mirrored_bit_for_bit(replicas, adam_args):
   _assert_same(sharded.train(grads).weights(), mirrored.train(grads).weights())
   for key, value in mirrored.slots().items():
     np.testing.assert_array_equal(sharded.slots()[key], value, err_msg=str(key))
-  assert all(isinstance(sharded.opt.slot(v, "m"), sharding.ShardedSlot)
-             for v in sharded.variables)
+  assert all(isinstance(sharded.opt.slot(v, "m"), sharding.ShardedSlot) for v in sharded.variables)
   assert int(sharded.opt.iterations.numpy()) == STEPS
 
 
@@ -150,8 +150,10 @@ def test_sharded_equals_the_numpy_reference():
 
 def test_nonfinite_steps_are_skipped_as_mirrored():
   inits, grads = _problem()
-  runs = [_Run(_strategy(4), inits, shard).train(grads, nan_at=5, skip_nonfinite=True)
-          for shard in (False, True)]
+  runs = [
+      _Run(_strategy(4), inits, shard).train(grads, nan_at=5, skip_nonfinite=True)
+      for shard in (False, True)
+  ]
   _assert_same(runs[1].weights(), runs[0].weights())
   assert all(np.isfinite(w).all() for w in runs[1].weights())
   assert int(runs[1].opt.iterations.numpy()) == STEPS - 1
@@ -176,8 +178,9 @@ def test_each_replica_holds_a_shard(replicas):
   inits, _ = _problem()
   total = sum(math.prod(s) for s in SHAPES)
   for amsgrad, slots in ((False, 2), (True, 3)):
-    runs = {shard: _Run(_strategy(replicas), inits, shard, amsgrad=amsgrad)
-            for shard in (False, True)}
+    runs = {
+        shard: _Run(_strategy(replicas), inits, shard, amsgrad=amsgrad) for shard in (False, True)
+    }
     for run in runs.values():
       run.opt.build(run.variables)
     assert runs[False].opt.state_bytes_per_replica() == total * 4 * slots
@@ -202,8 +205,7 @@ def _checkpoint(run):
     ((4, False), (2, True), True),
     ((4, True), (1, False), False),
 ])
-def test_checkpoints_move_between_layouts_and_replica_counts(tmp_path, source, target,
-                                                             deferred):
+def test_checkpoints_move_between_layouts_and_replica_counts(tmp_path, source, target, deferred):
   inits, grads = _problem()
   make = lambda replicas, shard: _Run(
       _strategy(replicas) if replicas > 1 else tf.distribute.get_strategy(), inits, shard)
@@ -223,8 +225,7 @@ def test_checkpoints_move_between_layouts_and_replica_counts(tmp_path, source, t
   # Training on from there agrees with the source run trained on.
   later = [g[5:] for g in grads]
   if target[0] == source[0]:
-    _assert_same(restored.train(later, steps=5).weights(),
-                 saved.train(later, steps=5).weights())
+    _assert_same(restored.train(later, steps=5).weights(), saved.train(later, steps=5).weights())
 
 
 def test_checkpoint_keys_and_shapes_do_not_depend_on_sharding(tmp_path):
@@ -270,8 +271,8 @@ def test_excluded_tables_stay_mirrored_and_lazy_mode_needs_the_exclusion():
   table_grad = tf.IndexedSlices(tf.ones([2]), ids, tf.constant([11]))
 
   def step(opt):
-    tf.function(lambda: strategy.run(lambda: opt.apply_gradients(
-        [(table_grad, variables[1]), (tf.ones_like(variables[0]), variables[0])])))()
+    tf.function(lambda: strategy.run(lambda: opt.apply_gradients([(table_grad, variables[
+        1]), (tf.ones_like(variables[0]), variables[0])])))()
 
   with pytest.raises(ValueError, match="exclude_from_state_sharding"):
     step(opt)
@@ -304,8 +305,11 @@ def test_keras_fit_with_sharded_state_equals_mirrored():
     strategy = _strategy(2)
     with strategy.scope():
       keras.utils.set_random_seed(7)
-      model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, activation="tanh"),
-                                keras.layers.Dense(2)])
+      model = keras.Sequential([
+          keras.Input((6,)),
+          keras.layers.Dense(9, activation="tanh"),
+          keras.layers.Dense(2)
+      ])
       adam_xla.compile_model(model, adam_xla.Adam(RATE, shard_state=shard), loss="mse")
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert model.optimizer.shard_state == shard

@@ -41,8 +41,8 @@ def make_grad(indices, index_dtype, row_shape, seed=0):
 
 
 def run_sum_duplicates(grad, compiled):
-  fn = lambda values, indices: _components(sparse.sum_duplicates(
-      tf.IndexedSlices(values, indices, grad.dense_shape)))
+  fn = lambda values, indices: _components(
+      sparse.sum_duplicates(tf.IndexedSlices(values, indices, grad.dense_shape)))
   if compiled:
     fn = tf.function(fn, jit_compile=True)
   return fn(grad.values, grad.indices)
@@ -72,8 +72,8 @@ def check_sum_duplicates(indices, values, out_values, out_indices):
   np.testing.assert_array_equal(out_indices[k:], np.full(n - k, out_indices[0]))
   np.testing.assert_array_equal(out_values[k:], np.zeros_like(out_values[k:]))
   # The densification is unchanged.
-  np.testing.assert_allclose(np_dense(out_indices, out_values.astype(np.float64)), dense,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np_dense(out_indices, out_values.astype(np.float64)), dense, rtol=1e-6,
+                             atol=1e-6)
 
 
 # ---- to_dense -----------------------------------------------------------------------------
@@ -97,8 +97,9 @@ def test_to_dense_sums_duplicates(compiled, index_dtype, row_shape, case):
 def test_to_dense_equals_tf_convert_of_indexed_slices():
   # TF's own densification of IndexedSlices (used by tf.convert_to_tensor) agrees.
   grad, _ = make_grad(INDEX_CASES["duplicates"], tf.int64, (3,))
-  np.testing.assert_allclose(sparse.to_dense(grad, NUM_ROWS).numpy(),
-                             tf.convert_to_tensor(grad).numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      sparse.to_dense(grad, NUM_ROWS).numpy(),
+      tf.convert_to_tensor(grad).numpy(), rtol=1e-6, atol=1e-7)
 
 
 # ---- zero_out_of_range --------------------------------------------------------------------
@@ -107,8 +108,7 @@ def test_to_dense_equals_tf_convert_of_indexed_slices():
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("row_shape", [(), (3,)], ids=["vector", "table"])
-def test_zero_out_of_range_matches_what_the_dense_gradient_drops(compiled, index_dtype,
-                                                                 row_shape):
+def test_zero_out_of_range_matches_what_the_dense_gradient_drops(compiled, index_dtype, row_shape):
   # Under XLA the dense sum drops ids outside [0, rows); zeroing their values (NaN ones too)
   # keeps the norm of the summed slices equal to that dense gradient's.
   indices = [3, -1, 9, 10, 3, -7, 0]
@@ -162,8 +162,7 @@ def test_sum_duplicates_all_identical():
   grad, values = make_grad(indices, tf.int64, (3,))
   out_values, out_indices = run_sum_duplicates(grad, compiled=True)
   np.testing.assert_array_equal(out_indices.numpy(), [6, 6, 6, 6])
-  np.testing.assert_allclose(out_values.numpy()[0], values.astype(np.float64).sum(0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(out_values.numpy()[0], values.astype(np.float64).sum(0), rtol=1e-6)
   np.testing.assert_array_equal(out_values.numpy()[1:], np.zeros((3, 3), np.float32))
 
 
@@ -206,8 +205,7 @@ def test_sum_duplicates_random_xla(seed):
     values = rng.normal(size=(64, 4)).astype(np.float32)
     out_values, out_indices = fn(tf.constant(values), tf.constant(indices, tf.int64))
     dense = np_dense(indices, values.astype(np.float64), num_rows=50)
-    out_dense = np_dense(out_indices.numpy(), out_values.numpy().astype(np.float64),
-                         num_rows=50)
+    out_dense = np_dense(out_indices.numpy(), out_values.numpy().astype(np.float64), num_rows=50)
     np.testing.assert_allclose(out_dense, dense, rtol=1e-5, atol=1e-5)
     k = len(np.unique(indices))
     assert len(np.unique(out_indices.numpy()[:k])) == k
@@ -269,14 +267,12 @@ def test_first_entry_padding(compiled, index_dtype, row_shape, case):
 def test_first_entry_padding_hand_made_input():
   # Input built by hand in sum_duplicates' output form: entries 0..2, then two padding slots
   # carrying entry 0's index (4) and zeros.
-  grad = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [0.0, 0.0],
-                                       [0.0, 0.0]]),
+  grad = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [0.0, 0.0], [0.0, 0.0]]),
                           tf.constant([4, 0, 7, 4, 4]))
-  for fn in (sparse.first_entry_padding,
-             tf.function(sparse.first_entry_padding, jit_compile=True)):
+  for fn in (sparse.first_entry_padding, tf.function(sparse.first_entry_padding, jit_compile=True)):
     got = fn(grad)
-    np.testing.assert_array_equal(
-        got.numpy(), [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [1.0, 2.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(got.numpy(),
+                                  [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [1.0, 2.0], [1.0, 2.0]])
 
 
 def test_scatter_with_padding_writes_correct_rows():
@@ -289,12 +285,11 @@ def test_scatter_with_padding_writes_correct_rows():
   @tf.function(jit_compile=True)
   def update(values, indices):
     summed = sparse.sum_duplicates(tf.IndexedSlices(values, indices))
-    table.scatter_update(tf.IndexedSlices(sparse.first_entry_padding(summed),
-                                          summed.indices))
+    table.scatter_update(tf.IndexedSlices(sparse.first_entry_padding(summed), summed.indices))
 
   update(grad.values, grad.indices)
-  np.testing.assert_allclose(table.numpy(), np_dense(indices, values.astype(np.float64)),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(table.numpy(), np_dense(indices, values.astype(np.float64)), rtol=1e-6,
+                             atol=1e-6)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ try:
 except RuntimeError:
   pass
 if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip("needs two logical CPUs, configured before the TF runtime starts; run this "
-              "file in its own process", allow_module_level=True)
+  pytest.skip(
+      "needs two logical CPUs, configured before the TF runtime starts; run this "
+      "file in its own process", allow_module_level=True)
 
 import adam_xla  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -46,8 +47,9 @@ def test_create_strategy_for_cpu_kinds_and_their_plans():
 
 
 def test_create_strategy_rejects_unknown_kind_and_tpu_without_address():
-  with pytest.raises(ValueError, match=r"unknown strategy 'gpu'; accepted: default, "
-                                       r"one_device, mirrored, multi_worker, tpu"):
+  with pytest.raises(
+      ValueError, match=r"unknown strategy 'gpu'; accepted: default, "
+      r"one_device, mirrored, multi_worker, tpu"):
     strategies.create_strategy("gpu")
   with pytest.raises(ValueError, match="needs a TPU"):
     strategies.create_strategy("tpu")
@@ -64,8 +66,10 @@ def test_one_process_is_one_worker_and_the_chief(kind):
 def test_on_replicas_sums_or_returns_each_replicas_values():
   strategy = strategies.create_strategy("mirrored")
   examples = np.arange(8, dtype=np.float32)
-  batch = next(iter(strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensor_slices(examples).batch(8))))
+  batch = next(
+      iter(
+          strategy.experimental_distribute_dataset(
+              tf.data.Dataset.from_tensor_slices(examples).batch(8))))
   replica_fn = lambda x: {"count": tf.cast(tf.size(x), tf.float32), "double": 2 * x}
   summed = strategies.on_replicas(strategy, lambda x: replica_fn(x)["count"], summed=True)
   assert float(summed(batch)) == 8.0  # 4 examples on each replica

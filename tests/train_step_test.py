@@ -37,14 +37,14 @@ MIRRORED = {
 def _data(seed=0, examples=GLOBAL_BATCH * 8):
   rng = np.random.default_rng(seed)
   x = rng.normal(size=[examples, FEATURES]).astype(np.float32)
-  y = (np.argmax(x[:, :CLASSES] + 0.3 * rng.normal(size=[examples, CLASSES]), axis=1)
-       .astype(np.int64))
+  y = (np.argmax(x[:, :CLASSES] + 0.3 * rng.normal(size=[examples, CLASSES]),
+                 axis=1).astype(np.int64))
   return x, y
 
 
 def _dataset(x, y):
   return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(GLOBAL_BATCH,
-                                                                  drop_remainder=True)
+                                                                   drop_remainder=True)
 
 
 def _model(seed=1):
@@ -52,7 +52,8 @@ def _model(seed=1):
   return keras.Sequential([
       keras.Input((FEATURES,)),
       keras.layers.Dense(12, activation="tanh", kernel_regularizer=keras.regularizers.L2(1e-3)),
-      keras.layers.Dense(CLASSES)])
+      keras.layers.Dense(CLASSES)
+  ])
 
 
 _LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
@@ -68,8 +69,8 @@ def _reference_run(optimizer_kwargs, steps, x, y, schedule_steps=None):
     with tf.GradientTape() as tape:
       loss = tf.reduce_sum(_LOSS(labels, model(features, training=True))) / GLOBAL_BATCH
       loss += tf.add_n(model.losses)
-    opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                            model.trainable_variables))
+    opt.apply_gradients(
+        zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
   return [v.numpy() for v in model.trainable_variables]
 
 
@@ -93,17 +94,16 @@ FUSED_CASES = {
     "default": ({"learning_rate": 0.01}, {}),
     "amsgrad_clipnorm": ({"learning_rate": 0.01, "amsgrad": True, "clipnorm": 0.1}, {}),
     "global_clipnorm_schedule": ({"learning_rate": _SCHEDULE, "global_clipnorm": 0.5}, {}),
-    "weight_decay_epsilon": ({"learning_rate": 0.01, "weight_decay": 0.1, "epsilon": 0.1},
-                             {}),
+    "weight_decay_epsilon": ({"learning_rate": 0.01, "weight_decay": 0.1, "epsilon": 0.1}, {}),
     "accumulation": ({"learning_rate": 0.01}, {"accumulation_steps": 4}),
     "steps_per_loop": ({"learning_rate": 0.01, "amsgrad": True}, {"steps_per_loop": 5}),
-    "xla_scope_update": ({"learning_rate": 0.01, "amsgrad": True},
-                         {"xla_scope": "update", "steps_per_loop": 5}),
-    "loop_in_program": ({"learning_rate": _SCHEDULE, "clipvalue": 0.05},
-                        {"steps_per_loop": 5, "loop_in_program": True}),
-    "everything": ({"learning_rate": _SCHEDULE, "amsgrad": True, "global_clipnorm": 0.5,
-                    "weight_decay": 0.05},
-                   {"steps_per_loop": 5, "accumulation_steps": 2}),
+    "xla_scope_update": ({"learning_rate": 0.01,
+                          "amsgrad": True}, {"xla_scope": "update", "steps_per_loop": 5}),
+    "loop_in_program": ({"learning_rate": _SCHEDULE,
+                         "clipvalue": 0.05}, {"steps_per_loop": 5, "loop_in_program": True}),
+    "everything": ({
+        "learning_rate": _SCHEDULE, "amsgrad": True, "global_clipnorm": 0.5, "weight_decay": 0.05
+    }, {"steps_per_loop": 5, "accumulation_steps": 2}),
 }
 
 
@@ -175,8 +175,7 @@ def test_one_device_strategy_uses_the_single_program_plan():
   assert step.plan == distribution.SINGLE_PROGRAM
   assert "CPU:1" in model.trainable_variables[0].value.device
   want = _reference_run({"learning_rate": 0.01}, 10, x, y)
-  np.testing.assert_allclose(model.trainable_variables[0].numpy(), want[0], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(model.trainable_variables[0].numpy(), want[0], rtol=1e-5, atol=1e-6)
 
 
 def test_traces_once_for_repeated_calls():
@@ -206,10 +205,14 @@ def test_single_program_holds_forward_backward_and_every_update():
   outer = step._functions.one_batch.get_concrete_function(batch)  # pylint: disable=protected-access
   # The host-side function only calls the compiled program: it reads and writes no variable.
   outer_ops = {op.type for op in outer.graph.get_operations()}
-  assert not outer_ops & {"ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
-                          "ResourceScatterUpdate", "ResourceGather"}, outer_ops
-  calls = [op for op in outer.graph.get_operations()
-           if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
+  assert not outer_ops & {
+      "ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp", "ResourceScatterUpdate",
+      "ResourceGather"
+  }, outer_ops
+  calls = [
+      op for op in outer.graph.get_operations()
+      if op.type in ("StatefulPartitionedCall", "PartitionedCall")
+  ]
   assert len(calls) == 1 and calls[0].get_attr("_XlaMustCompile")
   # The compiled program: 4 variables (2 kernels, 2 biases), each with m, v and vhat, plus
   # iterations, all updated in it and written back in place.
@@ -269,14 +272,12 @@ def _ops_by_compilation(graph_def):
 
 @pytest.mark.parametrize("plan_strategy", ["default", "mirrored"])
 def test_dynamic_loss_scaling_skips_overflowing_steps(plan_strategy):
-  strategy = (MIRRORED[2]
-              if plan_strategy == "mirrored" else tf.distribute.get_strategy())
+  strategy = (MIRRORED[2] if plan_strategy == "mirrored" else tf.distribute.get_strategy())
   with strategy.scope():
     model = _model()
     opt = adam_xla.Adam(0.01)
-  step = adam_xla.make_train_step(model, _LOSS, opt, strategy=strategy,
-                                  loss_scaling="dynamic", initial_loss_scale=2.0**10,
-                                  loss_scale_growth_interval=2)
+  step = adam_xla.make_train_step(model, _LOSS, opt, strategy=strategy, loss_scaling="dynamic",
+                                  initial_loss_scale=2.0**10, loss_scale_growth_interval=2)
   x, y = _data()
   huge = x.copy()
   huge[:GLOBAL_BATCH] = np.inf  # the first global batch gives non-finite gradients
@@ -294,8 +295,7 @@ def test_dynamic_loss_scaling_skips_overflowing_steps(plan_strategy):
 
 @pytest.mark.parametrize("plan_strategy", ["default", "mirrored"])
 def test_nonfinite_steps_are_skipped_counted_and_named(plan_strategy):
-  strategy = (MIRRORED[2]
-              if plan_strategy == "mirrored" else tf.distribute.get_strategy())
+  strategy = (MIRRORED[2] if plan_strategy == "mirrored" else tf.distribute.get_strategy())
   with strategy.scope():
     model = _model()
     opt = adam_xla.Adam(0.01)
@@ -343,8 +343,7 @@ def test_mixed_precision_keeps_float32_weights_and_trains(policy, loss_scaling):
     keras.mixed_precision.set_global_policy("float32")
   assert model.layers[0].compute_dtype != "float32"
   opt = adam_xla.Adam(0.05)
-  step = adam_xla.make_train_step(model, _LOSS, opt, loss_scaling=loss_scaling,
-                                  steps_per_loop=10)
+  step = adam_xla.make_train_step(model, _LOSS, opt, loss_scaling=loss_scaling, steps_per_loop=10)
   iterator = iter(step.distribute(_dataset(*_data())))
   first = float(step(iterator)["loss"])
   for _ in range(4):
@@ -411,8 +410,9 @@ def test_bad_step_arguments_raise_clear_errors(kwargs, error, message):
 def test_other_optimizers_and_scalar_losses_are_refused():
   with pytest.raises(TypeError, match="must be an adam_xla.Adam"):
     adam_xla.make_train_step(_model(), _LOSS, keras.optimizers.Adam())
-  step = adam_xla.make_train_step(
-      _model(), keras.losses.SparseCategoricalCrossentropy(from_logits=True), adam_xla.Adam())
+  step = adam_xla.make_train_step(_model(),
+                                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                  adam_xla.Adam())
   x, y = _data()
   with pytest.raises(ValueError, match="per-example values"):
     step((tf.constant(x[:8]), tf.constant(y[:8])))
@@ -434,8 +434,7 @@ def test_mirrored_step_needs_an_iterator_and_no_program_loop():
   with pytest.raises(ValueError, match="pass an iterator"):
     step((tf.constant(x[:8]), tf.constant(y[:8])))
   with pytest.raises(ValueError, match="loop_in_program needs the single-program plan"):
-    adam_xla.make_train_step(model, _LOSS, adam_xla.Adam(), strategy=strategy,
-                             loop_in_program=True)
+    adam_xla.make_train_step(model, _LOSS, adam_xla.Adam(), strategy=strategy, loop_in_program=True)
 
 
 if __name__ == "__main__":

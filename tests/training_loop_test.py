@@ -26,8 +26,10 @@ def _model(width=6, seed=0):
   # does: adam_xla's slots are checkpointed under their variables' names.
   keras.backend.clear_session()
   keras.utils.set_random_seed(seed)
-  return keras.Sequential([keras.Input((3,)), keras.layers.Dense(width, activation="tanh"),
-                           keras.layers.Dense(1)], name="mlp")
+  return keras.Sequential(
+      [keras.Input((3,)),
+       keras.layers.Dense(width, activation="tanh"),
+       keras.layers.Dense(1)], name="mlp")
 
 
 def _loss(labels, predictions):
@@ -59,8 +61,8 @@ class _Run:
         model_dir=str(model_dir), train_steps=train_steps, steps_per_loop=2, eval_every=4,
         log_every=2, keep_checkpoints=2, global_batch_size=BATCH, on_nonfinite=on_nonfinite,
         max_consecutive_nonfinite=max_consecutive_nonfinite)
-    self.checkpointed = dict(model=self.model, optimizer=self.optimizer,
-                             train_step=self.step, data=self.iterator)
+    self.checkpointed = dict(model=self.model, optimizer=self.optimizer, train_step=self.step,
+                             data=self.iterator)
 
   def train_step(self):
     self.calls += 1
@@ -70,8 +72,8 @@ class _Run:
 
   def __call__(self, per_worker=None, workers=training_loop.Workers()):
     return training_loop.run(
-        self.config, train_step=self.train_step, evaluate=lambda: {"weight_sum": float(
-            sum(tf.reduce_sum(v) for v in self.model.trainable_variables))},
+        self.config, train_step=self.train_step, evaluate=lambda:
+        {"weight_sum": float(sum(tf.reduce_sum(v) for v in self.model.trainable_variables))},
         checkpointed=self.checkpointed, per_worker=per_worker, learning_rate=lambda s: 0.05,
         signature=checkpoint_signature.describe(self.model, self.optimizer), workers=workers)
 
@@ -114,12 +116,10 @@ def test_each_workers_own_state_is_saved_and_restored_at_the_same_step(tmp_path,
     assert any(n.startswith("position/") for n in shared) and not own_dir.exists()
   else:
     assert not any(n.startswith("position/") for n in shared)
-    assert sorted(p.name for p in own_dir.glob("ckpt-*.index")) == ["ckpt-4.index",
-                                                                      "ckpt-8.index"]
+    assert sorted(p.name for p in own_dir.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-8.index"]
   resumed = _positions(0)
   taken = []
-  run = _Run(tmp_path, train_steps=12, before_each_call=lambda _: taken.append(
-      int(next(resumed))))
+  run = _Run(tmp_path, train_steps=12, before_each_call=lambda _: taken.append(int(next(resumed))))
   run(per_worker={"position": resumed}, workers=workers)
   assert taken == [4, 5]  # 4 calls took 0..3 before the checkpoint of step 8
 
@@ -129,8 +129,7 @@ def test_a_worker_without_its_own_state_starts_its_input_from_the_beginning(tmp_
   run(per_worker={"position": _positions(0)}, workers=training_loop.Workers(index=0, count=2))
   resumed = _positions(100)
   taken = []
-  run = _Run(tmp_path, train_steps=6, before_each_call=lambda _: taken.append(
-      int(next(resumed))))
+  run = _Run(tmp_path, train_steps=6, before_each_call=lambda _: taken.append(int(next(resumed))))
   with caplog.at_level(logging.WARNING):
     run(per_worker={"position": resumed}, workers=training_loop.Workers(index=1, count=2))
   assert taken == [100]
@@ -150,15 +149,17 @@ def test_skip_policy_counts_and_goes_on(tmp_path):
 
 def test_skip_policy_stops_after_too_many_in_a_row(tmp_path):
   run = _Run(tmp_path, nan_batches=range(6, 40), on_nonfinite="skip")
-  with pytest.raises(training_loop.NonFiniteError,
-                     match=r"4 steps in a row .* \(limit --max_consecutive_nonfinite=3\); "
-                           "stopping at step 10"):
+  with pytest.raises(
+      training_loop.NonFiniteError,
+      match=r"4 steps in a row .* \(limit --max_consecutive_nonfinite=3\); "
+      "stopping at step 10"):
     run()  # batches 6..9 are steps 7..10: two calls of two bad steps
   assert _latest_step(str(tmp_path)) == 8
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_checkpoints_after_the_call_in_flight(tmp_path, signal_number):
+
   def send_on_third_call(run):
     if run.calls == 3:
       os.kill(os.getpid(), signal_number)
@@ -209,7 +210,7 @@ def test_unwritable_model_dir_is_named_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("change,expected", [
     ({"width": 7}, "variable 0 (mlp/dense/kernel): shape/dtype [3, 6] float32 vs [3, 7] "
-                   "float32"),
+     "float32"),
     ({"amsgrad": True}, "optimizer amsgrad: False vs True"),
 ])
 def test_checkpoint_of_another_configuration_is_refused_by_name(tmp_path, change, expected):
@@ -224,6 +225,7 @@ def test_checkpoint_of_another_configuration_is_refused_by_name(tmp_path, change
 
 
 def test_other_errors_are_logged_with_the_last_checkpoint(tmp_path, caplog):
+
   def fail_on_fourth_call(run):
     if run.calls == 4:
       raise tf.errors.NotFoundError(None, None, "/data/train-00003 vanished")
@@ -243,9 +245,12 @@ def _bad_data_at(bad_batch):
   """The regression data, failing at `bad_batch` as the input pipelines fail on bad data."""
 
   def check(position, batch):
-    with tf.control_dependencies([tf.debugging.Assert(
-        position != bad_batch, ["Demo data: bad record", "/data/train-00001:3: image/encoded "
-                                "is empty"])]):
+    with tf.control_dependencies([
+        tf.debugging.Assert(
+            position != bad_batch,
+            ["Demo data: bad record", "/data/train-00001:3: image/encoded "
+             "is empty"])
+    ]):
       return tf.nest.map_structure(tf.identity, batch)
 
   return _data().enumerate().map(check)
@@ -264,6 +269,7 @@ def test_bad_data_is_named_in_the_log_and_on_the_last_line(tmp_path, caplog):
 
 
 def test_other_op_errors_keep_their_traceback(tmp_path):
+
   def fail(run):
     raise tf.errors.InternalError(None, None, "Graph execution error:\n\nsomething else")
 
@@ -301,18 +307,19 @@ class _FakeStep:
     self.in_a_row = self.in_a_row + 2 if bad else 0  # both steps of a bad call were bad
     outputs = {"loss": tf.constant(self.loss)}
     if self.nonfinite_outputs:
-      outputs.update(nonfinite_steps=tf.constant(2.0 if bad else 0.0),
-                     consecutive_nonfinite=tf.constant(self.in_a_row, tf.int64),
-                     nonfinite_variables=tf.constant(["mlp/dense/kernel", "mlp/dense/bias"]
-                                                     if bad else [], tf.string))
+      outputs.update(
+          nonfinite_steps=tf.constant(2.0 if bad else 0.0),
+          consecutive_nonfinite=tf.constant(self.in_a_row, tf.int64),
+          nonfinite_variables=tf.constant(["mlp/dense/kernel", "mlp/dense/bias"] if bad else [],
+                                          tf.string))
     return outputs
 
 
 def _run_fake(model_dir, step, on_nonfinite="stop"):
-  config = training_loop.LoopConfig(
-      model_dir=str(model_dir), train_steps=20, steps_per_loop=2, eval_every=4, log_every=2,
-      keep_checkpoints=2, global_batch_size=BATCH, on_nonfinite=on_nonfinite,
-      max_consecutive_nonfinite=4)
+  config = training_loop.LoopConfig(model_dir=str(model_dir), train_steps=20, steps_per_loop=2,
+                                    eval_every=4, log_every=2, keep_checkpoints=2,
+                                    global_batch_size=BATCH, on_nonfinite=on_nonfinite,
+                                    max_consecutive_nonfinite=4)
   module = tf.Module()
   module.weight = tf.Variable(1.0)
   return training_loop.run(config, train_step=step, evaluate=lambda: {"top1": 0.5},
@@ -331,11 +338,12 @@ def test_stop_policy_names_the_variables_the_step_reports(tmp_path):
 def test_skip_policy_reads_the_bad_steps_in_a_row_from_the_step(tmp_path):
   step = _FakeStep(bad_calls=[2, 5, 6])  # 2 in a row, then 2 and 4: the limit is 4
   with pytest.raises(training_loop.NonFiniteError, match=r"^4 steps in a row .* stopping at "
-                                                         r"step 12\. 2 step\(s\) up to"):
+                     r"step 12\. 2 step\(s\) up to"):
     _run_fake(tmp_path, step, on_nonfinite="skip")
-  logged = {tag for tag in ("loss", "nonfinite_steps", "consecutive_nonfinite",
-                            "nonfinite_variables")
-            if trainer_outputs.scalars(os.path.join(tmp_path, "train"), tag)}
+  logged = {
+      tag for tag in ("loss", "nonfinite_steps", "consecutive_nonfinite", "nonfinite_variables")
+      if trainer_outputs.scalars(os.path.join(tmp_path, "train"), tag)
+  }
   assert logged == {"loss", "nonfinite_steps"}  # the report is not a metric
 
 

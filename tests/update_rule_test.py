@@ -72,15 +72,14 @@ def run_reference(param, grads, amsgrad, lr, beta_1, beta_2, epsilon):
   v = np.zeros_like(param)
   vhat = np.zeros_like(param) if amsgrad else None
   for step, grad in enumerate(grads):
-    param, m, v, vhat = np_adam_step(param, grad, m, v, vhat, lr, beta_1, beta_2, epsilon,
-                                     step + 1)
+    param, m, v, vhat = np_adam_step(param, grad, m, v, vhat, lr, beta_1, beta_2, epsilon, step + 1)
   return param, m, v, vhat
 
 
 def tf_step(param, grad, m, v, vhat, lr, beta_1, beta_2, epsilon, iterations, dtype):
   coefficients = update_rule.step_coefficients(lr, beta_1, beta_2, epsilon, iterations, dtype)
-  new_param, moments = update_rule.adam_step(
-      param, grad, update_rule.Moments(m, v, vhat), coefficients)
+  new_param, moments = update_rule.adam_step(param, grad, update_rule.Moments(m, v, vhat),
+                                             coefficients)
   return new_param, moments.m, moments.v, moments.vhat
 
 
@@ -91,8 +90,8 @@ def run_tf(step_fn, param, grads, amsgrad, hyper, dtype):
   v = tf.zeros_like(param)
   vhat = tf.zeros_like(param) if amsgrad else None
   for step, grad in enumerate(grads):
-    param, m, v, vhat = step_fn(param, tf.constant(grad, dtype), m, v, vhat, lr, beta_1,
-                                beta_2, epsilon, tf.constant(step, tf.int64), dtype)
+    param, m, v, vhat = step_fn(param, tf.constant(grad, dtype), m, v, vhat, lr, beta_1, beta_2,
+                                epsilon, tf.constant(step, tf.int64), dtype)
   return param, m, v, vhat
 
 
@@ -104,16 +103,15 @@ def run_tf(step_fn, param, grads, amsgrad, hyper, dtype):
 @pytest.mark.parametrize("iterations", [0, 1, 4, 99, 9999])
 def test_step_coefficients_match_formula(dtype, hyper, iterations):
   lr, beta_1, beta_2, epsilon = hyper
-  c = update_rule.step_coefficients(lr, beta_1, beta_2, epsilon,
-                                    tf.constant(iterations, tf.int64), dtype)
+  c = update_rule.step_coefficients(lr, beta_1, beta_2, epsilon, tf.constant(iterations, tf.int64),
+                                    dtype)
   for value in (c.lr_t, c.beta_1, c.beta_2, c.epsilon):
     assert value.dtype == dtype
     assert value.shape == ()
   assert c.decay is None
   t = iterations + 1
   lr_r, beta_1_r, beta_2_r, _ = rounded(hyper, dtype)
-  np.testing.assert_allclose(c.lr_t.numpy(), np_lr_t(lr_r, beta_1_r, beta_2_r, t),
-                             rtol=RTOL[dtype])
+  np.testing.assert_allclose(c.lr_t.numpy(), np_lr_t(lr_r, beta_1_r, beta_2_r, t), rtol=RTOL[dtype])
   assert c.beta_1.numpy() == np.array(beta_1, dtype.as_numpy_dtype)
   assert c.beta_2.numpy() == np.array(beta_2, dtype.as_numpy_dtype)
   assert c.epsilon.numpy() == np.array(epsilon, dtype.as_numpy_dtype)
@@ -182,8 +180,7 @@ def test_adam_step_xla_hyperparameters_as_tensors():
   # Hyperparameters and iteration count fed as tensors into one compiled function.
   @tf.function(jit_compile=True)
   def step(param, grad, m, v, lr, beta_1, beta_2, epsilon, iterations):
-    return tf_step(param, grad, m, v, None, lr, beta_1, beta_2, epsilon, iterations,
-                   tf.float64)
+    return tf_step(param, grad, m, v, None, lr, beta_1, beta_2, epsilon, iterations, tf.float64)
 
   param = np.array([1.0, -2.0, 0.5])
   grad = np.array([0.3, -0.1, 2.0])
@@ -191,9 +188,9 @@ def test_adam_step_xla_hyperparameters_as_tensors():
   v = np.array([0.01, 0.02, 0.03])
   for lr, beta_1, beta_2, epsilon, iterations in [(0.1, 0.9, 0.999, 1.0, 0),
                                                   (0.01, 0.5, 0.8, 0.1, 7)]:
-    got = step(*[tf.constant(x, tf.float64) for x in (param, grad, m, v, lr, beta_1, beta_2,
-                                                      epsilon)],
-               tf.constant(iterations, tf.int64))
+    got = step(
+        *[tf.constant(x, tf.float64) for x in (param, grad, m, v, lr, beta_1, beta_2, epsilon)],
+        tf.constant(iterations, tf.int64))
     want = np_adam_step(param, grad, m, v, None, lr, beta_1, beta_2, epsilon, iterations + 1)
     for g, w in zip(got[:3], want[:3]):
       np.testing.assert_allclose(g.numpy(), w, rtol=1e-12)
@@ -223,8 +220,7 @@ def test_epsilon_is_epsilon_hat_not_algorithm_1_epsilon(epsilon):
                                  update_rule.Moments(zeros, zeros), c)
   m = (1 - beta_1) * grad
   v = (1 - beta_2) * grad**2
-  epsilon_hat = param - lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (np.sqrt(v) +
-                                                                             epsilon)
+  epsilon_hat = param - lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (np.sqrt(v) + epsilon)
   algorithm_1 = param - lr * (m / (1 - beta_1**t)) / (np.sqrt(v / (1 - beta_2**t)) + epsilon)
   np.testing.assert_allclose(got.numpy(), epsilon_hat, rtol=1e-12)
   assert np.all(np.abs(got.numpy() - algorithm_1) > 1e-3)
@@ -260,9 +256,9 @@ def test_adam_step_on_gathered_rows():
   grad_rows = np.array([[0.1, -0.2, 0.3], [1.0, 0.0, -1.0]])
   c = update_rule.step_coefficients(0.01, 0.9, 0.999, 1e-7, 0, tf.float32)
   zeros = tf.zeros((2, 3), tf.float32)
-  got, moments = update_rule.adam_step(
-      tf.gather(tf.constant(table, tf.float32), rows), tf.constant(grad_rows, tf.float32),
-      update_rule.Moments(zeros, zeros, zeros), c)
+  got, moments = update_rule.adam_step(tf.gather(tf.constant(table, tf.float32), rows),
+                                       tf.constant(grad_rows, tf.float32),
+                                       update_rule.Moments(zeros, zeros, zeros), c)
   table = np.float32(table)  # what the float32 variable holds
   want = np_adam_step(table[rows], np.float32(grad_rows), 0.0, 0.0, np.zeros((2, 3)),
                       *rounded((0.01, 0.9, 0.999, 1e-7), tf.float32), 1)
@@ -270,7 +266,6 @@ def test_adam_step_on_gathered_rows():
   np.testing.assert_allclose(moments.m.numpy(), want[1], rtol=1e-6)
   np.testing.assert_allclose(moments.v.numpy(), want[2], rtol=1e-6)
   np.testing.assert_allclose(moments.vhat.numpy(), want[3], rtol=1e-6)
-
 
 
 # ---- adam_step_at_rows --------------------------------------------------------------------
@@ -307,19 +302,19 @@ def test_adam_step_at_rows_is_the_dense_formula(compiled, dtype, amsgrad, weight
   grad = np.zeros_like(param, np.float64)
   np.add.at(grad, np.asarray(indices, np.int64), rows)
   lr, beta_1, beta_2, epsilon = rounded(hyper, dtype)
-  want = np_adam_step(np_decoupled_decay(np.float64(param), lr, weight_decay), grad, m, v,
-                      vhat, lr, beta_1, beta_2, epsilon, t=4)
+  want = np_adam_step(np_decoupled_decay(np.float64(param), lr, weight_decay), grad, m, v, vhat, lr,
+                      beta_1, beta_2, epsilon, t=4)
 
   def step(param, indices, rows, m, v, vhat):
     c = update_rule.step_coefficients(*hyper, tf.constant(3, tf.int64), dtype,
                                       weight_decay=weight_decay)
-    new_param, moments = update_rule.adam_step_at_rows(
-        param, indices, rows, update_rule.Moments(m, v, vhat), c)
+    new_param, moments = update_rule.adam_step_at_rows(param, indices, rows,
+                                                       update_rule.Moments(m, v, vhat), c)
     return (new_param,) + tuple(moments)
 
   step = tf.function(step, jit_compile=True) if compiled else step
-  got = step(tf.constant(param), tf.constant(indices, tf.int32), tf.constant(rows),
-             tf.constant(m), tf.constant(v), None if vhat is None else tf.constant(vhat))
+  got = step(tf.constant(param), tf.constant(indices, tf.int32), tf.constant(rows), tf.constant(m),
+             tf.constant(v), None if vhat is None else tf.constant(vhat))
   for g, w, name in zip(got, want, ("param", "m", "v", "vhat")):
     if w is None:
       assert g is None, name

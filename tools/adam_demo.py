@@ -28,7 +28,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for the data and the initial weigh
 def docs_example():
   opt = adam_xla.Adam(learning_rate=0.1)
   var1 = tf.Variable(10.0)
-  loss = lambda: (var1 ** 2) / 2.0  # d(loss)/d(var1) == var1
+  loss = lambda: (var1**2) / 2.0  # d(loss)/d(var1) == var1
   step_count = opt.minimize(loss, [var1]).numpy()
   print(f"docs example: step_count={step_count} var1={var1.numpy():.4f} (Keras docs: 9.9)")
 
@@ -43,8 +43,11 @@ def make_data(seed, examples=2048, features=16):
 
 def make_model(seed):
   keras.utils.set_random_seed(seed)
-  return keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
-                           keras.layers.Dense(1)])
+  return keras.Sequential([
+      keras.Input((16,)),
+      keras.layers.Dense(64, activation="relu"),
+      keras.layers.Dense(1)
+  ])
 
 
 def fit(model, optimizer, x, y, compiler):
@@ -64,8 +67,7 @@ def main(argv):
   del argv
   if _EPOCHS.value < 1:
     raise app.UsageError(f"--epochs must be >= 1; got {_EPOCHS.value}.")
-  hyper = dict(learning_rate=_LEARNING_RATE.value, epsilon=_EPSILON.value,
-               amsgrad=_AMSGRAD.value)
+  hyper = dict(learning_rate=_LEARNING_RATE.value, epsilon=_EPSILON.value, amsgrad=_AMSGRAD.value)
   docs_example()
   x, y = make_data(_SEED.value)
   ours = fit(make_model(_SEED.value), adam_xla.Adam(**hyper), x, y, "adam_xla.compile_model")

@@ -1,33 +1,17 @@
-"""The one entry point of the project's benchmarks: runs suites, then one report and one chart.
+"""The project's benchmarks: runs suites, then one report and one chart of their targets.
 
-    ./bazelw run //tools:benchmark -- --suite=optimizer|step|embedding|all [--quick]
-        [--step_flags="--models=mlp16m --rounds=3"] [--out_dir=benchmark_results]
+    ./bazelw run //tools:benchmark -- [--suite=all|optimizer,step,embedding] [--quick]
+        [--out_dir=benchmark_results] [settings of the suites, below]
 
-Suites (--suite takes one name, "all", or a comma list):
+Each suite (tools/bench/) runs in a child process of its own, so that its memory and
+allocations touch no other; a failing suite is reported, the others still run, and the exit
+status is 1 (a target not met does not change it). Under --out_dir (relative: from where
+`bazel run` was called) go benchmark.json (machine, command, each suite's settings, time and
+report, every check) and benchmark.png (bench/chart.py), renamed into place together.
 
-    optimizer   tools/benchmark_optimizer.py
-    step        tools/benchmark_step.py
-    embedding   tools/benchmark_embedding.py
-
-Each suite is its own tool, started here as a child process, `python -m <module>
---json_out=<temporary file> [--quick] [--<suite>_flags...]`, with this interpreter and this
-process's import path (so it runs the same from a checkout and from Bazel's runfiles). Separate
-processes keep the suites apart: their absl flags do not clash, each one's peak memory is its
-own, and one suite's allocations do not slow the next. The suites' own progress and tables go
-straight to this terminal as they run. A suite that fails (non-zero exit, or no readable JSON)
-is reported with its exit code; the remaining suites still run, and this tool exits non-zero at
-the end.
-
-Then, under --out_dir (a relative path is taken from the directory `bazel run` was called in):
-
-    benchmark.json   the machine, command and date; per suite its command, exit code, time and
-                     the JSON it wrote; all suites' checks in one list
-    benchmark.png    one bar per check, measured against its target (tools/benchmark_chart.py)
-
-Both files are written to temporary names and renamed into place only when both are complete,
-so an interrupted or failed run never leaves a partial report over the previous one. Last, one
-table of every check of every suite (measured value, target, met or NOT met) is printed.
-A check that is not met does not change the exit status; a suite that fails does.
+Flags are parsed here, once, into each selected suite's frozen config (bench/configs.py): a
+flag sets the field of its name in every selected suite that has one; --quick starts from
+each suite's QUICK settings.
 """
 
 import dataclasses
@@ -35,83 +19,89 @@ import datetime
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from typing import Mapping, Tuple
+from typing import Mapping
 
 from absl import app
 from absl import flags
 
-from tools import benchmark_chart
-from tools import run_info
+from tools.bench import chart
+from tools.bench import child
+from tools.bench import configs
+from tools.bench import harness
+from tools.bench import machine
 
-# Suite name -> module run as `python -m`; "all" runs them in this order.
+# Suite name -> (its config, the function run in its child process); "all" runs them in order.
 SUITES = {
-    "optimizer": "tools.benchmark_optimizer",
-    "step": "tools.benchmark_step",
-    "embedding": "tools.benchmark_embedding",
+    "optimizer": (configs.OptimizerConfig, "tools.bench.optimizer:run"),
+    "step": (configs.StepConfig, "tools.bench.step:run"),
+    "embedding": (configs.EmbeddingConfig, "tools.bench.embedding:run"),
 }
-JSON_NAME = "benchmark.json"
-CHART_NAME = "benchmark.png"
+JSON_NAME, CHART_NAME = "benchmark.json", "benchmark.png"
 
-_SUITE = flags.DEFINE_string(
-    "suite", "all", f"Suites to run: one of {', '.join(SUITES)}, all, or a comma list.")
-_QUICK = flags.DEFINE_bool("quick", False, "Pass --quick to every suite (a smoke run).")
-_SUITE_FLAGS = {
-    name: flags.DEFINE_string(
-        f"{name}_flags", "", f"Extra flags for the {name} suite ({module}), one string split "
-        "like a shell command line and appended after --json_out and --quick.")
-    for name, module in SUITES.items()
+flags.DEFINE_string("suite", "all", f"Suites: one of {', '.join(SUITES)}, all, or a comma list.")
+flags.DEFINE_bool("quick", False, "Every suite's smoke-run settings (the flags given win).")
+flags.DEFINE_string("out_dir", "benchmark_results", f"Where {JSON_NAME} and {CHART_NAME} go.")
+flags.DEFINE_integer("rounds", None, "Timed interleaved rounds (default per suite: 7, 5, 5).")
+flags.DEFINE_integer("warmup_rounds", None, "Untimed rounds of every variant after its first "
+                     "call (default 1).")
+flags.DEFINE_integer(
+    "steps", None, "Timed steps (updates) per round per variant (default per "
+    "suite, case or model).")
+flags.DEFINE_integer("seed", None, "Seed of the data and initial values (default 0).")
+flags.DEFINE_list("variants", None, "Only these variants (one suite only; default all).")
+flags.DEFINE_list("cases", None, "optimizer: cases PARAMSxTENSORS (default "
+                  "16000000x50,1000000x200).")
+flags.DEFINE_string(
+    "peer_python", None, "optimizer: an interpreter with torch and jax/optax "
+    "(tools/requirements-peers.txt) for their rows; without it they are skipped.")
+flags.DEFINE_integer(
+    "bandwidth_mb", None, "optimizer, embedding: the bandwidth probe's arrays "
+    "together, MB (default 512).")
+flags.DEFINE_list("models", None, f"step: models, from {configs.MODELS}.")
+flags.DEFINE_list("strategies", None, f"step: groups, from {configs.STRATEGIES}.")
+flags.DEFINE_list("shard_devices", None, "step: logical CPUs of the shard_state groups "
+                  "(default 2,4).")
+flags.DEFINE_bool(
+    "probes", None, "step: run each variant alone in a process too, for its "
+    "memory and kernel profile (default on, off with --quick).")
+flags.DEFINE_list("rows", None, "embedding: table sizes (default 1000000,4000000).")
+flags.DEFINE_enum("ids", None, ["zipf", "uniform"], "embedding: the ids' distribution.")
+flags.DEFINE_string(
+    "xla_cpu_max_isa", None, "embedding: XLA:CPU's highest instruction set, as "
+    "//trainers:embedding sets it (default AVX2; '' = XLA's own choice).")
+
+_INTS = lambda values: tuple(int(v) for v in values)
+# Flag -> its config value; the other flags are taken as they are.
+_CONVERT = {
+    "variants": lambda v: tuple(s.strip() for s in v), "models": tuple, "strategies": tuple,
+    "cases": lambda v: tuple(map(configs.Case.parse, v)), "rows": _INTS, "shard_devices": _INTS
 }
-_OUT_DIR = flags.DEFINE_string(
-    "out_dir", "benchmark_results", f"Where {JSON_NAME} and {CHART_NAME} go. A relative path is "
-    "taken from the directory `bazel run` was called in (BUILD_WORKING_DIRECTORY), else from "
-    "the current directory.")
+_SETTINGS = ("rounds", "warmup_rounds", "steps", "seed", "variants", "cases", "peer_python",
+             "bandwidth_mb", "models", "strategies", "shard_devices", "probes", "rows", "ids",
+             "xla_cpu_max_isa")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  suites: Tuple[str, ...]
+  suites: Mapping[str, configs.SuiteConfig]  # in the order they run
   out_dir: str
   quick: bool = False
-  suite_flags: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
-
-# ---- Flags -------------------------------------------------------------------------------
 
 def parse_suites(value, known=tuple(SUITES)):
   """'step' -> ('step',); 'all' -> every suite; 'embedding,step' -> in that order, once each."""
-  accepted = ", ".join((*known, "all"))
   names = [name.strip().lower() for name in (value or "").split(",") if name.strip()]
   unknown = [name for name in names if name != "all" and name not in known]
   if not names or unknown:
-    raise app.UsageError(f"--suite must be one of {accepted}, or a comma list of them; got "
-                         f"{value!r}" + (f" ({', '.join(map(repr, unknown))} unknown)."
-                                         if unknown else "."))
-  if "all" in names:
-    return tuple(known)
-  return tuple(dict.fromkeys(names))
+    raise app.UsageError(f"--suite must be one of {', '.join((*known, 'all'))}, or a comma "
+                         f"list of them; got {value!r}.")
+  return tuple(known) if "all" in names else tuple(dict.fromkeys(names))
 
 
-def parse_suite_flags(suite, value):
-  """The string of --<suite>_flags as a list of arguments."""
-  try:
-    args = tuple(shlex.split(value or ""))
-  except ValueError as e:
-    raise app.UsageError(f"--{suite}_flags cannot be split like a shell command line ({e}): "
-                         f"{value!r}") from e
-  for arg in args:
-    if arg.split("=", 1)[0] in ("--json_out", "-json_out"):
-      raise app.UsageError(f"--{suite}_flags must not set --json_out: this tool sets it and "
-                           "collects the report itself (see --out_dir).")
-  return args
-
-
-def resolve_out_dir(path, environ=None):
-  """An absolute --out_dir; a relative one is taken from the directory `bazel run` ran in."""
+def resolve_path(path, environ=None):
+  """An absolute path; a relative one is taken from the directory `bazel run` was called in."""
   environ = os.environ if environ is None else environ
   path = os.path.expanduser(path)
   if not os.path.isabs(path):
@@ -119,68 +109,58 @@ def resolve_out_dir(path, environ=None):
   return os.path.normpath(path)
 
 
-def config_from_flags():
-  suites = parse_suites(_SUITE.value)
-  if not _OUT_DIR.value:
+def config_from_flags(flag_values=flags.FLAGS):
+  """The flags as each selected suite's config; app.UsageError naming a bad flag."""
+  fv = flag_values
+  names = parse_suites(fv.suite)
+  if not fv.out_dir:
     raise app.UsageError("--out_dir must not be empty.")
-  suite_flags = {}
-  for name, flag in _SUITE_FLAGS.items():
-    args = parse_suite_flags(name, flag.value)
-    if args and name not in suites:
-      print(f"note: --{name}_flags is ignored: the {name} suite is not selected by --suite.")
-    elif args:
-      suite_flags[name] = args
-  return Config(suites=suites, out_dir=resolve_out_dir(_OUT_DIR.value), quick=_QUICK.value,
-                suite_flags=suite_flags)
-
-
-# ---- Running the suites ------------------------------------------------------------------
-
-def child_environment():
-  """This environment, with PYTHONPATH = this process's import path (a checkout or runfiles)."""
-  path = [os.path.abspath(entry) if entry else os.getcwd() for entry in sys.path]
-  return dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(path)))
-
-
-def describe_exit(code):
-  if code < 0:
+  given = {name: fv[name].value for name in _SETTINGS if fv[name].present}
+  if "variants" in given and len(names) > 1:
+    raise app.UsageError("--variants names one suite's variants: select one --suite.")
+  if given.get("peer_python") and os.sep in given["peer_python"]:
+    given["peer_python"] = resolve_path(given["peer_python"])
+  settings, suites = {}, {}
+  for name, value in given.items():
     try:
-      return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-      return f"killed by signal {-code}"
-  return f"exit code {code}"
+      settings[name] = _CONVERT.get(name, lambda v: v)(value)
+    except ValueError as error:
+      raise app.UsageError(f"--{name}: {error}") from error
+  try:
+    for name in names:
+      config_class = SUITES[name][0]
+      fields = {field.name for field in dataclasses.fields(config_class)}
+      suites[name] = configs.make(
+          config_class, fv.quick,
+          **{key: value for key, value in settings.items() if key in fields})
+  except ValueError as error:
+    raise app.UsageError(str(error)) from error
+  unused = sorted(
+      set(given) -
+      {field.name for config in suites.values() for field in dataclasses.fields(config)})
+  if unused:
+    raise app.UsageError(f"--{', --'.join(unused)}: not a setting of the selected suites.")
+  return Config(suites=suites, out_dir=resolve_path(fv.out_dir), quick=fv.quick)
 
 
-def run_suite(name, module, json_path, quick=False, extra_args=(), index=1, total=1):
-  """Runs one suite as a child process, its output going straight to this terminal."""
-  command = [sys.executable, "-m", module, f"--json_out={json_path}"]
-  command += ["--quick"] if quick else []
-  command += list(extra_args)
-  print(f"\n==== [{index}/{total}] suite {name}: {shlex.join(command)}", flush=True)
-  sys.stderr.flush()
+def run_suite(name, target, config, index, total):
+  """One suite in a child process, its output going to this terminal; its result entry."""
+  print(f"\n==== [{index}/{total}] suite {name}", flush=True)
   start = time.monotonic()
-  code = subprocess.call(command, env=child_environment())
-  seconds = time.monotonic() - start
-  result = {"module": module, "command": command, "exit_code": code, "seconds": seconds,
-            "ok": False, "error": None, "report": None}
-  if code != 0:
-    result["error"] = describe_exit(code)
-  else:
-    try:
-      with open(json_path) as f:
-        result["report"] = json.load(f)
-    except FileNotFoundError:
-      result["error"] = f"exited 0 but wrote no report to {json_path}"
-    except (OSError, ValueError) as e:
-      result["error"] = f"exited 0 but its report {json_path} cannot be read: {e}"
-    else:
-      if not isinstance(result["report"], dict):
-        result["error"] = "its report is not a JSON object"
-      elif not isinstance(result["report"].get("checks") or [], list):
-        result["error"] = "its report's \"checks\" is not a list"
-  result["ok"] = result["error"] is None
+  result = {
+      "target": target, "config": dataclasses.asdict(config), "exit_code": 0, "ok": True,
+      "error": None, "report": None
+  }
+  try:
+    report = child.call(target, config)
+    if not isinstance(report, dict) or not isinstance(report.get("checks", []), list):
+      raise child.ChildFailed("its report is not a dict with a list of checks", 0)
+    result["report"] = report
+  except child.ChildFailed as error:
+    result.update(ok=False, error=str(error), exit_code=error.exit_code)
+  result["seconds"] = time.monotonic() - start
   status = "done" if result["ok"] else f"FAILED ({result['error']})"
-  print(f"==== suite {name}: {status} after {_seconds(seconds)}", flush=True)
+  print(f"==== suite {name}: {status} after {_seconds(result['seconds'])}", flush=True)
   return result
 
 
@@ -188,69 +168,39 @@ def merge_checks(suite_results):
   """Every suite's checks in one list, each tagged with its suite."""
   merged = []
   for suite, result in suite_results.items():
-    report = result.get("report") or {}
-    for check in report.get("checks") or []:
-      if not isinstance(check, dict):
-        check = {"name": str(check)}
-      merged.append({"name": "?", "value": None, "target": "", "unit": "", **check,
-                     "suite": suite, "passed": bool(check.get("passed"))})
+    for check in (result.get("report") or {}).get("checks") or []:
+      defaults = dict(name="?", value=None, target="", unit="")
+      merged.append({**defaults, **check, "suite": suite, "passed": bool(check.get("passed"))})
   return merged
 
 
-def chart_title(machine, date, quick):
-  cores = machine.get("logical_cores")
-  usable = machine.get("usable_cores")
-  core_text = (f"{usable} of {cores} cores" if usable and cores and usable != cores
-               else f"{cores} cores")
-  return (f"adam_xla benchmarks{' (--quick)' if quick else ''}: {machine.get('cpu', '?')}, "
+def chart_title(info, date, quick):
+  cores, usable = info.get("logical_cores"), info.get("usable_cores")
+  core_text = f"{usable} of {cores} cores" if usable and usable != cores else f"{cores} cores"
+  return (f"adam_xla benchmarks{' (--quick)' if quick else ''}: {info.get('cpu', '?')}, "
           f"{core_text}; {date.strftime('%Y-%m-%d %H:%M %Z').strip()}")
 
 
-# ---- Output ------------------------------------------------------------------------------
-
-def _remove(path):
-  try:
-    os.remove(path)
-  except FileNotFoundError:
-    pass
-
-
-def _write_json(path, data):
-  with open(path, "w") as f:
-    json.dump(data, f, indent=2)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def write_outputs(out_dir, report, title):
-  """Writes benchmark.json and benchmark.png, both or neither: (json path, chart path).
-
-  Each is written under a temporary name in out_dir first; only when both are complete are
-  they renamed over the previous ones (os.replace, atomic on one file system).
-  """
+  """benchmark.json and benchmark.png, both or neither (renamed into place only when both are
+  complete); their paths."""
   os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, JSON_NAME)
-  chart_path = os.path.join(out_dir, CHART_NAME)
-  tag = f"{os.getpid()}.tmp"
-  json_tmp = os.path.join(out_dir, f".{JSON_NAME}.{tag}")
-  chart_tmp = os.path.join(out_dir, f".{CHART_NAME}.{tag}.png")
+  paths = [os.path.join(out_dir, name) for name in (JSON_NAME, CHART_NAME)]
+  temporary = [
+      os.path.join(out_dir, f".{name}.{os.getpid()}.tmp") for name in (JSON_NAME, CHART_NAME)
+  ]
   try:
-    _write_json(json_tmp, report)
-    benchmark_chart.write_chart(chart_tmp, report["checks"], title)
-    os.replace(json_tmp, json_path)
-    os.replace(chart_tmp, chart_path)
+    with open(temporary[0], "w") as f:
+      json.dump(report, f, indent=2)
+      f.write("\n")
+    chart.write_chart(temporary[1], report["checks"], title)
+    for path, partial in zip(paths, temporary):
+      os.replace(partial, path)
   finally:
-    _remove(json_tmp)
-    _remove(chart_tmp)
-  return json_path, chart_path
-
-
-def _table(header, lines):
-  widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
-  fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-  return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] +
-                   [fmt(line) for line in lines])
+    for partial in temporary:
+      if os.path.exists(partial):
+        os.remove(partial)
+  return paths
 
 
 def _seconds(seconds):
@@ -258,74 +208,57 @@ def _seconds(seconds):
 
 
 def format_summary(report):
-  """The end-of-run tables: each suite's outcome, then every check of every suite."""
+  """Each suite's outcome, then every check of every suite."""
   suite_lines = []
   for name, result in report["suites"].items():
     checks = [c for c in report["checks"] if c["suite"] == name]
     met = sum(c["passed"] for c in checks)
-    if not result["ok"]:
-      check_text = "-"
-    elif checks:
-      check_text = f"{len(checks)} ({met} met" + (
-          f", {len(checks) - met} NOT met)" if met < len(checks) else ")")
-    else:
-      check_text = "none in its report"
     suite_lines.append((name, "ok" if result["ok"] else f"FAILED: {result['error']}",
-                        _seconds(result["seconds"]), check_text))
-  out = ["Suites:", _table(("suite", "status", "time", "checks"), suite_lines), ""]
+                        _seconds(result["seconds"]), "-" if not result["ok"] else
+                        "none in its report" if not checks else f"{len(checks)} ({met} met" +
+                        (f", {len(checks) - met} NOT met)" if met < len(checks) else ")")))
+  out = ["Suites:", harness.table(("suite", "status", "time", "checks"), suite_lines, 4), ""]
   checks = report["checks"]
-  if checks:
-    lines = [(c["suite"], c["name"], benchmark_chart.format_value(c["value"], c["unit"]),
-              c["target"], "met" if c["passed"] else "NOT met") for c in checks]
-    met = sum(c["passed"] for c in checks)
-    out += [f"Checks: {met} of {len(checks)} met",
-            _table(("suite", "check", "measured", "target", "result"), lines)]
-  else:
-    out.append("Checks: none reported.")
-  return "\n".join(out)
+  if not checks:
+    return "\n".join(out + ["Checks: none reported."])
+  lines = [(c["suite"], c["name"], chart.format_value(c["value"], c["unit"]), c["target"],
+            "met" if c["passed"] else "NOT met") for c in checks]
+  return "\n".join(out + [
+      f"Checks: {sum(c['passed'] for c in checks)} of {len(checks)} met",
+      harness.table(("suite", "check", "measured", "target", "result"), lines, 5)
+  ])
 
 
 def run(config, suites=None):
-  """Runs config.suites, prints the summary, writes the outputs; returns the report (a dict).
+  """Runs config.suites, prints the summary, writes the outputs; returns the report.
 
-  `suites` maps suite names to modules (default SUITES).
+  `suites` maps suite names to "module:function" (default: SUITES').
   """
-  suites = SUITES if suites is None else suites
-  unknown = [name for name in config.suites if name not in suites]
-  if unknown:
-    raise ValueError(f"unknown suites {unknown}; known: {', '.join(suites)}")
+  targets = {name: target for name, (_, target) in SUITES.items()} if suites is None else suites
   date = datetime.datetime.now().astimezone()
-  machine = run_info.machine_info(libraries=False)
-  print(f"benchmark suites: {', '.join(config.suites)}{' (--quick)' if config.quick else ''}; "
-        f"machine: {machine['cpu']}, {machine['logical_cores']} logical cores "
-        f"({machine['usable_cores']} usable); output: {config.out_dir}", flush=True)
-
-  results = {}
-  with tempfile.TemporaryDirectory(prefix="adam_xla_benchmark_") as tmp:
-    for i, name in enumerate(config.suites):
-      results[name] = run_suite(
-          name, suites[name], os.path.join(tmp, f"{name}.json"), quick=config.quick,
-          extra_args=config.suite_flags.get(name, ()), index=i + 1, total=len(config.suites))
-
-  checks = merge_checks(results)
+  info = machine.machine_info(libraries=False)
+  print(
+      f"benchmark suites: {', '.join(config.suites)}{' (--quick)' if config.quick else ''}; "
+      f"machine: {info['cpu']}, {info['logical_cores']} logical cores "
+      f"({info['usable_cores']} usable); output: {config.out_dir}", flush=True)
+  results = {
+      name: run_suite(name, targets[name], suite_config, i + 1, len(config.suites))
+      for i, (name, suite_config) in enumerate(config.suites.items())
+  }
   failed = [name for name, result in results.items() if not result["ok"]]
   report = {
       "date": date.isoformat(timespec="seconds"),
-      "command": shlex.join([sys.executable] + sys.argv),
-      "machine": machine,
-      "config": dataclasses.asdict(config),
-      "exit_codes": {name: result["exit_code"] for name, result in results.items()},
-      "failed_suites": failed,
-      "checks": checks,
-      "suites": results,
+      "command": shlex.join([sys.executable] + sys.argv), "machine": info, "config": {
+          "out_dir": config.out_dir, "quick": config.quick, "suites": list(config.suites)
+      }, "exit_codes": {name: result["exit_code"] for name, result in results.items()},
+      "failed_suites": failed, "checks": merge_checks(results), "suites": results
   }
   print("\n" + format_summary(report), flush=True)
-  json_path, chart_path = write_outputs(config.out_dir, report,
-                                        chart_title(machine, date, config.quick))
-  print(f"\nwrote {json_path}\nwrote {chart_path}")
+  paths = write_outputs(config.out_dir, report, chart_title(info, date, config.quick))
+  print("\n" + "\n".join(f"wrote {path}" for path in paths))
   if failed:
-    print(f"{len(failed)} suite(s) failed: " + ", ".join(
-        f"{name} ({results[name]['error']})" for name in failed))
+    print(f"{len(failed)} suite(s) failed: " +
+          ", ".join(f"{name} ({results[name]['error']})" for name in failed))
   return report
 
 

@@ -38,8 +38,9 @@ def tf_config(addresses, index):
   Only "worker" tasks: worker 0 is the chief, as MultiWorkerMirroredStrategy and the trainers
   take it when the cluster has no "chief" task.
   """
-  return json.dumps({"cluster": {"worker": list(addresses)},
-                     "task": {"type": "worker", "index": index}})
+  return json.dumps({
+      "cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}
+  })
 
 
 def visible_gpus(index, gpus_per_worker):
@@ -59,8 +60,7 @@ def child_env(python_path, environ=None, gpus=""):
   processes interleave as they were written. `gpus` is CUDA_VISIBLE_DEVICES ("": CPU only).
   """
   environ = os.environ if environ is None else environ
-  env = {k: v for k, v in environ.items()
-         if k.lower() not in _PROXY_VARIABLES and k != "TF_CONFIG"}
+  env = {k: v for k, v in environ.items() if k.lower() not in _PROXY_VARIABLES and k != "TF_CONFIG"}
   env["NO_PROXY"] = env["no_proxy"] = f"{LOCALHOST},localhost"
   inherited = [os.path.abspath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
   env["PYTHONPATH"] = os.pathsep.join(list(python_path) + inherited)

@@ -56,8 +56,9 @@ def list_images(input_dir):
     _fail("input_dir", input_dir, "required: a folder of class sub-folders of JPEGs.")
   if not tf.io.gfile.isdir(input_dir):
     _fail("input_dir", input_dir, "no such directory.")
-  classes = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(input_dir)
-                   if tf.io.gfile.isdir(os.path.join(input_dir, name)))
+  classes = sorted(
+      name.rstrip("/") for name in tf.io.gfile.listdir(input_dir)
+      if tf.io.gfile.isdir(os.path.join(input_dir, name)))
   if not classes:
     _fail("input_dir", input_dir, "has no class sub-folders; expected input_dir/<class>/*.JPEG.")
   images = []
@@ -93,22 +94,24 @@ def _encode(raw, image_size):
 
 
 def _example(jpeg, height, width, label, name, filename):
+
   def bytes_feature(value):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
   def int_feature(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image/encoded": bytes_feature(jpeg),
-      "image/format": bytes_feature(b"JPEG"),
-      "image/class/label": int_feature(label),
-      "image/class/synset": bytes_feature(name.encode()),
-      "image/filename": bytes_feature(filename.encode()),
-      "image/height": int_feature(height),
-      "image/width": int_feature(width),
-      "image/channels": int_feature(3),
-  })).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(
+      feature={
+          "image/encoded": bytes_feature(jpeg),
+          "image/format": bytes_feature(b"JPEG"),
+          "image/class/label": int_feature(label),
+          "image/class/synset": bytes_feature(name.encode()),
+          "image/filename": bytes_feature(filename.encode()),
+          "image/height": int_feature(height),
+          "image/width": int_feature(width),
+          "image/channels": int_feature(3),
+      })).SerializeToString()
 
 
 class _Progress:
@@ -146,11 +149,11 @@ def convert(input_dir, output_dir, split, num_shards=None, image_size=None, prog
   """
   if split not in SPLITS:
     _fail("split", split, f"must be one of {', '.join(SPLITS)}.")
-  if num_shards is not None and (isinstance(num_shards, bool) or
-                                 not isinstance(num_shards, int) or num_shards < 1):
+  if num_shards is not None and (isinstance(num_shards, bool) or not isinstance(num_shards, int) or
+                                 num_shards < 1):
     _fail("num_shards", num_shards, "must be an integer >= 1, or unset for the default.")
-  if image_size is not None and (isinstance(image_size, bool) or
-                                 not isinstance(image_size, int) or image_size < 1):
+  if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or
+                                 image_size < 1):
     _fail("image_size", image_size, "must be an integer >= 1, or unset to keep the size.")
   if not output_dir:
     _fail("output_dir", output_dir, "required: where to write the shards.")
@@ -165,9 +168,10 @@ def convert(input_dir, output_dir, split, num_shards=None, image_size=None, prog
   if tf.io.gfile.exists(labels_path):
     with tf.io.gfile.GFile(labels_path) as f:
       if f.read() != labels_text:
-        _fail("output_dir", output_dir, f"its labels.txt lists other classes than the "
-              f"{len(classes)} folders of '{input_dir}'; the splits of one data set must have "
-              "the same classes (use another --output_dir).")
+        _fail(
+            "output_dir", output_dir, f"its labels.txt lists other classes than the "
+            f"{len(classes)} folders of '{input_dir}'; the splits of one data set must have "
+            "the same classes (use another --output_dir).")
 
   tf.io.gfile.makedirs(output_dir)
   random.Random(_SHUFFLE_SEED).shuffle(images)

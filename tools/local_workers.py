@@ -104,14 +104,14 @@ def _repo_root():
 
 
 def config_from_flags(command):
-  return LaunchConfig(
-      num_workers=_NUM_WORKERS.value, gpus_per_worker=_GPUS_PER_WORKER.value,
-      grace_seconds=_GRACE_SECONDS.value, command=tuple(command),
-      working_dir=os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd(),
-      python_path=(_repo_root(),))
+  return LaunchConfig(num_workers=_NUM_WORKERS.value, gpus_per_worker=_GPUS_PER_WORKER.value,
+                      grace_seconds=_GRACE_SECONDS.value, command=tuple(command),
+                      working_dir=os.environ.get("BUILD_WORKING_DIRECTORY") or os.getcwd(),
+                      python_path=(_repo_root(),))
 
 
 # ---- Command line --------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class _Arguments:
@@ -140,6 +140,7 @@ def _parse_flags(argv):
 
 
 # ---- Workers -------------------------------------------------------------------------------
+
 
 class _Output:
   """The launcher's stdout and stderr, shared line by line by the workers' relays."""
@@ -175,16 +176,16 @@ class _Worker:
 
   def __init__(self, index, config, env):
     self.index = index
-    self.process = subprocess.Popen(
-        list(config.command), env=env, cwd=config.working_dir, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        preexec_fn=_die_with_launcher)
+    self.process = subprocess.Popen(list(config.command), env=env, cwd=config.working_dir,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True,
+                                    preexec_fn=_die_with_launcher)
     self._relays = []
 
   def relay_output(self, output):
     prefix = f"[worker {self.index}] ".encode()
-    for stream, sink in ((self.process.stdout, sys.stdout.buffer),
-                         (self.process.stderr, sys.stderr.buffer)):
+    for stream, sink in ((self.process.stdout, sys.stdout.buffer), (self.process.stderr,
+                                                                    sys.stderr.buffer)):
       relay = threading.Thread(target=_relay, args=(stream, sink, prefix, output), daemon=True)
       relay.start()
       self._relays.append(relay)
@@ -300,8 +301,10 @@ def run(config):
   """Runs the workers to their end; returns the chief's exit status, shell style."""
   output = _Output()
   supervisor = _Supervisor(config.grace_seconds, output)
-  previous = {number: signal.signal(number, supervisor.on_signal)
-              for number in (signal.SIGINT, signal.SIGTERM)}
+  previous = {
+      number: signal.signal(number, supervisor.on_signal)
+      for number in (signal.SIGINT, signal.SIGTERM)
+  }
   try:
     workers = supervisor.workers = _start_workers(config, output)
     while not supervisor.done():
@@ -313,17 +316,15 @@ def run(config):
   deadline = time.monotonic() + _DRAIN_SECONDS
   for worker in workers:
     worker.finish_output(deadline)
-  statuses = ", ".join(f"worker {w.index}: {_shell_status(w.process.returncode)}"
-                       for w in workers)
+  statuses = ", ".join(f"worker {w.index}: {_shell_status(w.process.returncode)}" for w in workers)
   output.say(f"all workers exited ({statuses})")
   return _shell_status(workers[0].process.returncode)
 
 
 def main(arguments):
   if arguments.command is None:
-    raise app.UsageError(
-        f"put `--` between the launcher's flags and the command to run, as in: "
-        f"local_workers --num_workers=2 -- {' '.join(arguments.stray)}")
+    raise app.UsageError(f"put `--` between the launcher's flags and the command to run, as in: "
+                         f"local_workers --num_workers=2 -- {' '.join(arguments.stray)}")
   if arguments.stray:
     raise app.UsageError(f"unexpected arguments before `--`: {list(arguments.stray)}")
   try:

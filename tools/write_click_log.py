@@ -11,9 +11,9 @@ from absl import flags
 
 from trainers.ctr import generated_clicks
 
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
-                                  "Where to write the log (a subdirectory per parameters; "
-                                  "local or gs://).")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where to write the log (a subdirectory per parameters; "
+    "local or gs://).")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 200_000, "Training lines.")
 _NUM_EVAL = flags.DEFINE_integer("num_eval", 20_000, "Evaluation lines.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds the planted model and the lines.")
@@ -26,9 +26,8 @@ def main(argv):
   if not _OUTPUT_DIR.value:
     raise app.UsageError("--output_dir is required.")
   try:
-    result = generated_clicks.write_click_log(_OUTPUT_DIR.value, _NUM_TRAIN.value,
-                                              _NUM_EVAL.value, seed=_SEED.value,
-                                              gzip=_GZIP.value)
+    result = generated_clicks.write_click_log(_OUTPUT_DIR.value, _NUM_TRAIN.value, _NUM_EVAL.value,
+                                              seed=_SEED.value, gzip=_GZIP.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   print(f"Click log in {result['directory']}: {len(result['train_files'])} train and "

@@ -20,11 +20,14 @@ FILENAME = "signature.json"
 
 def describe(model, optimizer):
   """The signature of a run: {"variables": [[name, shape, dtype], ...], "optimizer": {...}}."""
-  variables = [[getattr(v, "path", None) or v.name, list(v.shape), tf.as_dtype(v.dtype).name]
-               for v in model.variables]
-  return {"variables": variables,
-          "optimizer": {"class": type(optimizer).__name__,
-                        "amsgrad": bool(getattr(optimizer, "amsgrad", False))}}
+  variables = [[getattr(v, "path", None) or v.name,
+                list(v.shape),
+                tf.as_dtype(v.dtype).name] for v in model.variables]
+  return {
+      "variables": variables, "optimizer": {
+          "class": type(optimizer).__name__, "amsgrad": bool(getattr(optimizer, "amsgrad", False))
+      }
+  }
 
 
 def write(checkpoint_dir, signature):

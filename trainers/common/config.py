@@ -96,8 +96,8 @@ def check_run(config, num_replicas=None):
         "a TPU name, a grpc:// address or 'local' when --strategy=tpu")
   check(config.num_logical_cpus >= 0, "num_logical_cpus", config.num_logical_cpus,
         "an integer >= 0 (0: leave the CPU whole)")
-  check(config.train_steps is None or config.train_steps >= 1, "train_steps",
-        config.train_steps, "an integer >= 1")
+  check(config.train_steps is None or config.train_steps >= 1, "train_steps", config.train_steps,
+        "an integer >= 1")
   check(config.steps_per_loop >= 1, "steps_per_loop", config.steps_per_loop, "an integer >= 1")
   for name in ("eval_every", "log_every"):
     value = getattr(config, name)
@@ -114,6 +114,7 @@ def check_run(config, num_replicas=None):
 
 # ---- Flags ---------------------------------------------------------------------------------
 
+
 def _base_type(annotation):
   """float for `float` or `Optional[float]`; tuple for `Tuple[int, ...]`."""
   args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -127,8 +128,10 @@ def define_flags(config_class, help_texts, flag_values=flags.FLAGS):
   defaults = config_class()
   for field in dataclasses.fields(config_class):
     default, kind = getattr(defaults, field.name), _base_type(field.type)
-    define = {bool: flags.DEFINE_bool, float: flags.DEFINE_float, int: flags.DEFINE_integer,
-              tuple: flags.DEFINE_list}.get(kind, flags.DEFINE_string)
+    define = {
+        bool: flags.DEFINE_bool, float: flags.DEFINE_float, int: flags.DEFINE_integer,
+        tuple: flags.DEFINE_list
+    }.get(kind, flags.DEFINE_string)
     if kind is tuple:
       default = [str(v) for v in default]
     define(field.name, default, help_texts[field.name], flag_values=flag_values)

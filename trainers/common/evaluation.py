@@ -16,9 +16,11 @@ def make_classification_evaluator(model, strategy, distributed_dataset_fn, top_k
     images, labels = batch
     logits = tf.cast(model(images, training=False), tf.float32)
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    counts = {f"top{k}": tf.reduce_sum(tf.cast(
-        tf.math.in_top_k(labels, logits, k=min(k, logits.shape[-1])), tf.float32))
-              for k in top_k}
+    counts = {
+        f"top{k}": tf.reduce_sum(
+            tf.cast(tf.math.in_top_k(labels, logits, k=min(k, logits.shape[-1])),
+                    tf.float32)) for k in top_k
+    }
     counts["examples"] = tf.cast(tf.size(labels), tf.float32)
     return counts
 

@@ -36,8 +36,8 @@ def is_complete(path, params, file_keys):
   manifest = read_manifest(path)
   if not manifest or manifest.get("params") != params:
     return False
-  return all(tf.io.gfile.exists(os.path.join(path, name))
-             for key in file_keys for name in manifest[key])
+  return all(
+      tf.io.gfile.exists(os.path.join(path, name)) for key in file_keys for name in manifest[key])
 
 
 def build_once(directory, path, params, file_keys, generate):

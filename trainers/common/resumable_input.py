@@ -65,9 +65,9 @@ class HostIterators(tf.distribute.DistributedIterator, tf.__internal__.tracking.
     self._per_host = tuple(sum(1 for h, _ in slots if h == host) for host in range(len(hosts)))
     iterators = []
     for index, host in enumerate(hosts):
-      context = tf.distribute.InputContext(
-          num_input_pipelines=workers * len(hosts), input_pipeline_id=first_pipeline + index,
-          num_replicas_in_sync=strategy.num_replicas_in_sync)
+      context = tf.distribute.InputContext(num_input_pipelines=workers * len(hosts),
+                                           input_pipeline_id=first_pipeline + index,
+                                           num_replicas_in_sync=strategy.num_replicas_in_sync)
       with tf.device(host):
         iterators.append(iter(dataset_fn(context)))
     self.iterators = iterators  # tracked: the checkpointed position, one entry per host
@@ -92,4 +92,3 @@ class HostIterators(tf.distribute.DistributedIterator, tf.__internal__.tracking.
   @property
   def element_spec(self):
     return self.iterators[0].element_spec
-

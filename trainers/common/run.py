@@ -60,10 +60,10 @@ def train(config, total_steps, strategy, training):
       training_loop.loop_config(config, total_steps),
       train_step=lambda: training.step(training.iterator), evaluate=training.evaluate,
       checkpointed=dict(model=training.model, optimizer=training.optimizer,
-                        train_step=training.step),
-      per_worker=dict(data_position=training.iterator),
+                        train_step=training.step), per_worker=dict(data_position=training.iterator),
       learning_rate=lambda s: float(training.schedule(tf.constant(s, tf.int64))),
-      signature=checkpoint_signature.describe(training.model, training.optimizer),
-      workers=training_loop.Workers(index=strategies.worker_index(strategy),
-                                    count=strategies.num_workers(strategy),
-                                    any_of=strategies.any_worker(strategy)))
+      signature=checkpoint_signature.describe(training.model,
+                                              training.optimizer), workers=training_loop.Workers(
+                                                  index=strategies.worker_index(strategy),
+                                                  count=strategies.num_workers(strategy),
+                                                  any_of=strategies.any_worker(strategy)))

@@ -46,13 +46,15 @@ def _check(ok, name, value, accepted):
 
 
 def _check_rate(name, value):
-  _check(_is_number(value) and math.isfinite(value) and value >= 0, name, value,
-         "a finite number >= 0")
+  _check(
+      _is_number(value) and math.isfinite(value) and value >= 0, name, value,
+      "a finite number >= 0")
 
 
 def _check_steps(name, value, minimum):
-  _check(isinstance(value, numbers.Integral) and not isinstance(value, bool)
-         and value >= minimum, name, value, f"an integer >= {minimum}")
+  _check(
+      isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum,
+      name, value, f"an integer >= {minimum}")
 
 
 @_register
@@ -80,11 +82,13 @@ class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
   def __init__(self, initial, boundaries, factor):
     _check_rate("initial", initial)
     boundaries = tuple(boundaries)
-    _check(all(_is_number(b) and b == int(b) and b >= 0 for b in boundaries)
-           and list(boundaries) == sorted(boundaries), "boundaries", boundaries,
-           "non-decreasing integer steps >= 0")
-    _check(_is_number(factor) and math.isfinite(factor) and factor > 0, "factor", factor,
-           "a finite number > 0")
+    _check(
+        all(_is_number(b) and b == int(b) and b >= 0 for b in boundaries) and
+        list(boundaries) == sorted(boundaries), "boundaries", boundaries,
+        "non-decreasing integer steps >= 0")
+    _check(
+        _is_number(factor) and math.isfinite(factor) and factor > 0, "factor", factor,
+        "a finite number > 0")
     self.initial = float(initial)
     self.boundaries = tuple(int(b) for b in boundaries)
     self.factor = float(factor)
@@ -97,8 +101,7 @@ class StepDecay(keras.optimizers.schedules.LearningRateSchedule):
     return self.initial * tf.pow(tf.constant(self.factor, tf.float32), count)
 
   def get_config(self):
-    return {"initial": self.initial, "boundaries": list(self.boundaries),
-            "factor": self.factor}
+    return {"initial": self.initial, "boundaries": list(self.boundaries), "factor": self.factor}
 
 
 @_register
@@ -151,8 +154,9 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return rate * ramp
 
   def get_config(self):
-    return {"base": keras.optimizers.schedules.serialize(self.base),
-            "warmup_steps": self.warmup_steps}
+    return {
+        "base": keras.optimizers.schedules.serialize(self.base), "warmup_steps": self.warmup_steps
+    }
 
   @classmethod
   def from_config(cls, config):
@@ -186,12 +190,14 @@ def make_schedule(kind, base_rate, total_steps, warmup_steps=0, decay_factor=0.1
   if kind == "constant":
     schedule = ConstantSchedule(rate)
   elif kind == "step":
-    _check(_is_number(decay_factor) and 0 < decay_factor <= 1, "decay_factor", decay_factor,
-           "a number in (0, 1]")
+    _check(
+        _is_number(decay_factor) and 0 < decay_factor <= 1, "decay_factor", decay_factor,
+        "a number in (0, 1]")
     fractions = tuple(step_boundaries)
-    _check(all(_is_number(f) and 0 < f < 1 for f in fractions)
-           and all(a < b for a, b in zip(fractions, fractions[1:])), "step_boundaries",
-           step_boundaries, "increasing fractions of total_steps in (0, 1)")
+    _check(
+        all(_is_number(f) and 0 < f < 1 for f in fractions) and
+        all(a < b for a, b in zip(fractions, fractions[1:])), "step_boundaries", step_boundaries,
+        "increasing fractions of total_steps in (0, 1)")
     boundaries = [int(round(f * total_steps)) for f in fractions]
     schedule = StepDecay(rate, boundaries, decay_factor)
   else:

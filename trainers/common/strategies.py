@@ -23,8 +23,8 @@ def split_cpu(num_logical_cpus):
   Gives MirroredStrategy real replicas on a machine without accelerators.
   """
   cpu = tf.config.list_physical_devices("CPU")[0]
-  tf.config.set_logical_device_configuration(
-      cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
+  tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] *
+                                             num_logical_cpus)
 
 
 def create_strategy(kind, *, tpu=None):
@@ -41,8 +41,7 @@ def create_strategy(kind, *, tpu=None):
     return tf.distribute.get_strategy()
   if kind == "one_device":
     gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0]
-                                           .name)
+    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
   if kind == "mirrored":
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -110,8 +109,7 @@ def on_replicas(strategy, replica_fn, *, summed=False):
     if not summed:
       return per_replica
     return tf.nest.map_structure(
-        lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None),
-        per_replica)
+        lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica)
 
   return run
 
@@ -121,6 +119,6 @@ def local_values(strategy, per_replica):
   along the first axis in replica order (the order of the examples of a distributed batch);
   a scalar gives one value per replica."""
   return tf.nest.map_structure(
-      lambda value: np.concatenate([np.atleast_1d(v.numpy())
-                                    for v in strategy.experimental_local_results(value)]),
+      lambda value: np.concatenate(
+          [np.atleast_1d(v.numpy()) for v in strategy.experimental_local_results(value)]),
       per_replica)

@@ -43,7 +43,6 @@ from trainers.common import checkpoint_signature
 # of sysexits.h, "try again later", which is what a preempted job should do.
 INTERRUPTED_EXIT_CODE = 75
 
-
 # A failed tf.debugging.Assert prints its items as "assertion failed: [item] [item] ...".
 _ASSERTION = "assertion failed: "
 # The first item of the input pipelines' bad-data assertions: "ImageNet data: ...", "Criteo
@@ -77,11 +76,10 @@ class LoopConfig:
 def loop_config(config, total_steps):
   """The loop's settings from a trainer config's shared run fields (see `common.config`)."""
   return LoopConfig(
-      model_dir=config.model_dir, train_steps=total_steps,
-      steps_per_loop=config.steps_per_loop, eval_every=config.eval_every,
-      log_every=config.log_every or total_steps, keep_checkpoints=config.keep_checkpoints,
-      global_batch_size=config.global_batch_size, on_nonfinite=config.on_nonfinite,
-      max_consecutive_nonfinite=config.max_consecutive_nonfinite)
+      model_dir=config.model_dir, train_steps=total_steps, steps_per_loop=config.steps_per_loop,
+      eval_every=config.eval_every, log_every=config.log_every or total_steps,
+      keep_checkpoints=config.keep_checkpoints, global_batch_size=config.global_batch_size,
+      on_nonfinite=config.on_nonfinite, max_consecutive_nonfinite=config.max_consecutive_nonfinite)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +163,10 @@ class _Checkpoints:
   def _restore_own(self, step):
     path = os.path.join(self._own.directory, f"ckpt-{step}")
     if not tf.io.gfile.exists(f"{path}.index"):
-      logging.warning("no state of worker %d saved at step %d (%s is missing: was the run "
-                      "started with another number of workers?); its input starts from the "
-                      "beginning", self._workers.index, step, path)
+      logging.warning(
+          "no state of worker %d saved at step %d (%s is missing: was the run "
+          "started with another number of workers?); its input starts from the "
+          "beginning", self._workers.index, step, path)
       return
     self._own.checkpoint.restore(path).assert_existing_objects_matched()
 
@@ -341,8 +340,8 @@ def run(config: LoopConfig, *, train_step: Callable[[], Dict[str, tf.Tensor]],
     _check_writable(config.model_dir)
   checkpoints = _Checkpoints(config, workers, checkpointed, per_worker or {})
   try:
-    return _restore_and_train(config, checkpoints, signature, train_step, evaluate,
-                              learning_rate, workers)
+    return _restore_and_train(config, checkpoints, signature, train_step, evaluate, learning_rate,
+                              workers)
   finally:
     checkpoints.close()
 
@@ -360,10 +359,11 @@ def _restore_and_train(config, checkpoints, signature, train_step, evaluate, lea
   except (Interrupted, NonFiniteError):
     raise
   except BaseException as error:
-    logging.error("training stopped at step %d by %s: %s. The last complete checkpoint is %s; "
-                  "rerun the same command to resume from it.",
-                  int(checkpoints.steps_done.numpy()), type(error).__name__,
-                  error_summary(error), checkpoints.latest or "none (nothing to resume)")
+    logging.error(
+        "training stopped at step %d by %s: %s. The last complete checkpoint is %s; "
+        "rerun the same command to resume from it.", int(checkpoints.steps_done.numpy()),
+        type(error).__name__, error_summary(error), checkpoints.latest or
+        "none (nothing to resume)")
     raise
 
 
@@ -386,8 +386,8 @@ def _train(config, step, checkpoints, signals, train_step, evaluate, learning_ra
       rate_now = learning_rate(step)
       text, examples_per_sec = progress.line(step, metrics, rate_now)
       logging.info("%s", text)
-      _write_scalars(train_writer, step, {**metrics, "learning_rate": rate_now,
-                                          "examples_per_sec": examples_per_sec})
+      _write_scalars(train_writer, step,
+                     {**metrics, "learning_rate": rate_now, "examples_per_sec": examples_per_sec})
     if (config.eval_every and step % config.eval_every == 0) or last:
       eval_metrics = evaluate()
       logging.info("eval at step %d: %s", step,
@@ -401,9 +401,9 @@ def _train(config, step, checkpoints, signals, train_step, evaluate, learning_ra
       name = signal.Signals(signals.received).name if signals.received else "another worker"
       # The shared checkpoint is saved collectively but written by the chief alone.
       writer = "" if workers.chief else " by the chief"
-      logging.warning("stopped by %s at step %d of %d; checkpoint %s written%s. Rerun the same "
-                      "command to resume.", name, step, config.train_steps, checkpoints.latest,
-                      writer)
+      logging.warning(
+          "stopped by %s at step %d of %d; checkpoint %s written%s. Rerun the same "
+          "command to resume.", name, step, config.train_steps, checkpoints.latest, writer)
       raise Interrupted(f"stopped by {name} at step {step}; resume from {checkpoints.latest}")
   return eval_metrics
 

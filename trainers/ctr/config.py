@@ -74,9 +74,10 @@ class EmbeddingConfig:
     common.check_optimizer(self)
     check(self.sparse_mode in adam_xla.SPARSE_MODES, "sparse_mode", self.sparse_mode,
           one_of(adam_xla.SPARSE_MODES))
-    check(len(self.table_sizes) in (0, 1, NUM_SPARSE), "table_sizes",
-          ",".join(map(str, self.table_sizes)),
-          f"one size for every feature or {NUM_SPARSE} sizes (C1..C26)")
+    check(
+        len(self.table_sizes) in (0, 1, NUM_SPARSE), "table_sizes",
+        ",".join(map(str, self.table_sizes)),
+        f"one size for every feature or {NUM_SPARSE} sizes (C1..C26)")
     check(all(2 <= s <= MAX_TABLE_ROWS for s in self.table_sizes), "table_sizes",
           ",".join(map(str, self.table_sizes)),
           f"row counts in [2, {MAX_TABLE_ROWS}] (row 0 holds missing values)")
@@ -87,11 +88,10 @@ class EmbeddingConfig:
       widths = getattr(self, name)
       check(all(w >= 1 for w in widths), name, ",".join(map(str, widths)),
             "comma-separated layer widths >= 1 (may be empty)")
-    check(self.data_source in DATA_SOURCES, "data_source", self.data_source,
-          one_of(DATA_SOURCES))
+    check(self.data_source in DATA_SOURCES, "data_source", self.data_source, one_of(DATA_SOURCES))
     for name in ("train_files", "eval_files"):
-      check(self.data_source != "criteo" or bool(getattr(self, name)), name,
-            getattr(self, name), "Criteo TSV files or globs (plain or .gz) with "
+      check(self.data_source != "criteo" or bool(getattr(self, name)), name, getattr(self, name),
+            "Criteo TSV files or globs (plain or .gz) with "
             "--data_source=criteo")
     for name in ("generated_train_lines", "generated_eval_lines"):
       value = getattr(self, name)
@@ -103,8 +103,9 @@ class EmbeddingConfig:
     if self.strategy == "tpu":  # what the TPU embedding API's Adam cannot do for the tables
       check(not self.amsgrad, "amsgrad", self.amsgrad, "False with --strategy=tpu")
       for name in ("clipnorm", "global_clipnorm"):
-        check(getattr(self, name) is None, name, getattr(self, name),
-              "unset with --strategy=tpu (use --clipvalue)")
+        check(
+            getattr(self, name) is None, name, getattr(self, name),
+            "unset with --strategy=tpu (use --clipvalue)")
       check(self.weight_decay == 0, "weight_decay", self.weight_decay, "0 with --strategy=tpu")
     return self
 

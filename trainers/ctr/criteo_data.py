@@ -142,8 +142,7 @@ def count_bad_records(config, max_logged=10):
   The first `max_logged` of them are logged with file, line and problem.
   """
   count = 0
-  for error, *_ in _parsed(_numbered_lines(list_files(config), shuffle=False, seed=None),
-                                config):
+  for error, *_ in _parsed(_numbered_lines(list_files(config), shuffle=False, seed=None), config):
     bad = [e.decode("utf-8", "replace") for e in error.numpy() if e]
     for message in bad[:max(0, max_logged - count)]:
       logging.warning("Criteo data: skipping %s", message)
@@ -163,9 +162,9 @@ def _numbered_lines(files, shuffle, seed):
                                    buffer_size=_READ_BUFFER_BYTES)
     return text.enumerate(start=1).map(lambda number, line: (path, number, line))
 
-  return paths.interleave(read, cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
-                          block_length=_PARSE_BATCH, num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=True)
+  return paths.interleave(read, cycle_length=min(len(files),
+                                                 _MAX_CYCLE_LENGTH), block_length=_PARSE_BATCH,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _parsed(lines, config):
@@ -189,8 +188,9 @@ def _examples(lines, config):
       return (tf.boolean_mask(dense, good), tf.boolean_mask(sparse, good),
               tf.boolean_mask(label, good))
     first_bad = tf.gather(error, tf.argmin(tf.cast(good, tf.int32)))
-    with tf.control_dependencies([tf.debugging.Assert(
-        tf.reduce_all(good), ["Criteo data: malformed line", first_bad])]):
+    with tf.control_dependencies([
+        tf.debugging.Assert(tf.reduce_all(good), ["Criteo data: malformed line", first_bad])
+    ]):
       return tf.identity(dense), tf.identity(sparse), tf.identity(label)
 
   return _parsed(lines, config).map(check, num_parallel_calls=tf.data.AUTOTUNE)
@@ -221,24 +221,30 @@ def parse_lines(paths, numbers, lines, table_sizes):
   def first_bad(ok, text, prefix, what):
     column = tf.argmin(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)
     value = tf.gather(text, column, batch_dims=1)
-    return tf.strings.join([prefix, tf.strings.as_string(column + 1), " is not ", what, ": ",
-                            quoted(value)])
+    return tf.strings.join([
+        prefix, tf.strings.as_string(column + 1), " is not ", what, ": ",
+        quoted(value)
+    ])
 
   problem = tf.where(
       tf.not_equal(num_fields, NUM_FIELDS),
-      tf.strings.join([f"expected {NUM_FIELDS} tab-separated fields (label, {NUM_DENSE} "
-                       f"integer and {NUM_SPARSE} categorical features), got ",
-                       tf.strings.as_string(num_fields)]),
-      tf.where(~label_ok, tf.strings.join(["label is not 0 or 1: ", quoted(label_text)]),
-               tf.where(~tf.reduce_all(int_ok, axis=1),
-                        first_bad(int_ok, int_text, "integer feature I", "an integer"),
-                        tf.where(~tf.reduce_all(hex_ok, axis=1),
-                                 first_bad(hex_ok, hex_text, "categorical feature C",
-                                           "a hex string"),
-                                 ""))))
+      tf.strings.join([
+          f"expected {NUM_FIELDS} tab-separated fields (label, {NUM_DENSE} "
+          f"integer and {NUM_SPARSE} categorical features), got ",
+          tf.strings.as_string(num_fields)
+      ]),
+      tf.where(
+          ~label_ok, tf.strings.join(["label is not 0 or 1: ",
+                                      quoted(label_text)]),
+          tf.where(
+              ~tf.reduce_all(int_ok, axis=1),
+              first_bad(int_ok, int_text, "integer feature I", "an integer"),
+              tf.where(~tf.reduce_all(hex_ok, axis=1),
+                       first_bad(hex_ok, hex_text, "categorical feature C", "a hex string"), ""))))
   good = tf.equal(problem, "")
-  error = tf.where(good, "", tf.strings.join(
-      [paths, ":", tf.strings.as_string(numbers), ": ", problem]))
+  error = tf.where(good, "",
+                   tf.strings.join([paths, ":",
+                                    tf.strings.as_string(numbers), ": ", problem]))
 
   label = tf.where(good & tf.equal(label_text, "1"), 1.0, 0.0)
   use_int = int_present & int_ok & good[:, None]
@@ -253,11 +259,9 @@ def parse_lines(paths, numbers, lines, table_sizes):
 
 def _hex_to_int64(text):
   """int64 values of strings of 1 to 16 hex digits (16 digits wrap around past 2**63)."""
-  padded = tf.strings.substr(tf.strings.join(["0" * _HEX_DIGITS, text]), -_HEX_DIGITS,
-                             _HEX_DIGITS)
+  padded = tf.strings.substr(tf.strings.join(["0" * _HEX_DIGITS, text]), -_HEX_DIGITS, _HEX_DIGITS)
   codes = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)  # [..., 16] ASCII codes
   lower = tf.bitwise.bitwise_or(codes, 32)  # 'A'-'F' -> 'a'-'f'; digits unchanged
   digits = tf.where(codes <= ord("9"), codes - ord("0"), lower - ord("a") + 10)
   shifts = tf.constant([4 * (_HEX_DIGITS - 1 - i) for i in range(_HEX_DIGITS)], tf.int64)
   return tf.reduce_sum(tf.bitwise.left_shift(digits, shifts), axis=-1)
-

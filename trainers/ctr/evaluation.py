@@ -37,8 +37,9 @@ def make_ctr_evaluator(predict, strategy, distributed_dataset_fn):
       raise ValueError("evaluation found no complete batch in the evaluation split; use a "
                        "smaller --global_batch_size or more evaluation data.")
     labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
-    return {"auc": metrics.auc(labels, probabilities),
-            "log_loss": metrics.log_loss(labels, probabilities),
-            "click_rate": float(np.mean(labels))}
+    return {
+        "auc": metrics.auc(labels, probabilities),
+        "log_loss": metrics.log_loss(labels, probabilities), "click_rate": float(np.mean(labels))
+    }
 
   return evaluate

@@ -31,9 +31,8 @@ from trainers.ctr.criteo_format import NUM_SPARSE
 ZIPF_EXPONENT = 1.1
 MISSING_RATE = 0.02
 # Loosely Criteo-shaped: a few tiny, several mid-size and a few large vocabularies.
-DEFAULT_VOCAB_SIZES = (1000, 500, 20000, 10000, 300, 20, 10000, 600, 3, 30000, 5000, 20000,
-                       3000, 25, 10000, 20000, 10, 4000, 2000, 4, 20000, 15, 15, 30000, 100,
-                       25000)
+DEFAULT_VOCAB_SIZES = (1000, 500, 20000, 10000, 300, 20, 10000, 600, 3, 30000, 5000, 20000, 3000,
+                       25, 10000, 20000, 10, 4000, 2000, 4, 20000, 15, 15, 30000, 100, 25000)
 _TRAIN_SHARDS = 4
 _EVAL_SHARDS = 1
 _CHUNK = 50_000  # lines drawn per vectorized numpy call
@@ -58,7 +57,7 @@ class _PlantedModel:
     self.vocab_sizes = vocab_sizes
     self.cdfs, self.rank_to_id, self.id_weights = [], [], []
     for size in vocab_sizes:
-      p = 1.0 / np.arange(1, size + 1) ** ZIPF_EXPONENT
+      p = 1.0 / np.arange(1, size + 1)**ZIPF_EXPONENT
       self.cdfs.append(np.cumsum(p) / p.sum())
       self.rank_to_id.append(rng.permutation(size))
       self.id_weights.append(rng.normal(0.0, _ID_WEIGHT_STD, size))
@@ -89,13 +88,11 @@ class _PlantedModel:
     ints[:, 1] -= 3  # like Criteo's I2, some counts go negative
     int_missing = rng.random((n, NUM_DENSE)) < MISSING_RATE
     transformed = np.where(int_missing, 0.0, np.log1p(np.maximum(ints, 0)))
-    logits = ((transformed - self.dense_log_mean) / _DENSE_LOG_STD
-                          ) @ self.dense_weights
+    logits = ((transformed - self.dense_log_mean) / _DENSE_LOG_STD) @ self.dense_weights
     ids = np.empty((n, NUM_SPARSE), np.int64)
     id_missing = rng.random((n, NUM_SPARSE)) < MISSING_RATE
     for f in range(NUM_SPARSE):
-      ranks = np.minimum(np.searchsorted(self.cdfs[f], rng.random(n)),
-                         self.vocab_sizes[f] - 1)
+      ranks = np.minimum(np.searchsorted(self.cdfs[f], rng.random(n)), self.vocab_sizes[f] - 1)
       ids[:, f] = self.rank_to_id[f][ranks]
       logits += np.where(id_missing[:, f], 0.0, self.id_weights[f][ids[:, f]])
     ints[int_missing] = np.iinfo(np.int64).min
@@ -137,16 +134,18 @@ def _write_split(directory, split, num_lines, num_shards, model, rng, gzip):
 def _generate(path, params):
   seed, vocab_sizes, gzip = params["seed"], params["vocab_sizes"], params["gzip"]
   model = _PlantedModel(vocab_sizes, np.random.default_rng([seed, 0]))
-  train, train_auc, train_rate = _write_split(
-      path, "train", params["num_train"], min(_TRAIN_SHARDS, params["num_train"]), model,
-      np.random.default_rng([seed, 1]), gzip)
-  evaluation, eval_auc, eval_rate = _write_split(
-      path, "eval", params["num_eval"], min(_EVAL_SHARDS, params["num_eval"]), model,
-      np.random.default_rng([seed, 2]), gzip)
-  generated_files.write_manifest(path, {
-      "params": params, "train_files": train, "eval_files": evaluation,
-      "planted_auc_train": train_auc, "planted_auc_eval": eval_auc,
-      "click_rate_train": train_rate, "click_rate_eval": eval_rate})
+  train, train_auc, train_rate = _write_split(path, "train", params["num_train"],
+                                              min(_TRAIN_SHARDS, params["num_train"]), model,
+                                              np.random.default_rng([seed, 1]), gzip)
+  evaluation, eval_auc, eval_rate = _write_split(path, "eval", params["num_eval"],
+                                                 min(_EVAL_SHARDS, params["num_eval"]), model,
+                                                 np.random.default_rng([seed, 2]), gzip)
+  generated_files.write_manifest(
+      path, {
+          "params": params, "train_files": train, "eval_files": evaluation,
+          "planted_auc_train": train_auc, "planted_auc_eval": eval_auc,
+          "click_rate_train": train_rate, "click_rate_eval": eval_rate
+      })
 
 
 def write_click_log(directory, num_train, num_eval, vocab_sizes=DEFAULT_VOCAB_SIZES, seed=0,
@@ -168,16 +167,19 @@ def write_click_log(directory, num_train, num_eval, vocab_sizes=DEFAULT_VOCAB_SI
   if len(vocab_sizes) != NUM_SPARSE or min(vocab_sizes) < 1 or max(vocab_sizes) > 16**8:
     raise ValueError(f"write_click_log: `vocab_sizes` must be {NUM_SPARSE} integers in [1, "
                      f"16**8] (ids are written as 8 hex digits); got {vocab_sizes!r}.")
-  params = {"version": _FORMAT_VERSION, "num_train": int(num_train), "num_eval": int(num_eval),
-            "vocab_sizes": vocab_sizes, "seed": int(seed), "gzip": bool(gzip)}
+  params = {
+      "version": _FORMAT_VERSION, "num_train": int(num_train), "num_eval": int(num_eval),
+      "vocab_sizes": vocab_sizes, "seed": int(seed), "gzip": bool(gzip)
+  }
   digest = hashlib.sha256(json.dumps(vocab_sizes).encode()).hexdigest()[:8]
-  path = os.path.join(directory, f"clicks-t{num_train}-e{num_eval}-v{digest}-seed{seed}"
-                                 + ("-gz" if gzip else ""))
+  path = os.path.join(
+      directory, f"clicks-t{num_train}-e{num_eval}-v{digest}-seed{seed}" + ("-gz" if gzip else ""))
   start = time.time()
   if generated_files.build_once(directory, path, params, _FILE_KEYS,
                                 lambda target: _generate(target, params)):
     logging.info("Generated a click log of %d + %d lines in %s (%.1f s).", num_train, num_eval,
-                 path, time.time() - start)
+                 path,
+                 time.time() - start)
   manifest = generated_files.read_manifest(path)
   return {
       "directory": path,

@@ -8,7 +8,6 @@ logistic model whose own AUC is the ceiling) under --model_dir and trains on it;
 turned into an `EmbeddingConfig` and validated before any work starts.
 """
 
-
 from absl import app
 
 from trainers.common import config as common_config

@@ -38,9 +38,10 @@ class EmbeddingTables(keras.layers.Layer):
     # layer.
     for i, rows in enumerate(self.table_sizes):
       bound = math.sqrt(1.0 / rows)
-      setattr(self, f"table_{i}", self.add_weight(
-          name=f"table_{i}", shape=(rows, self.embedding_dim),
-          initializer=keras.initializers.RandomUniform(-bound, bound)))
+      setattr(
+          self, f"table_{i}",
+          self.add_weight(name=f"table_{i}", shape=(rows, self.embedding_dim),
+                          initializer=keras.initializers.RandomUniform(-bound, bound)))
 
   @property
   def tables(self):
@@ -51,8 +52,10 @@ class EmbeddingTables(keras.layers.Layer):
     return [tf.gather(_as_tf_variable(table), ids[:, i]) for i, table in enumerate(self.tables)]
 
   def get_config(self):
-    return {**super().get_config(), "table_sizes": list(self.table_sizes),
-            "embedding_dim": self.embedding_dim}
+    return {
+        **super().get_config(), "table_sizes": list(self.table_sizes),
+        "embedding_dim": self.embedding_dim
+    }
 
 
 def _as_tf_variable(variable):
@@ -70,17 +73,17 @@ def pairwise_interactions(vectors):
 
 
 def _mlp(widths, name, last_activation):
-  layers = [keras.layers.Dense(w, activation="relu" if k < len(widths) - 1 or last_activation
-                               else None, name=f"{name}_{k}")
-            for k, w in enumerate(widths)]
+  layers = [
+      keras.layers.Dense(w, activation="relu" if k < len(widths) - 1 or last_activation else None,
+                         name=f"{name}_{k}") for k, w in enumerate(widths)
+  ]
   return keras.Sequential(layers, name=name)
 
 
 class DLRM(keras.Model):
   """features {"dense": float [batch, D], "sparse": int [batch, F]} -> logits [batch]."""
 
-  def __init__(self, table_sizes, embedding_dim, bottom_mlp=(64, 32), top_mlp=(128, 64),
-               **kwargs):
+  def __init__(self, table_sizes, embedding_dim, bottom_mlp=(64, 32), top_mlp=(128, 64), **kwargs):
     super().__init__(**kwargs)
     self.embedding = EmbeddingTables(table_sizes, embedding_dim, name="embedding")
     # The bottom MLP ends at the embedding width so its output joins the interactions.
@@ -103,8 +106,7 @@ def build_dlrm(table_sizes, embedding_dim, bottom_mlp=(64, 32), top_mlp=(128, 64
                num_dense=NUM_DENSE):
   """A built DLRM (its variables exist), for `num_dense` dense and len(table_sizes) ids."""
   model = DLRM(table_sizes, embedding_dim, bottom_mlp, top_mlp, name="dlrm")
-  model({"dense": tf.zeros([1, num_dense]),
-         "sparse": tf.zeros([1, len(table_sizes)], tf.int64)})
+  model({"dense": tf.zeros([1, num_dense]), "sparse": tf.zeros([1, len(table_sizes)], tf.int64)})
   return model
 
 

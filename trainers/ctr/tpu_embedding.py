@@ -33,7 +33,6 @@ from trainers.ctr.criteo_format import NUM_DENSE
 
 _TPU_STRATEGIES = (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)
 
-
 # ---- Tables ---------------------------------------------------------------------------------
 
 
@@ -69,23 +68,22 @@ def feature_config(table_sizes, embedding_dim, *, initializer_seed=None):
   the table's combiner reduces a single vector: "mean", "sum" and "sqrtn" all return it
   unchanged. "sum" is set because it divides by nothing.
   """
-  if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, numbers.Integral) or (
-      embedding_dim < 1):
+  if isinstance(embedding_dim,
+                bool) or not isinstance(embedding_dim, numbers.Integral) or (embedding_dim < 1):
     raise ValueError(f"feature_config: `embedding_dim` must be an integer >= 1; got "
                      f"{embedding_dim!r}.")
   sizes = tuple(table_sizes)
-  if not sizes or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-                      for s in sizes):
+  if not sizes or any(
+      isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
     raise ValueError(f"feature_config: `table_sizes` must be a non-empty sequence of integers "
                      f">= 1 (rows per table); got {table_sizes!r}.")
   features = []
   for i, rows in enumerate(sizes):
     seed = None if initializer_seed is None else int(initializer_seed) + i
     table = tf.tpu.experimental.embedding.TableConfig(
-        vocabulary_size=int(rows), dim=int(embedding_dim),
-        initializer=DLRMUniform(rows, seed), combiner="sum", name=f"table_{i}")
-    features.append(tf.tpu.experimental.embedding.FeatureConfig(table=table,
-                                                                name=f"feature_{i}"))
+        vocabulary_size=int(rows), dim=int(embedding_dim), initializer=DLRMUniform(rows, seed),
+        combiner="sum", name=f"table_{i}")
+    features.append(tf.tpu.experimental.embedding.FeatureConfig(table=table, name=f"feature_{i}"))
   return tuple(features)
 
 
@@ -159,8 +157,7 @@ def tpu_optimizer(learning_rate, *, beta_1, beta_2, epsilon, sparse_mode, clipva
   weight_decay = _number("weight_decay", weight_decay, "a float >= 0", lambda x: x >= 0)
   if clipvalue is not None:
     clipvalue = _number("clipvalue", clipvalue, "None or a float > 0", lambda x: x > 0)
-  constant_rate = isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate,
-                                                                               bool)
+  constant_rate = isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool)
   if constant_rate:
     _number("learning_rate", learning_rate, "a float >= 0", lambda x: x >= 0)
   rate = _tpu_learning_rate(learning_rate, beta_1, beta_2, iterations)
@@ -180,9 +177,15 @@ def tpu_optimizer(learning_rate, *, beta_1, beta_2, epsilon, sparse_mode, clipva
           "the bias-corrected rate it is sent, not by the rate. Use a float learning rate "
           f"or weight_decay=0. Got weight_decay={weight_decay!r}.")
   return tf.tpu.experimental.embedding.Adam(
-      learning_rate=rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-      lazy_adam=sparse_mode == "lazy", sum_inside_sqrt=False, use_gradient_accumulation=True,
-      clipvalue=clipvalue, **decay,
+      learning_rate=rate,
+      beta_1=beta_1,
+      beta_2=beta_2,
+      epsilon=epsilon,
+      lazy_adam=sparse_mode == "lazy",
+      sum_inside_sqrt=False,
+      use_gradient_accumulation=True,
+      clipvalue=clipvalue,
+      **decay,
       # TF 2.21 writes this bool into an enum field of the TPU configuration, which protobuf 7
       # refuses ("Expected an int, got a boolean"), failing TPUEmbedding.build on a TPU. 0 is
       # the value False used to be written as (UNSPECIFIED: no low-dimensional packing).
@@ -196,15 +199,14 @@ def tpu_optimizer_like(optimizer):
   # reading it once here would freeze a schedule.
   return tpu_optimizer(
       lambda: optimizer.learning_rate, beta_1=optimizer.beta_1, beta_2=optimizer.beta_2,
-      epsilon=optimizer.epsilon, sparse_mode=optimizer.sparse_mode,
-      clipvalue=config["clipvalue"], weight_decay=config["weight_decay"],
-      amsgrad=optimizer.amsgrad, clipnorm=config["clipnorm"],
+      epsilon=optimizer.epsilon, sparse_mode=optimizer.sparse_mode, clipvalue=config["clipvalue"],
+      weight_decay=config["weight_decay"], amsgrad=optimizer.amsgrad, clipnorm=config["clipnorm"],
       global_clipnorm=config["global_clipnorm"], iterations=optimizer.iterations)
 
 
 def _number(name, value, accepted, ok):
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
-      value) or not ok(value):
+  if isinstance(value, bool) or not isinstance(
+      value, numbers.Real) or not math.isfinite(value) or not ok(value):
     raise ValueError(f"tpu_optimizer: `{name}` must be {accepted} (the TPU embedding "
                      f"configuration holds fixed numbers); got {value!r}.")
   return float(value)
@@ -229,8 +231,7 @@ def _tpu_learning_rate(learning_rate, beta_1, beta_2, iterations):
                      f"(adam_xla Adam.iterations); got {iterations!r}.")
 
   # adam_xla's own lr_t: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = iterations + 1.
-  return lambda: adam_xla.bias_corrected_learning_rate(learning_rate, beta_1, beta_2,
-                                                       iterations)
+  return lambda: adam_xla.bias_corrected_learning_rate(learning_rate, beta_1, beta_2, iterations)
 
 
 # ---- The train step ------------------------------------------------------------------------
@@ -262,8 +263,8 @@ class TPUEmbeddingStep(tf.Module):
     initializer_seed: see `feature_config`.
   """
 
-  def __init__(self, model, optimizer, *, global_batch_size, num_dense=NUM_DENSE,
-               steps_per_loop=1, strategy=None, initializer_seed=None):
+  def __init__(self, model, optimizer, *, global_batch_size, num_dense=NUM_DENSE, steps_per_loop=1,
+               strategy=None, initializer_seed=None):
     super().__init__(name="tpu_embedding_step")
     if not isinstance(optimizer, adam_xla.Adam):
       raise TypeError(f"TPUEmbeddingStep: `optimizer` must be an adam_xla.Adam; got "
@@ -285,8 +286,8 @@ class TPUEmbeddingStep(tf.Module):
     if global_batch_size < 1 or global_batch_size % replicas:
       raise ValueError(f"TPUEmbeddingStep: `global_batch_size` ({global_batch_size}) must be "
                        f"a positive multiple of the {replicas} replicas.")
-    if isinstance(steps_per_loop, bool) or not isinstance(steps_per_loop, int) or (
-        steps_per_loop < 1):
+    if isinstance(steps_per_loop, bool) or not isinstance(steps_per_loop, int) or (steps_per_loop
+                                                                                   < 1):
       raise ValueError(f"TPUEmbeddingStep: `steps_per_loop` must be an integer >= 1; got "
                        f"{steps_per_loop!r}.")
     self.global_batch_size = int(global_batch_size)
@@ -313,6 +314,7 @@ class TPUEmbeddingStep(tf.Module):
     """(features, labels) batches -> (ids, (dense, labels)) batches, the elements a call takes:
     ids a tuple of one [batch] int tensor per feature. Batches stay on the host, as `enqueue`
     requires (the trainer's `resumable_input` keeps them there)."""
+
     def split_features(features, labels):
       return tuple(tf.unstack(features["sparse"], axis=1)), (features["dense"], labels)
 
@@ -322,8 +324,7 @@ class TPUEmbeddingStep(tf.Module):
     """(features, labels) batches of the global size -> the distributed input of a call, kept
     on the host (experimental_fetch_to_device=False)."""
     return self._parts.strategy.experimental_distribute_dataset(
-        self.split(dataset),
-        options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
+        self.split(dataset), options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
 
   def __call__(self, iterator):
     """Runs `steps_per_loop` steps from an iterator over `distribute(...)`; returns the loss."""

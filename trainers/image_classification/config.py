@@ -77,20 +77,21 @@ class ImagenetConfig:
     check(self.num_classes >= 2, "num_classes", self.num_classes, "an integer >= 2")
     check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
           "a number in [0, 1)")
-    check(self.data_source in DATA_SOURCES, "data_source", self.data_source,
-          one_of(DATA_SOURCES))
-    check(self.data_source == "generated" or bool(self.data_dir), "data_dir", self.data_dir,
-          "the TFDS data dir (its manual download dir is DATA_DIR/downloads/manual)"
-          if self.data_source == "tfds" else
-          f"a directory of shards for --data_source={self.data_source}")
-    check(self.data_source != "tfds" or self.num_classes == TFDS_CLASSES, "num_classes",
-          self.num_classes, f"{TFDS_CLASSES} with --data_source=tfds (imagenet2012 labels are "
-          f"0-based over its {TFDS_CLASSES} classes, whichever of them the data holds)")
+    check(self.data_source in DATA_SOURCES, "data_source", self.data_source, one_of(DATA_SOURCES))
+    check(
+        self.data_source == "generated" or bool(self.data_dir), "data_dir", self.data_dir,
+        "the TFDS data dir (its manual download dir is DATA_DIR/downloads/manual)"
+        if self.data_source == "tfds" else
+        f"a directory of shards for --data_source={self.data_source}")
+    check(
+        self.data_source != "tfds" or self.num_classes == TFDS_CLASSES, "num_classes",
+        self.num_classes, f"{TFDS_CLASSES} with --data_source=tfds (imagenet2012 labels are "
+        f"0-based over its {TFDS_CLASSES} classes, whichever of them the data holds)")
     check(self.dtype in DTYPES, "dtype", self.dtype, one_of(DTYPES))
     check((self.train_steps is None) != (self.train_epochs is None), "train_steps",
           self.train_steps, "set exactly one of --train_steps and --train_epochs")
-    check(self.train_epochs is None or self.train_epochs > 0, "train_epochs",
-          self.train_epochs, "a number > 0")
+    check(self.train_epochs is None or self.train_epochs > 0, "train_epochs", self.train_epochs,
+          "a number > 0")
     check(self.train_examples is None or self.train_examples >= 1, "train_examples",
           self.train_examples, "an integer >= 1 (or unset: the split's size)")
     common.check_run(self, num_replicas)
@@ -110,4 +111,3 @@ class ImagenetConfig:
       steps = math.ceil(self.train_epochs * self.examples_per_epoch(generated_examples) /
                         self.global_batch_size)
     return max(self.steps_per_loop, steps - steps % self.steps_per_loop)
-

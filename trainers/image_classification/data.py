@@ -152,8 +152,9 @@ def _dataset(config, split, input_context, training):
     base_seed = seed if seed is not None else random.randrange(2**31)
 
     def image(encoded, position):
-      element_seed = tf.stack([tf.constant(base_seed, tf.int64),
-                               position * num_pipelines + pipeline_id])
+      element_seed = tf.stack([
+          tf.constant(base_seed, tf.int64), position * num_pipelines + pipeline_id
+      ])
       return _train_image(encoded, config.image_size, element_seed)
   else:
     image = lambda encoded, position: _eval_image(encoded, config.image_size)
@@ -169,12 +170,11 @@ def _dataset(config, split, input_context, training):
     if config.skip_bad_records:
       dataset = dataset.ignore_errors()
   else:
-    records, files = _tfrecord_records(config, split, num_pipelines, pipeline_id, training,
-                                       seed)
-    no_records = (f"ImageNet data: no usable record in the {len(files)} {split} shard(s) this "
-                  f"input pipeline reads (e.g. '{files[0]}')" +
-                  (": every record is bad and skip_bad_records drops it"
-                   if config.skip_bad_records else ""))
+    records, files = _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed)
+    no_records = (
+        f"ImageNet data: no usable record in the {len(files)} {split} shard(s) this "
+        f"input pipeline reads (e.g. '{files[0]}')" +
+        (": every record is bad and skip_bad_records drops it" if config.skip_bad_records else ""))
     dataset = _checked_images(records, image, config, training, seed, no_records)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
@@ -195,9 +195,11 @@ def _checked_images(records, image, config, training, seed, no_records):
   per-element tf.data functions would cost more than the decoding.
   """
   checking = not config.skip_bad_records
-  records = records.concatenate(tf.data.Dataset.from_tensors(
-      {"path": tf.constant(""), "index": tf.constant(-1, tf.int64),
-       "serialized": tf.constant(b""), "end": tf.constant(True), "problem": tf.constant("")}))
+  records = records.concatenate(
+      tf.data.Dataset.from_tensors({
+          "path": tf.constant(""), "index": tf.constant(-1, tf.int64),
+          "serialized": tf.constant(b""), "end": tf.constant(True), "problem": tf.constant("")
+      }))
   if training:
     # The marker goes in before the shuffle: shuffle and repeat must be adjacent (fused), or
     # the reshuffling of later passes is not restored from checkpoints.
@@ -209,6 +211,7 @@ def _checked_images(records, image, config, training, seed, no_records):
     numbered = numbered.batch(_CHECK_BATCH).scan(first, _with_previous).unbatch()
 
   def read(position, record, *previous):
+
     def decode():
       example = tf.io.parse_single_example(record["serialized"], _FEATURES)
       label = _check_label(example["image/class/label"] - config.label_offset, config)
@@ -241,17 +244,15 @@ def _with_previous(last, batch):
   position, record = batch
   paths = tf.concat([[last["path"]], record["path"]], 0)
   indices = tf.concat([[last["index"]], record["index"]], 0)
-  return ({"path": paths[-1], "index": indices[-1]},
-          (position, record, {"path": paths[:-1], "index": indices[:-1]}))
+  return ({"path": paths[-1],
+           "index": indices[-1]}, (position, record, {"path": paths[:-1], "index": indices[:-1]}))
 
 
 def _no_image(config):
-  return (tf.zeros([config.image_size, config.image_size, 3], tf.float32),
-          tf.constant(0, tf.int64))
+  return (tf.zeros([config.image_size, config.image_size, 3], tf.float32), tf.constant(0, tf.int64))
 
 
-_NO_FAILURE = {"failed": False, "gap": False, "header": "", "path": "", "index": -1,
-               "problem": ""}
+_NO_FAILURE = {"failed": False, "gap": False, "header": "", "path": "", "index": -1, "problem": ""}
 
 
 def _check_batch(state, batch, checking, no_records):
@@ -281,19 +282,22 @@ def _check_batch(state, batch, checking, no_records):
     good_before = tf.concat([[usable_before], good[:-1]], 0)
     unusable = marker & tf.equal(tf.gather(good + good_before, span), 0)
     first = tf.argmax(tf.cast(bad | unusable, tf.int32))
-    previous = batch[5] if checking else {"path": tf.fill([count], ""),
-                                           "index": tf.fill([count], tf.constant(-1, tf.int64))}
-    failure = {"failed": tf.reduce_any(bad | unusable),
-               "gap": bad[first] & ~in_order[first],
-               "header": tf.where(bad[first], _BAD_RECORD, no_records),
-               "path": previous["path"][first], "index": previous["index"][first],
-               "problem": problem[first]}
+    previous = batch[5] if checking else {
+        "path": tf.fill([count], ""), "index": tf.fill([count], tf.constant(-1, tf.int64))
+    }
+    failure = {
+        "failed": tf.reduce_any(bad | unusable), "gap": bad[first] & ~in_order[first],
+        "header": tf.where(bad[first], _BAD_RECORD, no_records), "path": previous["path"][first],
+        "index": previous["index"][first], "problem": problem[first]
+    }
     markers = tf.reduce_sum(tf.cast(marker, tf.int32))
     return (tf.boolean_mask(pixels, ~end), tf.boolean_mask(label, ~end), good_before[markers],
             good[markers], failure)
 
-  no_failure = {key: tf.constant(value, tf.int64 if key == "index" else None)
-                for key, value in _NO_FAILURE.items()}
+  no_failure = {
+      key: tf.constant(value, tf.int64 if key == "index" else None)
+      for key, value in _NO_FAILURE.items()
+  }
   pixels, label, usable_before, usable, failure = tf.cond(
       clean, lambda: (pixels, label, usable_before, usable + count, no_failure), examine)
   return (position[-1] + 1, usable_before, usable), (pixels, label, failure)
@@ -305,13 +309,13 @@ def _report(failure, config):
   record = tf.data.TFRecordDataset(failure["path"]).skip(failure["index"]).take(
       tf.cast(failure["gap"], tf.int64))
   diagnosed = _problems(record, config).map(lambda problem: where + problem)
-  known = tf.data.Dataset.from_tensors(failure["problem"]).take(
-      tf.cast(~failure["gap"], tf.int64))
+  known = tf.data.Dataset.from_tensors(failure["problem"]).take(tf.cast(~failure["gap"], tf.int64))
   unknown = tf.data.Dataset.from_tensors(where + "cannot be read again")
 
   def fail(message):
-    with tf.control_dependencies([tf.debugging.Assert(
-        tf.constant(False), [failure["header"], message], summarize=1)]):
+    with tf.control_dependencies([
+        tf.debugging.Assert(tf.constant(False), [failure["header"], message], summarize=1)
+    ]):
       return _no_image(config)
 
   return diagnosed.concatenate(known).concatenate(unknown).take(1).map(fail)
@@ -321,8 +325,10 @@ def _check_label(label, config):
   """`label` (0-based) as int64; an op error unless it is in [0, num_classes)."""
   label = tf.cast(label, tf.int64)
   in_range = (label >= 0) & (label < config.num_classes)
-  with tf.control_dependencies([tf.debugging.Assert(in_range, [
-      f"ImageNet data: label outside [0, num_classes={config.num_classes}):", label])]):
+  with tf.control_dependencies([
+      tf.debugging.Assert(
+          in_range, [f"ImageNet data: label outside [0, num_classes={config.num_classes}):", label])
+  ]):
     return tf.identity(label)
 
 
@@ -341,31 +347,40 @@ def _problems(records, config):
     shifted = value - config.label_offset
     size = tf.strings.length(jpeg)
     label_problem = tf.strings.join([
-        "image/class/label is ", tf.strings.as_string(value), ": with label_offset=",
-        str(config.label_offset), " that is class ", tf.strings.as_string(shifted),
-        f", not in [0, num_classes={config.num_classes})"])
+        "image/class/label is ",
+        tf.strings.as_string(value), ": with label_offset=",
+        str(config.label_offset), " that is class ",
+        tf.strings.as_string(shifted), f", not in [0, num_classes={config.num_classes})"
+    ])
     jpeg_problem = tf.strings.join([
-        "image/encoded is not a JPEG: its ", tf.strings.as_string(size), " bytes start with ",
-        _hex(jpeg, 4), " (a JPEG starts with ff d8)"])
+        "image/encoded is not a JPEG: its ",
+        tf.strings.as_string(size), " bytes start with ",
+        _hex(jpeg, 4), " (a JPEG starts with ff d8)"
+    ])
     problem = tf.where(
         tf.size(encoded) != 1, _count_problem("image/encoded", tf.size(encoded)),
-        tf.where(tf.size(label) != 1, _count_problem("image/class/label", tf.size(label)),
-                 tf.where((shifted < 0) | (shifted >= config.num_classes), label_problem,
-                          tf.where(tf.equal(size, 0), "image/encoded is empty",
-                                   tf.where(tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"),
-                                            "", jpeg_problem)))))
+        tf.where(
+            tf.size(label) != 1, _count_problem("image/class/label", tf.size(label)),
+            tf.where((shifted < 0) | (shifted >= config.num_classes), label_problem,
+                     tf.where(
+                         tf.equal(size, 0), "image/encoded is empty",
+                         tf.where(tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"), "",
+                                  jpeg_problem)))))
     return problem, jpeg
 
   def decoding(problem, jpeg):
     known = tf.data.Dataset.from_tensors(problem).take(tf.cast(problem != "", tf.int64))
-    corrupt = tf.strings.join(["image/encoded (", tf.strings.as_string(tf.strings.length(jpeg)),
-                               " bytes) is a corrupt or truncated JPEG: decoding it fails"])
+    corrupt = tf.strings.join([
+        "image/encoded (",
+        tf.strings.as_string(tf.strings.length(jpeg)),
+        " bytes) is a corrupt or truncated JPEG: decoding it fails"
+    ])
     decoded = _attempt(lambda data: _empty_after(tf.io.decode_jpeg(data, channels=3)), jpeg,
                        corrupt).take(tf.cast(problem == "", tf.int64))
     return known.concatenate(decoded)
 
-  found = records.flat_map(lambda record: _attempt(
-      fields, record, (tf.constant(_NOT_EXAMPLE), tf.constant(b""))))
+  found = records.flat_map(lambda record: _attempt(fields, record,
+                                                   (tf.constant(_NOT_EXAMPLE), tf.constant(b""))))
   return found.flat_map(decoding).map(lambda problem: tf.where(
       tf.equal(problem, ""), "no step fails when the record is read again (a transient read "
       "error?)", problem))
@@ -384,17 +399,18 @@ def _empty_after(tensor):
 
 
 def _count_problem(name, count):
-  return tf.where(tf.equal(count, 0), f"{name} is missing", tf.strings.join(
-      [name, " has ", tf.strings.as_string(count), " values, not 1"]))
+  return tf.where(tf.equal(count, 0), f"{name} is missing",
+                  tf.strings.join([name, " has ",
+                                   tf.strings.as_string(count), " values, not 1"]))
 
 
 def _hex(data, n):
   """The first `n` bytes of `data` as hex digits, space-separated (e.g. "89 50 4e 47")."""
   codes = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 0, n), tf.uint8), tf.int32)
   digits = tf.constant(list("0123456789abcdef"))
-  return tf.strings.reduce_join(tf.strings.join([tf.gather(digits, codes // 16),
-                                                 tf.gather(digits, codes % 16)]),
-                                separator=" ")
+  return tf.strings.reduce_join(
+      tf.strings.join([tf.gather(digits, codes // 16),
+                       tf.gather(digits, codes % 16)]), separator=" ")
 
 
 def list_shards(data_dir, split):
@@ -444,7 +460,8 @@ def _tfrecord_records(config, split, num_pipelines, pipeline_id, training, seed)
   mode = "skip" if config.skip_bad_records else "check"
   dataset = dataset.interleave(
       lambda path, size: _shard_records(path, size, mode),
-      cycle_length=min(len(files), _MAX_CYCLE_LENGTH), block_length=1,
+      cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
+      block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE,
       # Sharding examples needs the same order on every pipeline.
       deterministic=None if shard_files else True)
@@ -463,10 +480,11 @@ def _shard_records(path, size, mode):
   lost), "count" always adds the end element (problem "" if the shard is whole).
   """
   records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
-  batches = tf.data.Dataset.zip(records.ignore_errors(log_warning=True).batch(_SHARD_BATCH),
-                                tf.data.Dataset.from_tensors(False).repeat())
-  batches = batches.concatenate(tf.data.Dataset.from_tensors(
-      (tf.zeros([0], tf.string), tf.constant(True))))
+  batches = tf.data.Dataset.zip(
+      records.ignore_errors(log_warning=True).batch(_SHARD_BATCH),
+      tf.data.Dataset.from_tensors(False).repeat())
+  batches = batches.concatenate(
+      tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True))))
 
   def number(state, batch):
     index, offset = state
@@ -475,28 +493,35 @@ def _shard_records(path, size, mode):
     count = tf.size(serialized, out_type=tf.int64)
 
     def in_shard():
-      return {"path": tf.fill([count], path), "index": index + tf.range(count),
-              "serialized": serialized, "end": tf.zeros([count], tf.bool),
-              "problem": tf.fill([count], "")}
+      return {
+          "path": tf.fill([count], path), "index": index + tf.range(count),
+          "serialized": serialized, "end": tf.zeros([count], tf.bool), "problem": tf.fill([count],
+                                                                                          "")
+      }
 
     def shard_end():
       broken = tf.not_equal(offset, size)
       problem = tf.strings.join([
-          path, ":", tf.strings.as_string(index), ": TFRecord framing breaks at byte ",
-          tf.strings.as_string(offset), " of ", tf.strings.as_string(size), " (a length or CRC "
+          path, ":",
+          tf.strings.as_string(index), ": TFRecord framing breaks at byte ",
+          tf.strings.as_string(offset), " of ",
+          tf.strings.as_string(size), " (a length or CRC "
           "check or the read failed, see the warning before): the shard is corrupt or "
-          "truncated, and none of its records from here on can be read"])
+          "truncated, and none of its records from here on can be read"
+      ])
       if mode == "skip":
-        printed = tf.cond(broken, lambda: tf.print(
-            "ImageNet data: skipping the rest of a shard:", problem, output_stream=sys.stderr),
-                          tf.no_op)
+        printed = tf.cond(
+            broken, lambda: tf.print("ImageNet data: skipping the rest of a shard:", problem,
+                                     output_stream=sys.stderr), tf.no_op)
         with tf.control_dependencies([printed]):
           rows = tf.constant(0, tf.int64)
       else:
         rows = tf.cast(broken | (mode == "count"), tf.int64)
-      return {"path": tf.fill([rows], path), "index": tf.fill([rows], index),
-              "serialized": tf.fill([rows], ""), "end": tf.fill([rows], True),
-              "problem": tf.fill([rows], tf.where(broken, problem, ""))}
+      return {
+          "path": tf.fill([rows], path), "index": tf.fill([rows],
+                                                          index), "serialized": tf.fill([rows], ""),
+          "end": tf.fill([rows], True), "problem": tf.fill([rows], tf.where(broken, problem, ""))
+      }
 
     return (index + count, offset + tf.reduce_sum(sizes)), tf.cond(end, shard_end, in_shard)
 
@@ -516,36 +541,40 @@ def count_bad_records(config, split, max_logged=10):
   files, sizes = usable_shards(config.data_dir, split)
 
   def strict(record):
+
     def decode():
       example = tf.io.parse_single_example(record["serialized"], _FEATURES)
       label = _check_label(example["image/class/label"] - config.label_offset, config)
       pixels = tf.io.decode_jpeg(example["image/encoded"], channels=3)
       return tf.strings.join([_empty_after(pixels), _empty_after(label)])
 
-    return tf.strings.join([tf.cond(record["end"], lambda: tf.constant(""), decode),
-                            record["problem"]]), record
+    return tf.strings.join([
+        tf.cond(record["end"], lambda: tf.constant(""), decode), record["problem"]
+    ]), record
 
   def events(path, size):
     """(path, first missing record, how many, problem) of the shard's bad records."""
 
     def gaps(expected, problem_and_record):
       problem, record = problem_and_record
-      return record["index"] + 1, (record["path"], expected, record["index"] - expected,
-                                   problem)
+      return record["index"] + 1, (record["path"], expected, record["index"] - expected, problem)
 
     checked = _shard_records(path, size, "count").map(strict).ignore_errors()
-    return checked.scan(tf.constant(0, tf.int64), gaps).filter(
-        lambda path, first, missing, problem: (missing > 0) | (problem != ""))
+    return checked.scan(
+        tf.constant(0, tf.int64),
+        gaps).filter(lambda path, first, missing, problem: (missing > 0) | (problem != ""))
 
   found = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64))).interleave(
-      events, cycle_length=min(len(files), _MAX_CYCLE_LENGTH),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      events, cycle_length=min(len(files), _MAX_CYCLE_LENGTH), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True)
   count = 0
   for path, first, missing, problem in found.as_numpy_iterator():
     path = path.decode()
     quota = max(0, max_logged - count)
-    messages = [f"{path}:{index}: {_read_again(path, index, config)}"
-                for index in range(first, first + min(missing, quota))]
+    messages = [
+        f"{path}:{index}: {_read_again(path, index, config)}"
+        for index in range(first, first + min(missing, quota))
+    ]
     if problem:
       messages.append(problem.decode())
     for message in messages[:quota]:
@@ -575,8 +604,8 @@ def _tfds_records(config, split, input_context, training, seed):
           f"'{manual_dir}' lacks {' and '.join(tars)}. Download them from image-net.org into "
           f"'{manual_dir}', or run `tfds build imagenet2012 --data_dir={config.data_dir} "
           f"--manual_dir=<dir of the tars>`. {_HOW_TO_GET_DATA}")
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir))
   read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
                                 interleave_cycle_length=_MAX_CYCLE_LENGTH)
   dataset = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config,
@@ -597,8 +626,7 @@ def _resize(image, image_size):
 
 def _train_image(encoded, image_size, seed):
   """Random-resized crop (decoding only the crop) and random horizontal flip."""
-  crop_seed, flip_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=2))
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   shape = tf.image.extract_jpeg_shape(encoded)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
@@ -615,14 +643,13 @@ def _train_image(encoded, image_size, seed):
 
 def center_crop_window(height, width):
   """[offset_y, offset_x, size, size] of the evaluation crop of a height x width image."""
-  size = tf.maximum(tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width),
-                                                         tf.float32), tf.int32), 1)
+  size = tf.maximum(
+      tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width), tf.float32), tf.int32), 1)
   return tf.stack([(height - size + 1) // 2, (width - size + 1) // 2, size, size])
 
 
 def _eval_image(encoded, image_size):
   """Center crop of EVAL_CROP_FRACTION of the shorter side, resized to image_size."""
   shape = tf.image.extract_jpeg_shape(encoded)
-  image = tf.io.decode_and_crop_jpeg(encoded, center_crop_window(shape[0], shape[1]),
-                                     channels=3)
+  image = tf.io.decode_and_crop_jpeg(encoded, center_crop_window(shape[0], shape[1]), channels=3)
   return _normalize(_resize(image, image_size))

@@ -21,8 +21,7 @@ from trainers.common import generated_files
 DEFAULT_TRAIN_EXAMPLES = 6000
 DEFAULT_VALIDATION_EXAMPLES = 1000
 
-SHAPES = ("disc", "square", "triangle", "ring", "cross", "striped_disc", "checkered_disc",
-          "frame")
+SHAPES = ("disc", "square", "triangle", "ring", "cross", "striped_disc", "checkered_disc", "frame")
 COLORS = {  # name: RGB
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -85,10 +84,9 @@ def draw_images(labels, image_size, rng):
   period = rng.uniform(0.15, 0.3, (n, 1, 1)).astype(np.float32) * size
   bands_h = np.sin(2 * np.pi * y / period) > 0
   bands_v = np.sin(2 * np.pi * x / period) > 0
-  pattern = np.select(
-      [background[:, None, None] == 1, background[:, None, None] == 2,
-       background[:, None, None] == 3],
-      [bands_h, bands_v, bands_h ^ bands_v], default=False).astype(np.float32)
+  pattern = np.select([
+      background[:, None, None] == 1, background[:, None, None] == 2, background[:, None, None] == 3
+  ], [bands_h, bands_v, bands_h ^ bands_v], default=False).astype(np.float32)
   image = base + (gradient + 50.0 * pattern)[..., None]
 
   # The object, in coordinates of its own frame scaled by its radius.
@@ -151,13 +149,12 @@ def _write_split(directory, split, num_examples, num_shards, num_classes, image_
   return names
 
 
-def _generate(path, params, num_classes, image_size, train_examples, validation_examples,
-              seed):
+def _generate(path, params, num_classes, image_size, train_examples, validation_examples, seed):
   train = _write_split(path, "train", train_examples, min(_TRAIN_SHARDS, train_examples),
                        num_classes, image_size, np.random.default_rng([seed, 0]))
   validation = _write_split(path, "validation", validation_examples,
-                            min(_VALIDATION_SHARDS, validation_examples), num_classes,
-                            image_size, np.random.default_rng([seed, 1]))
+                            min(_VALIDATION_SHARDS, validation_examples), num_classes, image_size,
+                            np.random.default_rng([seed, 1]))
   with tf.io.gfile.GFile(os.path.join(path, "labels.txt"), "w") as f:
     f.write("".join(name + "\n" for name in class_names(num_classes)))
   generated_files.write_manifest(
@@ -176,26 +173,28 @@ def ensure_generated_data(directory, num_classes=10, image_size=64,
   cannot be renamed, the manifest is written last and marks completion.
   """
   for name, value, low in (("num_classes", num_classes, 1), ("image_size", image_size, 8),
-                           ("train_examples", train_examples, 1),
-                           ("validation_examples", validation_examples, 1)):
+                           ("train_examples", train_examples, 1), ("validation_examples",
+                                                                   validation_examples, 1)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
       raise ValueError(f"ensure_generated_data: `{name}` must be an integer >= {low}; "
                        f"got {value!r}.")
   if num_classes > MAX_CLASSES:
     raise ValueError(f"ensure_generated_data: at most {MAX_CLASSES} classes can be drawn "
                      f"distinctly; got num_classes={num_classes}. Use real data for more.")
-  params = {"version": _FORMAT_VERSION, "num_classes": int(num_classes),
-            "image_size": int(image_size), "train_examples": int(train_examples),
-            "validation_examples": int(validation_examples), "seed": int(seed)}
-  path = os.path.join(directory, f"generated-c{num_classes}-s{image_size}-t{train_examples}"
-                                 f"-v{validation_examples}-seed{seed}")
+  params = {
+      "version": _FORMAT_VERSION, "num_classes": int(num_classes), "image_size": int(image_size),
+      "train_examples": int(train_examples), "validation_examples": int(validation_examples),
+      "seed": int(seed)
+  }
+  path = os.path.join(
+      directory, f"generated-c{num_classes}-s{image_size}-t{train_examples}"
+      f"-v{validation_examples}-seed{seed}")
   start = time.time()
   if not generated_files.build_once(
-      directory, path, params, _FILE_KEYS,
-      lambda target: _generate(target, params, num_classes, image_size, train_examples,
-                               validation_examples, seed)):
+      directory, path, params, _FILE_KEYS, lambda target: _generate(
+          target, params, num_classes, image_size, train_examples, validation_examples, seed)):
     return path
-  logging.info("Generated %d + %d %dx%d images of %d classes in %s (%.1f s).",
-               train_examples, validation_examples, image_size, image_size, num_classes,
-               path, time.time() - start)
+  logging.info("Generated %d + %d %dx%d images of %d classes in %s (%.1f s).", train_examples,
+               validation_examples, image_size, image_size, num_classes, path,
+               time.time() - start)
   return path

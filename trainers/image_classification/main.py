@@ -60,9 +60,10 @@ def main(argv):
     strategies.split_cpu(config.num_logical_cpus)
   from trainers.image_classification import train  # pylint: disable=g-import-not-at-top
   if config.epsilon < 1e-3 and config.learning_rate > 0.05:
-    logging.warning("--learning_rate=%g with --epsilon=%g: Adam's steps are about the learning "
-                    "rate in size, so this is likely to diverge; try --learning_rate=1e-3.",
-                    config.learning_rate, config.epsilon)
+    logging.warning(
+        "--learning_rate=%g with --epsilon=%g: Adam's steps are about the learning "
+        "rate in size, so this is likely to diverge; try --learning_rate=1e-3.",
+        config.learning_rate, config.epsilon)
   from trainers.common import training_loop  # pylint: disable=g-import-not-at-top
   metrics = training_loop.exit_status_of(lambda: train.train_and_evaluate(config))
   print("final evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +

@@ -23,15 +23,14 @@ STEMS = ("imagenet", "small")
 
 
 def _conv(filters, kernel_size, strides, name):
-  return keras.layers.Conv2D(
-      filters, kernel_size, strides=strides, padding="same", use_bias=False,
-      kernel_initializer="he_normal", name=name)
+  return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                             kernel_initializer="he_normal", name=name)
 
 
 def _bn(name, zero_gamma=False):
-  return keras.layers.BatchNormalization(
-      momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-      gamma_initializer="zeros" if zero_gamma else "ones", name=name)
+  return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                         gamma_initializer="zeros" if zero_gamma else "ones",
+                                         name=name)
 
 
 def _shortcut(x, filters, strides, name):
@@ -118,16 +117,13 @@ def resnet(block_counts, widths, *, bottleneck, num_classes, image_size, stem="i
 
 
 MODELS = {
-    "resnet50": functools.partial(
-        resnet, [3, 4, 6, 3], [256, 512, 1024, 2048], bottleneck=True, stem="imagenet",
-        name="resnet50"),
-    "resnet18": functools.partial(
-        resnet, [2, 2, 2, 2], [64, 128, 256, 512], bottleneck=False, stem="imagenet",
-        name="resnet18"),
+    "resnet50": functools.partial(resnet, [3, 4, 6, 3], [256, 512, 1024, 2048], bottleneck=True,
+                                  stem="imagenet", name="resnet50"),
+    "resnet18": functools.partial(resnet, [2, 2, 2, 2], [64, 128, 256, 512], bottleneck=False,
+                                  stem="imagenet", name="resnet18"),
     # A CPU-sized ResNet-8 (CIFAR-style) for 32-64 px images: about 78k parameters.
-    "resnet_small": functools.partial(
-        resnet, [1, 1, 1], [16, 32, 64], bottleneck=False, stem="small",
-        name="resnet_small"),
+    "resnet_small": functools.partial(resnet, [1, 1, 1], [16, 32, 64], bottleneck=False,
+                                      stem="small", name="resnet_small"),
 }
 
 

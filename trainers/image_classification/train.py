@@ -45,19 +45,21 @@ def resolve_xla_scope(xla_scope):
 
 
 def _data_config(config, data_dir):
-  return data.DataConfig(
-      source="tfds" if config.data_source == "tfds" else "tfrecord", data_dir=data_dir,
-      image_size=config.image_size, num_classes=config.num_classes,
-      global_batch_size=config.global_batch_size, seed=config.seed,
-      deterministic=config.deterministic, skip_bad_records=config.skip_bad_records)
+  return data.DataConfig(source="tfds" if config.data_source == "tfds" else "tfrecord",
+                         data_dir=data_dir, image_size=config.image_size,
+                         num_classes=config.num_classes, global_batch_size=config.global_batch_size,
+                         seed=config.seed, deterministic=config.deterministic,
+                         skip_bad_records=config.skip_bad_records)
 
 
 def _log_bad_records(data_config, split):
   """Counting decodes every image once: left out beyond run.COUNT_BAD_RECORDS_MAX_BYTES."""
   _, sizes = data.usable_shards(data_config.data_dir, split)
   if sum(sizes) > run.COUNT_BAD_RECORDS_MAX_BYTES:
-    logging.info("--skip_bad_records: the %s shards (%.1f GB) are too large to count bad "
-                 "records up front; they are dropped without a count", split, sum(sizes) / 1e9)
+    logging.info(
+        "--skip_bad_records: the %s shards (%.1f GB) are too large to count bad "
+        "records up front; they are dropped without a count", split,
+        sum(sizes) / 1e9)
     return
   logging.info("--skip_bad_records: %d bad %s record(s) skipped in %d shard(s)",
                data.count_bad_records(data_config, split), split, len(sizes))
@@ -68,8 +70,8 @@ def _prepare_data_dir(config):
     return config.data_dir, None
   cache = config.data_dir or os.path.join(config.model_dir, "generated_data")
   size = max(config.image_size + config.image_size // 4, config.image_size)
-  directory = generated_data.ensure_generated_data(
-      cache, num_classes=config.num_classes, image_size=size, seed=config.seed)
+  directory = generated_data.ensure_generated_data(cache, num_classes=config.num_classes,
+                                                   image_size=size, seed=config.seed)
   return directory, generated_data.DEFAULT_TRAIN_EXAMPLES
 
 
@@ -89,21 +91,25 @@ def train_and_evaluate(config):
     schedule, optimizer = optimizer_setup.make_optimizer(
         config, total_steps, reference_batch_size=config.lr_batch_scale or None)
   optimizer.exclude_from_weight_decay(var_names=_NO_DECAY)
-  step = adam_xla.make_train_step(
-      model, make_loss(config.label_smoothing), optimizer,
-      metrics=["accuracy"], strategy=strategy, steps_per_loop=config.steps_per_loop,
-      loss_scaling="dynamic" if config.dtype == "float16" else None,
-      xla_scope=resolve_xla_scope(config.xla_scope), skip_nonfinite=True)
-  logging.info("model %s: %d parameters; %d steps of %d examples; strategy %s with %d "
-               "replica(s); data %s", config.model, model.count_params(), total_steps,
-               config.global_batch_size, type(strategy).__name__,
-               strategy.num_replicas_in_sync, data_dir)
+  step = adam_xla.make_train_step(model, make_loss(config.label_smoothing), optimizer, metrics=[
+      "accuracy"
+  ], strategy=strategy, steps_per_loop=config.steps_per_loop,
+                                  loss_scaling="dynamic" if config.dtype == "float16" else None,
+                                  xla_scope=resolve_xla_scope(config.xla_scope),
+                                  skip_nonfinite=True)
+  logging.info(
+      "model %s: %d parameters; %d steps of %d examples; strategy %s with %d "
+      "replica(s); data %s", config.model, model.count_params(), total_steps,
+      config.global_batch_size,
+      type(strategy).__name__, strategy.num_replicas_in_sync, data_dir)
 
-  train_iterator = resumable_input.iterate(
-      strategy, lambda context: data.train_dataset(data_config, context))
+  train_iterator = resumable_input.iterate(strategy,
+                                           lambda context: data.train_dataset(data_config, context))
   evaluate = evaluation.make_classification_evaluator(
-      model, strategy, lambda: strategy.distribute_datasets_from_function(
-          lambda context: data.eval_dataset(data_config, context)))
-  return run.train(config, total_steps, strategy, run.Training(
-      model=model, optimizer=optimizer, schedule=schedule, step=step,
-      iterator=train_iterator, evaluate=evaluate))
+      model, strategy,
+      lambda: strategy.distribute_datasets_from_function(lambda context: data.eval_dataset(
+          data_config, context)))
+  return run.train(
+      config, total_steps, strategy,
+      run.Training(model=model, optimizer=optimizer, schedule=schedule, step=step,
+                   iterator=train_iterator, evaluate=evaluate))

@@ -2,7 +2,7 @@
 // update streams: four float32 arrays read (p, g, m, v) and three written in place (p, m, v),
 // 28 bytes per element per pass. Each thread owns one contiguous chunk of every array, touches
 // it first (so its pages are local to that thread) and streams it pass after pass. Loaded with
-// ctypes by tools/stream_probe.py; plain C++17, no TensorFlow.
+// ctypes by tools/bench/stream_probe.py; plain C++17, no TensorFlow.
 
 #include <cstdint>
 #include <cstdlib>

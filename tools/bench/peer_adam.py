@@ -1,6 +1,6 @@
-"""Another library's Adam in a process of its own, driven by tools/benchmark_optimizer.py.
+"""Another library's Adam in a process of its own, driven by tools/bench/optimizer.py.
 
-    PEER_PYTHON tools/peer_adam.py --system=torch|optax|numpy --problem=DIR/problem.npz
+    PEER_PYTHON tools/bench/peer_adam.py --system=torch|optax|numpy --problem=DIR/problem.npz
 
 Imports NumPy and the one library of --system, nothing of this project (the interpreter is the
 peers' virtualenv, see tools/requirements-peers.in). The problem file holds `initial` and
@@ -49,6 +49,7 @@ def torch_adam(initial, grads, lr, b1, b2, eps):
 
 def optax_adam(initial, grads, lr, b1, b2, eps):
   import functools  # pylint: disable=import-outside-toplevel
+
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   opt = optax.adam(lr, b1=b1, b2=b2, eps=eps)
@@ -102,8 +103,8 @@ def main():
   problem = np.load(args.problem)
   lr, b1, b2, eps = (float(x) for x in problem["hyper"])
   try:
-    run, params, state_bytes, version = SYSTEMS[args.system](
-        problem["initial"], problem["grads"], lr, b1, b2, eps)
+    run, params, state_bytes, version = SYSTEMS[args.system](problem["initial"], problem["grads"],
+                                                             lr, b1, b2, eps)
   except ImportError as error:
     print(f"unavailable {sys.executable} cannot import it ({error})", flush=True)
     return
