@@ -109,6 +109,10 @@ def test_tables_and_the_noise_warning():
   assert text.splitlines() == [
       "name       figure", "-----------------", "a            1.00", "long name   10.00"
   ]
+  rows = harness.format_rows([{"v": "a", "d": 1e-7}, {"v": "b"}],
+                             ["variant|v", "max |diff||d|.1e", "share|d|.0%"], left=1)
+  assert rows.splitlines()[0].split() == ["variant", "max", "|diff|", "share"]
+  assert rows.splitlines()[2:] == ["a           1.0e-07     0%", "b                 -      -"]
   assert harness.noisy_warning({"a": 0.05, "b": None}) == ""
   assert "timed runs of b, c;" in harness.noisy_warning({"c": 0.2, "b": 0.5, "a": 0.0})
 

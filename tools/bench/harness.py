@@ -10,6 +10,7 @@ A variant is any object (in a dict of them by name) with
   run(calls)          runs `calls` calls, returning once their work is done (a loss, or None)
   steps_per_call      steps (updates, probe passes) one call runs
 and optionally
+  first_calls         its untimed first calls (1 by default)
   overhead_seconds    of its last run, the time outside its steps (fit's epoch set-up and
                       teardown, paid once per epoch in real training), left out of its figures
   child_cpu_seconds   CPU time of a helper process of its own in its last run (a peer's),
@@ -162,8 +163,10 @@ def table(header, lines, left=2):
 
 
 def format_rows(rows, columns, left=2):
-  """A table of dict rows; each column is "header|key|format spec" (a missing figure: "-")."""
-  columns = [(column.split("|") + [""])[:3] for column in columns]
+  """A table of dict rows; each column is "header|key" or "header|key|format spec" (the header
+  may hold "|" itself); a missing figure is "-"."""
+  columns = [(column.rsplit("|", 2) if column.count("|") > 1 else column.split("|") + [""])
+             for column in columns]
   cell = lambda row, key, spec: "-" if row.get(key) is None else format(row[key], spec)
   return table([header for header, _, _ in columns],
                [[cell(row, key, spec) for _, key, spec in columns] for row in rows], left)

@@ -20,7 +20,6 @@ a child of its own, for its memory and, under the profiler, where its step's tim
 
 import dataclasses
 import gc
-import inspect
 import os
 import shutil
 import statistics
@@ -73,19 +72,19 @@ class Group:
     return self.replicas if self.replicas > 1 else None
 
 
-def groups_by_devices(config):
-  """{logical CPUs: [Group]} in the order they run; default shares the 2-device process when
-  there is one, as it always has (its variants use the first device)."""
-  groups = [Group("mirrored", MIRRORED_DEVICES)] if "mirrored" in config.strategies else []
-  groups += [
-      Group("shard_state", n) for n in config.shard_devices if "shard_state" in config.strategies
+def processes(config):
+  """[(logical CPUs, [Group])]: a child process each, in the order they run. default shares
+  mirrored's process, as it always has (its variants use the first device); each shard_state
+  group has one of its own, where no other strategy's collectives ran before."""
+  plan = []
+  keras_groups = [
+      Group(s, MIRRORED_DEVICES if s == "mirrored" else 1) for s in ("default", "mirrored")
+      if s in config.strategies
   ]
-  plan = {}
-  if "default" in config.strategies:
-    shared = any(group.devices == MIRRORED_DEVICES for group in groups)
-    plan[MIRRORED_DEVICES if shared else None] = [Group("default")]
-  for group in groups:
-    plan.setdefault(group.devices, []).append(group)
+  if keras_groups:
+    plan.append((max(group.devices or 0 for group in keras_groups) or None, keras_groups))
+  if "shard_state" in config.strategies:
+    plan += [(n, [Group("shard_state", n)]) for n in config.shard_devices]
   return plan
 
 
@@ -216,13 +215,7 @@ class KerasFitVariant:
     return float(history.history["loss"][-1])
 
 
-def has_shard_state():
-  return "shard_state" in inspect.signature(adam_xla.Adam).parameters
-
-
 def _sharded(model, dataset):
-  if not has_shard_state():
-    raise harness.Unavailable("this adam_xla.Adam has no shard_state")
   return FusedVariant(model, dataset, shard_state=True)
 
 
@@ -523,16 +516,26 @@ def run(config):
   info = machine.machine_info()
   harness.print_head("step", info)
   results = []
-  for devices, groups in groups_by_devices(config).items():
-    results += child.call("tools.bench.step:run_groups", config, groups, logical_cpus=devices)
+  for devices, groups in processes(config):
+    try:
+      results += child.call("tools.bench.step:run_groups", config, groups, logical_cpus=devices)
+    except child.ChildFailed as error:  # reported; its checks are not met, the rest is kept
+      results += [
+          dict(strategy=group.strategy, replicas=group.replicas, model=model, rows=[],
+               error=f"its process failed: {error}") for group in groups for model in config.models
+      ]
   weights = {}
   for result in results:
-    weights.setdefault(result["model"], set()).add(round(result["initial_weights_abs_sum"], 3))
+    if "initial_weights_abs_sum" in result:
+      weights.setdefault(result["model"], set()).add(round(result["initial_weights_abs_sum"], 3))
   if config.probes:
     run_probes(config, results)
   checks = compute_checks(results)
   print()
   for r in results:
+    if r.get("error"):
+      print(f"{_group(r)}/{r['model']}: FAILED, {r['error']}")
+      continue
     plans = sorted({row["plan"] for row in r["rows"] if row.get("plan")})
     print(f"{_group(r)}/{r['model']}: {r['params']:,} parameters, batch {r['batch_size']} "
           f"({r['per_replica_batch']} per replica), {r['warmup_rounds']} untimed + {r['rounds']} "
