@@ -161,6 +161,56 @@ def test_apply_if_false_changes_nothing():
   assert int(optimizer.iterations.numpy()) == 1
 
 
+@pytest.mark.parametrize("apply", [True, False])
+def test_range_of_a_tensor_with_its_state_at_an_offset(apply):
+  # Sharded state's layout: elements [start, start + size) of the param, their m and v at
+  # `offset` of the buffers.
+  rng = np.random.default_rng(11)
+  param, grad = (rng.normal(size=(6, 5)).astype(np.float32) for _ in range(2))
+  m, v = rng.normal(size=20).astype(np.float32), rng.uniform(size=20).astype(np.float32)
+  start, offset, size = 10, 3, 15
+  c = update_rule.step_coefficients(0.01, 0.9, 0.999, 1e-7, tf.constant(3, tf.int64), tf.float32)
+
+  @tf.function(jit_compile=True)
+  def step():
+    return cpu_kernel.adam_steps([tf.constant(param)], [tf.constant(grad)],
+                                 [tf.constant(b) for b in (m, v)], [(0, 1, offset, start, size)],
+                                 [False], c, tf.constant(apply))
+
+  (new_param,), buffers = step()
+  new_param, (new_m, new_v) = new_param.numpy(), (b.numpy() for b in buffers)
+  window, elements = slice(offset, offset + size), slice(start, start + size)
+  flat, new_flat = param.reshape(-1), new_param.reshape(-1)
+  want = [flat.astype(np.float64)[elements]], m[window], v[window]  # unchanged unless applied
+  if apply:
+    reference = numpy_adam.NumpyAdam(learning_rate=0.01)
+    reference.m, reference.v, reference.vhat = [m[window] + 0.0], [v[window] + 0.0], [None]
+    reference.iterations = 3
+    want = reference.step(want[0], [grad.reshape(-1)[elements]]), reference.m[0], reference.v[0]
+  for got, expected in zip((new_flat[elements], new_m[window], new_v[window]),
+                           (want[0][0],) + want[1:]):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+  # Outside the ranges nothing changed.
+  for got, old, inside in ((new_flat, flat, elements), (new_m, m, window), (new_v, v, window)):
+    np.testing.assert_array_equal(np.delete(got, inside), np.delete(old, inside))
+
+
+def test_copy_ranges():
+  # Each source, whole, into a range of a destination; the rest of each destination is kept.
+  destinations = [np.arange(10, dtype=np.float32), np.arange(4, dtype=np.float32)]
+  sources = [100 + np.arange(6, dtype=np.float32), 200 + np.arange(2, dtype=np.float32)]
+
+  @tf.function(jit_compile=True)
+  def copy():
+    return cpu_kernel.copy_ranges([tf.constant(d) for d in destinations],
+                                  [tf.constant(s) for s in sources], [(0, 2, 0), (0, 8, 1),
+                                                                      (1, 1, 1)])
+
+  first, second = copy()
+  np.testing.assert_array_equal(first.numpy(), [0, 1, 100, 101, 102, 103, 104, 105, 200, 201])
+  np.testing.assert_array_equal(second.numpy(), [0, 200, 201, 3])
+
+
 def _optimized_hlo(optimizer, variables, grads):
   """The optimized HLO of one jit step applying `grads` (a list) to `variables`."""
 
