@@ -1,7 +1,9 @@
-"""Tests of the suites, tools/bench/optimizer.py, step.py and embedding.py, on small settings
-in one process (one TensorFlow start-up for the three), its CPU split into 2 logical devices
-before TensorFlow starts, as the step suite's child processes are."""
+"""Tests of the suites, tools/bench/optimizer.py, step.py and embedding.py, on small settings,
+with the CPU split into 2 logical devices before TensorFlow starts, as the step suite's child
+processes are. The embedding run and the step probe go to child processes started with the
+module, so that their TensorFlow start-up and compiling overlap the in-process tests'."""
 
+import concurrent.futures
 import contextlib
 import functools
 import io
@@ -23,6 +25,23 @@ from tools.bench import profile
 from tools.bench import step
 
 child.split_cpu(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def children(request):
+  """{fixture name: Future} of the child processes that the selected tests' fixtures take,
+  started before the module's first test."""
+  calls = {
+      "embedding_run": (f"{__name__}:printed_embedding_run",),
+      "probe_figures": ("tools.bench.step:probe", _step_config(), step.Group("default"), "mlp16m",
+                        "adam_xla fused spl=1"),
+  }
+  selected = {name for item in request.session.items for name in item.fixturenames}
+  with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+    yield {
+        name: pool.submit(child.call, *call, quiet=True) for name, call in calls.items()
+        if name in selected
+    }
 
 
 def _positive_finite(value):
@@ -329,9 +348,13 @@ def test_shard_state_group_compares_mirrored_and_sharded_state(step_report):
   assert checks[0]["passed"] == (part <= 4 * _PARAMS + 8) and checks[1]["passed"]
 
 
-def test_a_probe_measures_memory_and_profiles_the_update():
-  figures = child.call("tools.bench.step:probe", _step_config(), step.Group("default"), "mlp16m",
-                       "adam_xla fused spl=1", quiet=True)
+@pytest.fixture(scope="module")
+def probe_figures(children):
+  return children["probe_figures"].result()
+
+
+def test_a_probe_measures_memory_and_profiles_the_update(probe_figures):
+  figures = probe_figures
   assert 50 < figures["baseline_rss_mb"] < figures["warmed_up_in_use_rss_mb"]
   assert figures["peak_rss_mb"] == max(figures["build_peak_rss_mb"], figures["step_peak_rss_mb"])
   assert figures["warmed_up_rss_mb"] + 1 >= figures["warmed_up_in_use_rss_mb"]
@@ -420,15 +443,19 @@ _ROWS = (2_000, 8_000)
 _VARIANTS = ("adam_xla lazy", "keras adam no-jit", "optimizer dense", embedding.PROBE)
 
 
-@pytest.fixture(scope="module")
-def embedding_run():
-  """(printed, report) of run() on two small tables."""
+def printed_embedding_run():
+  """(printed, report) of run() on two small tables; run in a child process (`children`)."""
   config = configs.make(configs.EmbeddingConfig, quick=True, rows=_ROWS, batch_size=64,
                         data_batches=4, steps=2, optimizer_steps=2, lazy_growth_steps=2,
                         bandwidth_mb=8, bottom_mlp=(8,), top_mlp=(8,), variants=_VARIANTS)
   with contextlib.redirect_stdout(io.StringIO()) as out:
     report = embedding.run(config)
   return out.getvalue(), report
+
+
+@pytest.fixture(scope="module")
+def embedding_run(children):
+  return children["embedding_run"].result()
 
 
 def test_every_variant_of_both_sizes_is_reported(embedding_run):

@@ -14,7 +14,7 @@
   listed (optional parameters may be left out). Every table of arguments or flags must carry
   such a mark.
 * Every `./bazelw run //trainers:...` command in a shell block parses and passes the trainer's
-  flag validation.
+  flag validation; every `//tools:benchmark -- ...` command parses into the suites' configs.
 * Relative links resolve (files, and headings of .md files), and so do the repository paths
   the pages name (in a checkout); the README stays a summary and holds the test command CI
   runs.
@@ -31,6 +31,7 @@ import pathlib
 import re
 import shlex
 
+from absl import app
 from absl import flags
 import keras
 import numpy as np
@@ -376,6 +377,39 @@ def test_trainer_commands_are_valid(command):
 
 def test_trainer_commands_are_found():
   assert {target for _, target, _ in TRAINER_COMMANDS} == set(TRAINER_CONFIGS)
+
+
+BENCHMARK_COMMAND = re.compile(r"(?:\./bazelw run )?//tools:benchmark -- ([^`\n]*)")
+
+
+def _benchmark_commands():
+  """(page, flags) of every `//tools:benchmark -- ...` command, in code blocks or inline."""
+  for page in PAGES:
+    for match in BENCHMARK_COMMAND.finditer(page.read_text(encoding="utf-8")):
+      words = shlex.split(match.group(1).replace("...", "x"), comments=True)
+      yield page.relative_to(ROOT), [w for w in words if w.startswith("--")]
+
+
+BENCHMARK_COMMANDS = list(_benchmark_commands())
+
+
+def test_benchmark_commands_are_valid():
+  """Each benchmark command the docs quote parses into the suites' configs, as its main does
+  before it runs anything."""
+  from tools import benchmark  # pylint: disable=import-outside-toplevel
+  assert len(BENCHMARK_COMMANDS) > 5
+  bad = []
+  for page, arguments in BENCHMARK_COMMANDS:
+    flag_values = flags.FlagValues()
+    for flag in flags.FLAGS.get_flags_for_module(benchmark):
+      flag_values[flag.name] = flag
+    try:
+      flag_values.unparse_flags()
+      flag_values(["benchmark"] + arguments)
+      benchmark.config_from_flags(flag_values)
+    except (flags.Error, app.UsageError, ValueError) as error:
+      bad.append(f"{page}: {' '.join(arguments)}: {error}")
+  assert not bad, bad
 
 
 REPO_PATH = re.compile(r"`((?:adam_xla|tools|trainers|tests|docs|third_party|\.ci)/[\w./*-]*"

@@ -390,7 +390,7 @@ def run(config):
                      f"{config.xla_cpu_max_isa!r}.")
   ctr_config.apply_xla_cpu_isa(config.xla_cpu_max_isa)  # before anything compiles
   info = machine.machine_info()
-  harness.print_head("embedding", info)
+  machine.print_head("embedding", info)
   ids = config.ids if config.ids != "zipf" else (
       f"Zipf {config.zipf_exponent}, ranks permuted over the table")
   print(

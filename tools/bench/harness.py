@@ -188,7 +188,3 @@ def noisy_warning(loads):
     return ""
   return (f"WARNING: other processes used more than {NOISY_SHARE:.0%} of the CPUs during timed "
           f"runs of {', '.join(noisy)}; the machine was not quiet, so the numbers are noisy.")
-
-
-def print_head(suite, info):
-  print(f"suite {suite}\n{machine.describe(info)}", flush=True)

@@ -51,15 +51,17 @@ def machine_info(libraries=True):
   return info
 
 
-def describe(info):
-  """Two lines for a report's head: the machine and libraries, then the environment."""
+def print_head(suite, info):
+  """A suite's report head: its name, the machine and libraries, then the environment."""
   env = info.get("environment") or {}
-  return (f"machine: {info['cpu']}, {info['logical_cores']} logical cores "
-          f"({info['usable_cores']} usable), last-level cache {info['last_level_cache']}, "
-          f"{info['memory_gib']} GiB; Python {info['python']}, TensorFlow "
-          f"{info.get('tensorflow')}, Keras {info.get('keras')}, NumPy {info.get('numpy')}\n"
-          "environment (one process: applies to every variant alike): " + (", ".join(
-              f"{k}={v}" for k, v in env.items()) if env else f"none of {', '.join(ENV_VARS)} set"))
+  print(
+      f"suite {suite}\nmachine: {info['cpu']}, {info['logical_cores']} logical cores "
+      f"({info['usable_cores']} usable), last-level cache {info['last_level_cache']}, "
+      f"{info['memory_gib']} GiB; Python {info['python']}, TensorFlow "
+      f"{info.get('tensorflow')}, Keras {info.get('keras')}, NumPy {info.get('numpy')}\n"
+      "environment (one process: applies to every variant alike): " + (", ".join(
+          f"{k}={v}" for k, v in env.items()) if env else f"none of {', '.join(ENV_VARS)} set"),
+      flush=True)
 
 
 class CpuMeter:

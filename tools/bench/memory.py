@@ -10,11 +10,6 @@ import os
 import resource
 
 
-def _status_kb(field):
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) for line in f if line.startswith(field))
-
-
 def current_rss_mb():
   """The resident set now."""
   with open("/proc/self/statm") as f:
@@ -23,7 +18,8 @@ def current_rss_mb():
 
 def peak_rss_mb():
   """The peak resident set (VmHWM), since the start or the last reset_peak_rss()."""
-  return _status_kb("VmHWM:") / 2**10
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10
 
 
 def ru_maxrss_mb():

@@ -245,19 +245,6 @@ class PerVariableBound(Variant):
     return []
 
 
-class BandwidthProbe(stream_probe.ProbeVariant):
-  """The native probe among the timed variants."""
-
-  def __init__(self, problem):
-    super().__init__(problem.bandwidth_mb)
-
-  def bytes_per_step(self):
-    return self.bytes_per_pass
-
-  def state_bytes(self):
-    return 0
-
-
 class PeerAdam(Variant):
   """Another library's Adam (peer_adam.py --system=SYSTEM) in a process of its own under
   problem.peer_python, fed the problem through an .npz; harness.Unavailable when there is no
@@ -338,7 +325,7 @@ VARIANTS = {
     "reference: var, m, v per variable": functools.partial(PerVariableBound, with_slots=True),
     TORCH: functools.partial(PeerAdam, system="torch"),
     OPTAX: functools.partial(PeerAdam, system="optax"),
-    PROBE: BandwidthProbe,
+    PROBE: lambda problem: stream_probe.ProbeVariant(problem.bandwidth_mb),
 }
 
 # ---- Do the variants do the same work? ---------------------------------------------------
@@ -539,7 +526,7 @@ def run(config, registry=None):
   if unknown:
     raise ValueError(f"--variants: unknown {unknown}; known: {list(registry)}.")
   info = machine.machine_info()
-  harness.print_head("optimizer", info)
+  machine.print_head("optimizer", info)
   rows = []
   for case in config.cases:
     rows.append(benchmark_case(case, config, registry))

@@ -19,6 +19,7 @@ a child of its own, for its memory and, under the profiler, where its step's tim
 """
 
 import dataclasses
+import functools
 import gc
 import os
 import shutil
@@ -215,12 +216,8 @@ class KerasFitVariant:
     return float(history.history["loss"][-1])
 
 
-def _sharded(model, dataset):
-  return FusedVariant(model, dataset, shard_state=True)
-
-
 def _kind(make):
-  if make[0] in (FusedVariant, _sharded):
+  if make[0] is not KerasFitVariant:
     return "adam_xla"
   return FIT_KIND if make[1] is None else "keras"
 
@@ -231,7 +228,8 @@ def variant_specs(config, group, model_name):
   fused, fit, mirrored = FusedVariant, KerasFitVariant, group.strategy == "mirrored"
   if group.strategy == "shard_state":
     # While shard_state is new, a failure of it is reported and the other groups are kept.
-    specs = [("mirrored", (fused,), False), ("sharded", (_sharded,), True)]
+    sharded = functools.partial(FusedVariant, shard_state=True)
+    specs = [("mirrored", (fused,), False), ("sharded", (sharded,), True)]
   else:
     specs = [("adam_xla fused spl=1", (fused,), False),
              ("adam_xla fused spl=1 own slots", (fused, 1, "step", False), False),
@@ -514,7 +512,7 @@ def run(config):
   """The groups in child processes by device count, then the probes; prints the tables and
   returns the report."""
   info = machine.machine_info()
-  harness.print_head("step", info)
+  machine.print_head("step", info)
   results = []
   for devices, groups in processes(config):
     try:

@@ -121,7 +121,6 @@ class ProbeVariant(StreamProbe):
 
   kind = "probe"
   steps_per_call = 1
-  child_cpu_seconds = 0.0
   seconds_per_round = 0.2
 
   def __init__(self, megabytes):
@@ -132,8 +131,11 @@ class ProbeVariant(StreamProbe):
     self.passes_per_round = max(
         3, math.ceil(self.seconds_per_round * 3 / (time.perf_counter() - start)))
 
-  def run(self, passes):
-    super().run(passes)
-
   def gbps(self, ms_per_pass):
     return self.bytes_per_pass / (ms_per_pass * 1e6)
+
+  def bytes_per_step(self):
+    return self.bytes_per_pass
+
+  def state_bytes(self):
+    return 0
