@@ -308,6 +308,22 @@ def test_groups_run_in_a_process_per_device_count_then_each_variant_alone(step_r
   assert step.processes(_step_config(strategies=("default",))) == [(None, [step.Group("default")])]
 
 
+def test_a_failed_process_is_reported_and_its_checks_not_met():
+
+  def call(target, *args, **unused):
+    raise child.ChildFailed(f"{target} exited 1")
+
+  config = _step_config(strategies=("default", "shard_state"), probes=False)
+  with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+    patch.setattr(step.child, "call", call)
+    report = step.run(config)
+  assert [(r["strategy"], r["rows"]) for r in report["results"]] == [("default", []),
+                                                                     ("shard_state", [])]
+  assert "default/mlp16m: FAILED, its process failed: tools.bench.step:run_groups exited 1" in (
+      out.getvalue())
+  assert report["checks"] and not any(check["passed"] for check in report["checks"])
+
+
 def test_a_group_on_one_device(step_report):
   result = step_report[0]["results"][0]
   assert (result["strategy"], result["replicas"], result["params"]) == ("default", 1, _PARAMS)
