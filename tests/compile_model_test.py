@@ -93,14 +93,14 @@ def _fit_both(strategy, build, compile_args, fit_args, optimizer_args=None):
   return runs
 
 
-def _assert_same(runs, rtol=1e-5):
+def _assert_same(runs, rtol=1e-5, atol=1e-6):
   (keras_history, keras_weights, _), (ours_history, ours_weights, _) = (runs["keras"],
                                                                         runs["compile_model"])
   assert set(keras_history) == set(ours_history)
   for key, values in keras_history.items():
     np.testing.assert_allclose(ours_history[key], values, rtol=rtol, err_msg=key)
   for i, (got, want) in enumerate(zip(ours_weights, keras_weights)):
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-6, err_msg=f"weight {i}")
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"weight {i}")
   # Training moved the weights, so the comparison above can fail.
   assert keras_history["loss"][-1] < keras_history["loss"][0]
 
@@ -158,7 +158,11 @@ def test_mirrored_mixed_float16():
                      dict(x=X, y=Y_CLASS, batch_size=16))
   finally:
     keras.mixed_precision.set_global_policy("float32")
-  _assert_same(runs, rtol=1e-3)
+  # XLA and TensorFlow's kernels round the float16 forward and backward differently, and Adam
+  # turns a gradient's relative error into as much of a step of the rate (0.01): largest where
+  # a gradient is near zero. A fifth of one step over nine steps stays far below what a wrong
+  # rate, beta or bias correction moves (a step or more).
+  _assert_same(runs, rtol=1e-3, atol=0.2 * 0.01)
   optimizer = runs["compile_model"][2].optimizer
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   assert isinstance(optimizer.inner_optimizer, adam_xla.Adam)
