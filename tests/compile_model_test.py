@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_CPU = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:  # the runtime already started (another test module in this process)
-  pass
+from tests import logical_cpus
+
+_TWO_CPUS = logical_cpus.split(2) >= 2  # before anything starts the TF runtime
 
 # pylint: disable=wrong-import-position
 from absl import logging
@@ -26,10 +24,7 @@ import adam_xla
 from adam_xla import keras_fit
 from tests import pytest_main
 
-_TWO_CPUS = len(tf.config.list_logical_devices("CPU")) >= 2
-needs_two_cpus = pytest.mark.skipif(
-    not _TWO_CPUS, reason="needs two logical CPUs, configured "
-    "before TensorFlow starts; run this file on its own")
+needs_two_cpus = logical_cpus.skip_unless(2)
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if _TWO_CPUS else None
 _RNG = np.random.default_rng(0)
 X = _RNG.normal(size=[48, 6]).astype(np.float32)

@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-# Before any TF op: two logical CPUs. (If another test module in the same process already
-# started the runtime this raises; the check below then skips the module.)
-_cpu = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:
-  pass
-if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip(
-      "needs two logical CPUs, configured before the TF runtime starts; run this "
-      "file in its own process", allow_module_level=True)
+from tests import logical_cpus
+
+logical_cpus.require(2)  # before anything starts the TF runtime
 
 # pylint: disable=g-direct-tensorflow-import,wrong-import-position
 from tensorflow.python.distribute import values as values_lib

@@ -39,12 +39,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import logical_cpus
 from tests import pytest_main
 from trainers.common import config as common_config
 
-# Before TensorFlow initializes its devices: two logical CPUs, as two replicas.
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+logical_cpus.require(2)  # before anything starts the TF runtime
 
 import adam_xla  # pylint: disable=g-import-not-at-top,wrong-import-position
 

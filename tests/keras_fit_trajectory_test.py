@@ -31,11 +31,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_CPU = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 4)
-except RuntimeError:  # the runtime already started (another test module in this process)
-  pass
+from tests import logical_cpus
+
+_CPUS = logical_cpus.split(4)  # before anything starts the TF runtime
 
 # pylint: disable=g-direct-tensorflow-import,wrong-import-position
 import keras
@@ -47,10 +45,7 @@ from adam_xla import slots
 from tests import numpy_adam
 from tests import pytest_main
 
-_CPUS = len(tf.config.list_logical_devices("CPU"))
-needs_four_cpus = pytest.mark.skipif(
-    _CPUS < 4, reason="needs four logical CPUs, configured "
-    "before TensorFlow starts; run this file on its own")
+needs_four_cpus = logical_cpus.skip_unless(4)
 # One strategy per replica count for the module. TF keys collective all-reduce groups per
 # process, so strategies of two sizes that both use it collide ("joining a group with size 4,
 # but that group has size 2"): the 4-replica one reduces to one device instead.

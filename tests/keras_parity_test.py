@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_CPU = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:  # the runtime already started (another test module in this process)
-  pass
+from tests import logical_cpus
+
+_TWO_CPUS = logical_cpus.split(2) >= 2  # before anything starts the TF runtime
 
 # pylint: disable=g-direct-tensorflow-import,wrong-import-position
 import keras
@@ -28,10 +26,7 @@ from tests import numpy_adam
 from tests import pytest_main
 
 MODES = ["eager", "function", "jit"]
-_TWO_CPUS = len(tf.config.list_logical_devices("CPU")) >= 2
-needs_two_cpus = pytest.mark.skipif(
-    not _TWO_CPUS, reason="needs two logical CPUs, configured "
-    "before TensorFlow starts; run this file on its own")
+needs_two_cpus = logical_cpus.skip_unless(2)
 # One strategy for the module (TF's collectives are keyed per process).
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if _TWO_CPUS else None
 

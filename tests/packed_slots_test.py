@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-except RuntimeError:
-  pass
-if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip(
-      "needs two logical CPUs, configured before the TF runtime starts; run this "
-      "file in its own process", allow_module_level=True)
+from tests import logical_cpus
+
+logical_cpus.require(2)  # before anything starts the TF runtime
 
 import adam_xla  # pylint: disable=wrong-import-position
 from adam_xla import cpu_kernel  # pylint: disable=wrong-import-position

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-try:
-  tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 4)
-except RuntimeError:
-  pass
-if len(tf.config.list_logical_devices("CPU")) < 4:
-  pytest.skip(
-      "needs four logical CPUs, configured before the TF runtime starts; run this "
-      "file in its own process", allow_module_level=True)
+from tests import logical_cpus
+
+logical_cpus.require(4)  # before anything starts the TF runtime
 
 import keras  # pylint: disable=wrong-import-position
 

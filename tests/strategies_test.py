@@ -8,20 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import logical_cpus
 from tests import pytest_main
 from trainers.common import strategies
 
-# Before any TF op: two logical CPUs, so that "mirrored" has two replicas. (If another test
-# module in the same process already started the runtime this raises; the check below then
-# skips the module.)
-try:
-  strategies.split_cpu(2)
-except RuntimeError:
-  pass
-if len(tf.config.list_logical_devices("CPU")) < 2:
-  pytest.skip(
-      "needs two logical CPUs, configured before the TF runtime starts; run this "
-      "file in its own process", allow_module_level=True)
+logical_cpus.require(2)  # before anything starts the TF runtime
 
 import adam_xla  # pylint: disable=g-import-not-at-top,wrong-import-position
 

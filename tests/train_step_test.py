@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-_CPU = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfiguration()] * 4)
+from tests import logical_cpus
+
+logical_cpus.require(4)  # before anything starts the TF runtime
 
 # pylint: disable=wrong-import-position
 import keras
