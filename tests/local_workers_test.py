@@ -230,7 +230,7 @@ def test_a_failing_worker_stops_the_others(tmp_path, failure, shown):
   assert f"worker 2 failed (exit status {shown}): SIGTERM to worker(s) 0, 1" in run.stderr, run
   for index in range(2):
     assert run.lines("stdout", index) == ["got SIGTERM 1"], run
-  assert run.seconds < 20, run  # not the 30 s grace period: they stopped on SIGTERM
+  assert "still running after" not in run.stderr, run  # they stopped on SIGTERM, not SIGKILL
 
 
 def test_workers_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path):
@@ -238,7 +238,7 @@ def test_workers_that_ignore_sigterm_are_killed_after_the_grace_period(tmp_path)
   assert run.status == 128 + signal.SIGKILL, run
   assert "worker 1 failed (exit status 5)" in run.stderr, run
   assert "worker 0 still running after --grace_seconds=1: SIGKILL" in run.stderr, run
-  assert 1 <= run.seconds < 25, run
+  assert run.seconds >= 1, run  # the grace period was given (a bound slowness cannot break)
 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
