@@ -26,6 +26,7 @@ from tests import pytest_main
 
 needs_two_cpus = logical_cpus.skip_unless(2)
 MIRRORED = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if _TWO_CPUS else None
+RATE = 0.01  # of _fit_both's optimizer unless a test gives its own
 _RNG = np.random.default_rng(0)
 X = _RNG.normal(size=[48, 6]).astype(np.float32)
 Y_CLASS = _RNG.integers(0, 3, size=[48]).astype(np.int64)
@@ -78,7 +79,7 @@ def _fit_both(strategy, build, compile_args, fit_args, optimizer_args=None):
   for how in ("keras", "compile_model"):
     with strategy.scope():
       model = build()
-      optimizer = adam_xla.Adam(**(optimizer_args or {"learning_rate": 0.01}))
+      optimizer = adam_xla.Adam(**(optimizer_args or {"learning_rate": RATE}))
       if how == "keras":
         model.compile(optimizer=optimizer, jit_compile=False, **compile_args)
       else:
@@ -154,10 +155,10 @@ def test_mirrored_mixed_float16():
   finally:
     keras.mixed_precision.set_global_policy("float32")
   # XLA and TensorFlow's kernels round the float16 forward and backward differently, and Adam
-  # turns a gradient's relative error into as much of a step of the rate (0.01): largest where
+  # turns a gradient's relative error into as much of a step of the rate: largest where
   # a gradient is near zero. A fifth of one step over nine steps stays far below what a wrong
   # rate, beta or bias correction moves (a step or more).
-  _assert_same(runs, rtol=1e-3, atol=0.2 * 0.01)
+  _assert_same(runs, rtol=1e-3, atol=0.2 * RATE)
   optimizer = runs["compile_model"][2].optimizer
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   assert isinstance(optimizer.inner_optimizer, adam_xla.Adam)

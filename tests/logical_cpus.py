@@ -10,14 +10,14 @@ tests that need more are then skipped, not failed.
 import pytest
 import tensorflow as tf
 
+from trainers.common import strategies
+
 
 def split(count):
-  """Splits the CPU into `count` logical devices if the runtime has not started; how many
+  """The trainers' `--num_logical_cpus` split, if the runtime has not started; how many
   logical CPUs the process has."""
-  cpu = tf.config.list_physical_devices("CPU")[0]
   try:
-    tf.config.set_logical_device_configuration(cpu,
-                                               [tf.config.LogicalDeviceConfiguration()] * count)
+    strategies.split_cpu(count)
   except RuntimeError:  # the runtime already started
     pass
   return len(tf.config.list_logical_devices("CPU"))
@@ -26,14 +26,14 @@ def split(count):
 def require(count):
   """`split(count)`, skipping the calling module when it has fewer."""
   if split(count) < count:
-    pytest.skip(
-        f"needs {count} logical CPUs, configured before the TF runtime starts; run this file "
-        "in its own process", allow_module_level=True)
+    pytest.skip(_why(count), allow_module_level=True)
 
 
 def skip_unless(count):
   """A pytest mark for the tests of a module (that called `split`) that need `count`."""
-  return pytest.mark.skipif(
-      len(tf.config.list_logical_devices("CPU")) < count,
-      reason=f"needs {count} logical CPUs, configured before the TF runtime starts; run this "
-      "file in its own process")
+  return pytest.mark.skipif(len(tf.config.list_logical_devices("CPU")) < count, reason=_why(count))
+
+
+def _why(count):
+  return (f"needs {count} logical CPUs, configured before the TF runtime starts; run this file "
+          "in its own process")
